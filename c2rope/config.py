@@ -1,0 +1,120 @@
+"""C2RoPEConfig: every option of SPEC sections 3-5, validated at construction."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
+
+SPATIAL_LAYOUTS = ("interleaved", "blocked")
+COORDS = ("centered", "merged")
+TEXT_SPATIAL = ("temporal", "zero")
+TEMPORAL = ("raster", "concentric")
+MASKS = ("outward", "inward", "causal")
+
+# Axis indices of a triplet position (m, x, y).
+AXIS_M, AXIS_X, AXIS_Y = 0, 1, 2
+
+# The paper's released code spends 12 of 128 rotary dims on (x, y) (116 + 12).
+_PAPER_SPATIAL_FRACTION = 12 / 128
+_DEFAULT_SPATIAL_FRACTION = 1 / 4
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def _round_down_to_4(value: float) -> int:
+    return int(value) // 4 * 4
+
+
+@dataclasses.dataclass(frozen=True)
+class C2RoPEConfig:
+    """How C2RoPE builds positions, splits frequencies and masks images.
+
+    d_temporal / d_spatial: rotary dims given to m and to (x, y). None derives them from
+        the rotary dim at use time (see `split`): d_spatial = d * spatial_fraction rounded
+        down to a multiple of 4 (128 -> 96 + 32 by default).
+    spatial_layout: "interleaved" (x on even, y on odd spatial slots) or "blocked".
+    coords: "centered" (half-integer centred coordinates) or "merged" (truncated).
+    text_spatial: "temporal" (text is (m, m, m): no image == plain RoPE) or "zero".
+    temporal: "raster" (image tokens keep their sequence index) or "concentric".
+    mask: "outward", "inward" or "causal" inside each image.
+    spatial_fraction: share of the rotary dim used for (x, y) when d_spatial is None.
+    """
+
+    d_temporal: Optional[int] = None
+    d_spatial: Optional[int] = None
+    spatial_layout: str = "interleaved"
+    coords: str = "centered"
+    text_spatial: str = "temporal"
+    temporal: str = "raster"
+    mask: str = "outward"
+    spatial_fraction: float = _DEFAULT_SPATIAL_FRACTION
+
+    def __post_init__(self):
+        _check_choice("spatial_layout", self.spatial_layout, SPATIAL_LAYOUTS)
+        _check_choice("coords", self.coords, COORDS)
+        _check_choice("text_spatial", self.text_spatial, TEXT_SPATIAL)
+        _check_choice("temporal", self.temporal, TEMPORAL)
+        _check_choice("mask", self.mask, MASKS)
+        for name in ("d_temporal", "d_spatial"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} must be an int or None, got {value!r}")
+        if not (0.0 < float(self.spatial_fraction) < 1.0):
+            raise ValueError(f"spatial_fraction must be in (0, 1), got {self.spatial_fraction!r}")
+        if self.d_temporal is not None and self.d_spatial is not None:
+            self.split(self.d_temporal + self.d_spatial)
+
+    @classmethod
+    def paper_code(cls, **overrides) -> "C2RoPEConfig":
+        """The choices of the paper's released code: merged coordinates, concentric
+        temporal index, inward mask, blocked 116 + 12 split (scaled for other dims)."""
+        fields = dict(
+            spatial_layout="blocked",
+            coords="merged",
+            temporal="concentric",
+            mask="inward",
+            spatial_fraction=_PAPER_SPATIAL_FRACTION,
+        )
+        fields.update(overrides)
+        return cls(**fields)
+
+    def split(self, dim: int) -> Tuple[int, int]:
+        """(d_temporal, d_spatial) for a rotary dim, validated (SPEC section 4)."""
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or dim % 2:
+            raise ValueError(f"rotary dim must be a positive even int, got {dim!r}")
+        d_t, d_s = self.d_temporal, self.d_spatial
+        if d_s is None and d_t is None:
+            d_s = max(4, _round_down_to_4(dim * self.spatial_fraction))
+            d_t = dim - d_s
+        elif d_s is None:
+            d_s = dim - d_t
+        elif d_t is None:
+            d_t = dim - d_s
+        if d_t + d_s != dim:
+            raise ValueError(
+                f"d_temporal + d_spatial must equal the rotary dim {dim}, got {d_t} + {d_s}"
+            )
+        if d_s < 0 or d_s % 4:
+            raise ValueError(f"d_spatial must be a non-negative multiple of 4, got {d_s}")
+        if d_t < 2 or d_t % 2:
+            raise ValueError(f"d_temporal must be an even int >= 2, got {d_t}")
+        return d_t, d_s
+
+    def axis_table(self, dim: int) -> list:
+        """Per frequency slot (dim // 2 of them), which position axis it rotates by:
+        AXIS_M for the first d_temporal/2 slots (the highest frequencies), then x and y
+        for the last d_spatial/2 slots, interleaved or blocked."""
+        d_t, d_s = self.split(dim)
+        n_spatial = d_s // 2
+        if self.spatial_layout == "interleaved":
+            spatial = [AXIS_X if i % 2 == 0 else AXIS_Y for i in range(n_spatial)]
+        else:
+            spatial = [AXIS_X] * (n_spatial // 2) + [AXIS_Y] * (n_spatial // 2)
+        return [AXIS_M] * (d_t // 2) + spatial
+
+    @property
+    def mask_mode(self) -> int:
+        """The kernel's mode code (csrc/include/c2rope.h, c2rope_mask_mode)."""
+        return MASKS.index(self.mask)

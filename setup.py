@@ -1,0 +1,88 @@
+"""Build c2rope: C11/OpenMP kernels as a static library, linked into one torch extension.
+
+torch.utils.cpp_extension compiles every source of an Extension with C++ flags, so the
+C kernels (csrc/cpu/*.c) are built first by setuptools' build_clib as real C11, and the
+extension (csrc/torch/*.cpp, plus csrc/cuda/*.cu when CUDA is on) links them in.
+
+Environment:
+  C2ROPE_CUDA=0/1   force the CUDA kernels off/on (default: on when torch has CUDA and
+                    nvcc is found)
+  C2ROPE_CUDA_ARCHS semicolon list for TORCH_CUDA_ARCH_LIST (default "8.0;9.0")
+"""
+import glob
+import os
+import shutil
+
+from setuptools import setup
+from torch.utils import cpp_extension
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+INCLUDE = os.path.join("csrc", "include")
+
+
+def _cuda_wanted() -> bool:
+    forced = os.environ.get("C2ROPE_CUDA")
+    if forced is not None:
+        return forced.strip() not in ("0", "", "false", "False")
+    import torch
+
+    has_nvcc = cpp_extension.CUDA_HOME is not None or shutil.which("nvcc") is not None
+    return torch.version.cuda is not None and has_nvcc
+
+
+def _sources(pattern: str) -> list:
+    return sorted(glob.glob(pattern))
+
+
+WITH_CUDA = _cuda_wanted()
+
+c_kernels = (
+    "c2rope_kernels",
+    {
+        "sources": _sources("csrc/cpu/*.c"),
+        "include_dirs": [INCLUDE],
+        # -fPIC: the archive is linked into a shared object. -O3 lets gcc vectorise
+        # the pair loops; no -ffast-math, the kernels must round exactly like torch.
+        "cflags": ["-std=c11", "-O3", "-fopenmp", "-fPIC", "-Wall", "-Wextra"],
+    },
+)
+
+torch_sources = [s for s in _sources("csrc/torch/*.cpp") if not s.endswith("_cuda.cpp")]
+define_macros = []
+extra_compile_args = {"cxx": ["-O3", "-fopenmp"]}
+if WITH_CUDA:
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("C2ROPE_CUDA_ARCHS", "8.0;9.0"))
+    torch_sources += _sources("csrc/torch/*_cuda.cpp") + _sources("csrc/cuda/*.cu")
+    define_macros.append(("C2ROPE_WITH_CUDA", "1"))
+    extra_compile_args["nvcc"] = ["-O3", "-lineinfo"]
+    extension_class = cpp_extension.CUDAExtension
+else:
+    extension_class = cpp_extension.CppExtension
+
+ext = extension_class(
+    name="c2rope._C",
+    sources=torch_sources,
+    include_dirs=[os.path.join(HERE, INCLUDE)],
+    define_macros=define_macros,
+    extra_compile_args=extra_compile_args,
+    extra_link_args=["-fopenmp"],
+    # The extension registers ops with the dispatcher and exports PyInit__C only; it
+    # uses the limited API so one wheel serves CPython 3.10+ (torch sets Py_LIMITED_API to 3.10).
+    py_limited_api=True,
+)
+
+class BuildExtensionWithKernels(cpp_extension.BuildExtension):
+    """Build the C kernel archive first: `build_ext` alone (as in `--inplace` or an
+    editable install) does not run `build_clib`, it only links what it produced."""
+
+    def run(self):
+        self.run_command("build_clib")
+        super().run()
+
+
+setup(
+    libraries=[c_kernels],
+    ext_modules=[ext],
+    cmdclass={"build_ext": BuildExtensionWithKernels},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
+)
