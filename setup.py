@@ -54,6 +54,8 @@ if WITH_CUDA:
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("C2ROPE_CUDA_ARCHS", "8.0;9.0"))
     torch_sources += _sources("csrc/torch/*_cuda.cpp") + _sources("csrc/cuda/*.cu")
     define_macros.append(("C2ROPE_WITH_CUDA", "1"))
+    # Recorded so `python -m c2rope info` can say which GPUs the kernels were built for.
+    define_macros.append(("C2ROPE_CUDA_ARCHS", '"%s"' % os.environ["TORCH_CUDA_ARCH_LIST"]))
     extra_compile_args["nvcc"] = ["-O3", "-lineinfo"]
     extension_class = cpp_extension.CUDAExtension
 else:

@@ -2,3 +2,4 @@
 readable definition of what the kernels compute. Slow by design: clarity first."""
 from .rotary import *  # noqa: F401,F403
 from .mask import *  # noqa: F401,F403
+from .positions import *  # noqa: F401,F403

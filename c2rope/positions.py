@@ -1,0 +1,98 @@
+"""Triplet positions (m, x, y) of SPEC section 3, vectorised over the batch."""
+from __future__ import annotations
+
+import torch
+
+from .config import C2RoPEConfig
+from .layout import VisualLayout
+
+__all__ = ["build_position_ids", "next_temporal_index"]
+
+
+def _check(layout, config) -> None:
+    if not isinstance(layout, VisualLayout):
+        raise TypeError(f"layout must be a c2rope.VisualLayout, got {type(layout).__name__}")
+    if not isinstance(config, C2RoPEConfig):
+        raise TypeError(f"config must be a c2rope.C2RoPEConfig, got {type(config).__name__}")
+
+
+def _temporal_steps(layout: VisualLayout, config: C2RoPEConfig) -> torch.Tensor:
+    """How far each token advances the temporal index, int64 [B, S].
+
+    Text and raster image tokens advance it by one; padding by zero; a concentric image
+    advances it by its ring count, all at its last token (its earlier tokens share the
+    image's starting index).
+    """
+    is_image = layout.image_id >= 0
+    steps = layout.valid.to(torch.int64)
+    if config.temporal == "concentric":
+        # The last token of an image is the one whose successor is not in the same image.
+        same_next = torch.zeros_like(is_image)
+        if layout.seq_len > 1:
+            same_next[:, :-1] = (layout.image_start[:, 1:] == layout.image_start[:, :-1]) & is_image[:, 1:]
+        is_last = is_image & ~same_next
+        steps = torch.where(is_image, is_last.to(torch.int64) * layout.num_rings.to(torch.int64), steps)
+    return steps
+
+
+def _temporal_index(layout: VisualLayout, config: C2RoPEConfig) -> torch.Tensor:
+    """m per token, int64 [B, S]; padding gets 1 as HF fills it."""
+    steps = _temporal_steps(layout, config)
+    m = torch.cumsum(steps, dim=1) - steps  # exclusive: the index where the token starts
+    if config.temporal == "concentric":
+        is_image = layout.image_id >= 0
+        # Periphery first: the outermost ring takes the image's first slot.
+        m = torch.where(is_image, m + (layout.num_rings - 1 - layout.ring).to(torch.int64), m)
+    return m.masked_fill(~layout.valid, 1)
+
+
+def build_position_ids(layout: VisualLayout, config: C2RoPEConfig) -> torch.Tensor:
+    """Triplet positions (m, x, y), float32 [B, S, 3], on the layout's device.
+
+    m counts valid tokens from 0 (concentric: one slot per ring of each image). Text is
+    (m, m, m) with text_spatial="temporal", (m, 0, 0) with "zero"; an image token is
+    (m, a + x, a + y) resp. (m, x, y) with (x, y) its centred (or merged) coordinates and
+    a the mean m of its image. Padding is (1, 0, 0).
+    """
+    _check(layout, config)
+    m = _temporal_index(layout, config)
+    is_image = layout.image_id >= 0
+    # Doubled centred coordinates are exact integers; "merged" truncates toward zero.
+    cx = layout.cx2.to(torch.float64) / 2
+    cy = layout.cy2.to(torch.float64) / 2
+    if config.coords == "merged":
+        cx, cy = torch.trunc(cx), torch.trunc(cy)
+
+    m64 = m.to(torch.float64)
+    if config.text_spatial == "temporal":
+        anchor = _image_mean(layout, m64, is_image)
+        x = torch.where(is_image, anchor + cx, m64)
+        y = torch.where(is_image, anchor + cy, m64)
+    else:
+        x = torch.where(is_image, cx, torch.zeros_like(cx))
+        y = torch.where(is_image, cy, torch.zeros_like(cy))
+    pos = torch.stack([m64, x, y], dim=-1)
+    pos[..., 1:].masked_fill_(~layout.valid.unsqueeze(-1), 0.0)
+    return pos.to(torch.float32)
+
+
+def _image_mean(layout: VisualLayout, values: torch.Tensor, is_image: torch.Tensor) -> torch.Tensor:
+    """Per token, the mean of `values` over the token's image (0 for text)."""
+    batch, seq = layout.valid.shape
+    # One slot per possible image start: b * S + start identifies an image uniquely.
+    key = (torch.arange(batch, device=values.device).unsqueeze(1) * seq + layout.image_start.clamp_min(0))
+    key = key[is_image]
+    sums = torch.zeros(batch * seq, dtype=values.dtype, device=values.device)
+    counts = torch.zeros_like(sums)
+    sums.index_add_(0, key, values[is_image])
+    counts.index_add_(0, key, torch.ones_like(values[is_image]))
+    mean = torch.zeros_like(values)
+    mean[is_image] = sums[key] / counts[key]
+    return mean
+
+
+def next_temporal_index(layout: VisualLayout, config: C2RoPEConfig) -> torch.Tensor:
+    """The temporal index m the next token of each row gets, int64 [B] (decoding:
+    a new text token is then at (m, m, m), or (m, 0, 0) with text_spatial="zero")."""
+    _check(layout, config)
+    return _temporal_steps(layout, config).sum(dim=1)

@@ -1,0 +1,94 @@
+// ATen glue of torch.ops.c2rope.chebyshev_mask (c2rope_torch::chebyshev_mask) and its
+// CPU registration. c2rope_torch::chebyshev_mask is device-independent: the CUDA
+// registration passes the CUDA launcher and the current stream.
+#include <ATen/ATen.h>
+#include <c10/core/DeviceGuard.h>
+#include <torch/library.h>
+
+#include "c2rope.h"
+#include "ops.h"
+
+namespace c2rope_torch {
+
+namespace {
+
+c2rope_dtype mask_dtype_code(at::ScalarType t) {
+    switch (t) {
+    case at::kBool: return C2ROPE_BOOL;
+    case at::kFloat: return C2ROPE_F32;
+    case at::kHalf: return C2ROPE_F16;
+    case at::kBFloat16: return C2ROPE_BF16;
+    default:
+        TORCH_CHECK_TYPE(false, "c2rope.chebyshev_mask: dtype must be bool, float32, float16 or "
+                                "bfloat16, got ", t);
+    }
+}
+
+}  // namespace
+
+at::Tensor chebyshev_mask(const at::Tensor &valid_in, const at::Tensor &image_id_in,
+                          const at::Tensor &ring_in, int64_t q_offset, int64_t q_len, int64_t mode,
+                          at::ScalarType dtype, MaskLauncher launch, void *stream) {
+    const char *op = "c2rope.chebyshev_mask";
+    const c2rope_dtype out_code = mask_dtype_code(dtype);
+    TORCH_CHECK_TYPE(valid_in.scalar_type() == at::kBool || valid_in.scalar_type() == at::kByte, op,
+                     ": valid must be bool or uint8, got ", valid_in.scalar_type());
+    TORCH_CHECK_TYPE(image_id_in.scalar_type() == at::kInt, op, ": image_id must be int32, got ",
+                     image_id_in.scalar_type());
+    TORCH_CHECK_TYPE(ring_in.scalar_type() == at::kInt, op, ": ring must be int32, got ",
+                     ring_in.scalar_type());
+    TORCH_CHECK_VALUE(valid_in.dim() == 2, op, ": valid must be 2-D [B, K], got shape ", valid_in.sizes());
+    TORCH_CHECK_VALUE(image_id_in.sizes() == valid_in.sizes(), op, ": image_id shape ", image_id_in.sizes(),
+                " differs from valid shape ", valid_in.sizes());
+    TORCH_CHECK_VALUE(ring_in.sizes() == valid_in.sizes(), op, ": ring shape ", ring_in.sizes(),
+                " differs from valid shape ", valid_in.sizes());
+    TORCH_CHECK_VALUE(image_id_in.device() == valid_in.device() && ring_in.device() == valid_in.device(), op,
+                ": valid, image_id and ring must be on one device, got ", valid_in.device(), ", ",
+                image_id_in.device(), ", ", ring_in.device());
+    TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, op, ": mode must be 0 (outward), 1 (inward) or 2 (causal), got ",
+                mode);
+    const int64_t B = valid_in.size(0), K = valid_in.size(1);
+    TORCH_CHECK_VALUE(q_offset >= 0 && q_len >= 0 && q_offset <= K && q_len <= K - q_offset, op,
+                ": need 0 <= q_offset and q_offset + q_len <= K = ", K, ", got q_offset ", q_offset,
+                ", q_len ", q_len);
+
+    c10::OptionalDeviceGuard guard(valid_in.device());
+    at::Tensor out = at::empty({B, 1, q_len, K}, valid_in.options().dtype(dtype));
+    if (B == 0 || q_len == 0) return out;
+
+    // The kernel reads `valid` as 0/1 bytes: a bool tensor already is one.
+    const at::Tensor valid = valid_in.contiguous();
+    const at::Tensor image_id = image_id_in.contiguous();
+    const at::Tensor ring = ring_in.contiguous();
+    c2rope_mask_params p{};
+    p.batch = B;
+    p.q_len = q_len;
+    p.kv_len = K;
+    p.q_offset = q_offset;
+    p.valid = static_cast<const uint8_t *>(valid.data_ptr());
+    p.image_id = image_id.data_ptr<int32_t>();
+    p.ring = ring.data_ptr<int32_t>();
+    p.mode = static_cast<c2rope_mask_mode>(mode);
+    p.out_dtype = out_code;
+    p.out = out.data_ptr();
+    check_status(launch(&p, stream), op);
+    return out;
+}
+
+}  // namespace c2rope_torch
+
+namespace {
+
+c2rope_status mask_cpu_launcher(const c2rope_mask_params *p, void * /*stream*/) {
+    return c2rope_chebyshev_mask_cpu(p);
+}
+
+at::Tensor chebyshev_mask_cpu(const at::Tensor &valid, const at::Tensor &image_id, const at::Tensor &ring,
+                              int64_t q_offset, int64_t q_len, int64_t mode, at::ScalarType dtype) {
+    return c2rope_torch::chebyshev_mask(valid, image_id, ring, q_offset, q_len, mode, dtype,
+                                        mask_cpu_launcher, nullptr);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(c2rope, CPU, m) { m.impl("chebyshev_mask", &chebyshev_mask_cpu); }

@@ -1,0 +1,128 @@
+"""build_position_ids / next_temporal_index against the token-by-token reference and
+hand-computed values (SPEC section 3)."""
+import itertools
+import random
+
+import pytest
+import torch
+
+import c2rope
+from c2rope import C2RoPEConfig, VisualLayout, build_position_ids, next_temporal_index
+from c2rope.reference import position_ids_ref
+
+ALL_CONFIGS = [
+    C2RoPEConfig(temporal=t, text_spatial=ts, coords=c)
+    for t, ts, c in itertools.product(("raster", "concentric"), ("temporal", "zero"), ("centered", "merged"))
+]
+
+
+def random_layout(batch=3, max_images=3, max_side=6):
+    """Random spans with text gaps, several grids per row, random left/right padding."""
+    rows, lengths = [], []
+    for _ in range(batch):
+        pos, spans = random.randint(0, 3), []
+        for _ in range(random.randint(0, max_images)):
+            h, w = random.randint(1, max_side), random.randint(1, max_side)
+            spans.append((pos, h, w))
+            pos += h * w + random.randint(0, 3)
+        rows.append(spans)
+        lengths.append(pos + random.randint(0, 2))
+    seq = max(lengths)
+    mask = torch.zeros(batch, seq, dtype=torch.long)
+    for b, (spans, n) in enumerate(zip(rows, lengths)):
+        if random.random() < 0.5:  # left padding: shift the row right
+            shift = seq - n
+            rows[b] = [(s + shift, h, w) for s, h, w in spans]
+            mask[b, shift:] = 1
+        else:
+            mask[b, :n] = 1
+    return VisualLayout.from_spans(rows, seq, attention_mask=mask)
+
+
+@pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda c: f"{c.temporal}-{c.text_spatial}-{c.coords}")
+def test_matches_reference_on_random_layouts(config):
+    for _ in range(4):
+        layout = random_layout()
+        pos = build_position_ids(layout, config)
+        assert pos.dtype == torch.float32 and pos.shape == (layout.batch_size, layout.seq_len, 3)
+        torch.testing.assert_close(pos, position_ids_ref(layout.spans, layout.valid, config), rtol=0, atol=0)
+        # The next token continues where the last valid one left off.
+        nxt = next_temporal_index(layout, config)
+        last_m = torch.where(layout.valid, pos[..., 0], torch.full_like(pos[..., 0], -1)).amax(1)
+        expected = torch.where(layout.valid.any(1), last_m + 1, torch.zeros_like(last_m))
+        # a concentric image at the end leaves its last slot as the largest m
+        assert torch.equal(nxt, expected.long())
+
+
+def test_no_image_is_plain_rope_positions():
+    # With text_spatial="temporal" a text-only sequence is (m, m, m) with HF's m.
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    layout = VisualLayout.from_input_ids(torch.ones(2, 6, dtype=torch.long), 7, (2, 2), attention_mask=mask)
+    pos = build_position_ids(layout, C2RoPEConfig())
+    hf = mask.cumsum(-1) - 1
+    hf.masked_fill_(mask == 0, 1)
+    assert torch.equal(pos[..., 0], hf.float())
+    valid = mask.bool()
+    assert torch.equal(pos[..., 1][valid], hf.float()[valid]) and torch.equal(pos[..., 2][valid], hf.float()[valid])
+    assert pos[..., 1:][~valid].eq(0).all()
+
+
+def test_hand_checked_24x24_two_images():
+    # text(3), image, image, text(2): seed defaults
+    ids = torch.tensor([[1, 1, 1] + [7] * 1152 + [1, 1]])
+    layout = VisualLayout.from_input_ids(ids, 7, (24, 24))
+    pos = build_position_ids(layout, C2RoPEConfig())
+    first = pos[0, 3:579]
+    a = 3 + 287.5  # mean m of the first image
+    assert first[0].tolist() == [3.0, a - 11.5, a + 11.5]  # top-left corner
+    assert first[575].tolist() == [578.0, a + 11.5, a - 11.5]  # bottom-right
+    second = pos[0, 579:1155]
+    b = 579 + 287.5
+    assert second[0].tolist() == [579.0, b - 11.5, b + 11.5]  # coordinates restart
+    assert pos[0, 1155].tolist() == [1155.0] * 3
+
+    paper = build_position_ids(layout, C2RoPEConfig.paper_code())
+    # concentric: 12 slots per image, periphery first; merged coords are integers
+    assert paper[0, 3, 0] == 3 and paper[0, 3 + 11 * 24 + 11, 0] == 3 + 11
+    assert paper[0, 579, 0] == 15 and paper[0, 1155].tolist() == [27.0] * 3
+    xs = (paper[0, 3:579, 1] - paper[0, 3:579, 1].mean()).unique()
+    assert xs.numel() == 23  # -11 ... 11 with the two middle columns merged
+    assert next_temporal_index(layout, C2RoPEConfig.paper_code()).tolist() == [29]
+
+
+def test_zero_text_spatial():
+    layout = VisualLayout.from_spans([[(2, 3, 3)]], 13)
+    pos = build_position_ids(layout, C2RoPEConfig(text_spatial="zero"))
+    assert pos[0, :2, 1:].eq(0).all() and pos[0, 11:, 1:].eq(0).all()
+    assert pos[0, 2:11, 1].tolist() == [-1.0, 0.0, 1.0] * 3
+    assert pos[0, 2:11, 2].tolist() == [1.0] * 3 + [0.0] * 3 + [-1.0] * 3
+
+
+def test_empty():
+    cfg = C2RoPEConfig()
+    for layout in (VisualLayout.from_spans([], 0), VisualLayout.from_spans([[], []], 0),
+                   VisualLayout.from_spans([], 4)):
+        pos = build_position_ids(layout, cfg)
+        assert pos.shape == (layout.batch_size, layout.seq_len, 3)
+        assert next_temporal_index(layout, cfg).shape == (layout.batch_size,)
+
+
+def test_bad_input():
+    layout = VisualLayout.from_spans([[]], 3)
+    with pytest.raises(TypeError, match="layout"):
+        build_position_ids(torch.zeros(1, 3), C2RoPEConfig())
+    with pytest.raises(TypeError, match="config"):
+        build_position_ids(layout, {"temporal": "raster"})
+    with pytest.raises(TypeError, match="layout"):
+        next_temporal_index(None, C2RoPEConfig())
+
+
+def test_torch_compile_fullgraph():
+    layout, config = random_layout(), random.choice(ALL_CONFIGS)
+    compiled = torch.compile(lambda lay: build_position_ids(lay, config), fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(layout), build_position_ids(layout, config))
+
+
+def test_public_names():
+    assert c2rope.build_position_ids is build_position_ids
+    assert c2rope.next_temporal_index is next_temporal_index
