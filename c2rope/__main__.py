@@ -1,4 +1,4 @@
-"""Command line: `python -m c2rope demo | info` (also installed as `c2rope`)."""
+"""Command line: `python -m c2rope demo | info | diagnose` (also installed as `c2rope`)."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +13,12 @@ def _cmd_demo(args) -> int:
     config = C2RoPEConfig.paper_code() if args.paper_code else C2RoPEConfig(mask=args.mask)
     run_demo(out_dir=args.out, config=config, seed=args.seed)
     return 0
+
+
+def _cmd_diagnose(args) -> int:
+    from .diagnose import main_diagnose
+
+    return main_diagnose(args)
 
 
 def _cuda_kernels_registered() -> bool:
@@ -59,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="torch version, kernels built, OpenMP threads")
     info.set_defaults(run=_cmd_info)
+
+    from .diagnose import add_diagnose_arguments
+
+    diagnose = sub.add_parser("diagnose", help="measure positional attention of 1D RoPE, C2RoPE, M-RoPE, "
+                              "Circle-RoPE; markdown + PNG heat maps")
+    add_diagnose_arguments(diagnose)
+    diagnose.set_defaults(run=_cmd_diagnose)
     return parser
 
 
