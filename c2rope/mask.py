@@ -163,7 +163,10 @@ def chebyshev_block_mask(
     n_qb = -(-q_len // block_size)
     n_kb = -(-kv_len // block_size)
     kv_padded = n_kb * block_size
-    counts = torch.zeros(batch, n_qb, n_kb, dtype=torch.int64, device=layout.device)
+    # Per block: any key allowed / all keys allowed. bool reductions, because a sum would
+    # first promote the whole slab to int64 (8x its size).
+    any_allowed = torch.zeros(batch, n_qb, n_kb, dtype=torch.bool, device=layout.device)
+    all_allowed = torch.zeros(batch, n_qb, n_kb, dtype=torch.bool, device=layout.device)
     rows_per_chunk = max(1, _BLOCK_MASK_CHUNK_BYTES // max(1, batch * kv_padded * block_size)) * block_size
     for q0 in range(0, q_len, rows_per_chunk):
         rows = min(rows_per_chunk, q_len - q0)
@@ -174,12 +177,13 @@ def chebyshev_block_mask(
         n_blocks = -(-rows // block_size)
         # Pad to whole blocks with False, as create_block_mask does: edge blocks are partial.
         dense = torch.nn.functional.pad(dense, (0, kv_padded - kv_len, 0, n_blocks * block_size - rows))
-        per_block = dense.view(batch, n_blocks, block_size, n_kb, block_size).sum(dim=(2, 4))
+        blocks = dense.view(batch, n_blocks, block_size, n_kb, block_size)
         qb0 = q0 // block_size
-        counts[:, qb0 : qb0 + n_blocks] = per_block
+        any_allowed[:, qb0 : qb0 + n_blocks] = blocks.any(dim=4).any(dim=2)
+        all_allowed[:, qb0 : qb0 + n_blocks] = blocks.all(dim=4).all(dim=2)
 
-    full = counts == block_size * block_size
-    partial = (counts > 0) & ~full
+    full = all_allowed
+    partial = any_allowed & ~full
     kv_num, kv_idx = _dense_to_ordered(partial.unsqueeze(1))
     full_num, full_idx = _dense_to_ordered(full.unsqueeze(1))
     return BlockMask.from_kv_blocks(
