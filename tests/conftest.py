@@ -12,13 +12,21 @@ import torch
 
 _SEED = int(os.environ.get("C2ROPE_TEST_SEED", random.SystemRandom().randrange(2**31)))
 
-# Tests are parametrised over the devices this machine has: CUDA tests exist only where
-# CUDA does (no test is skipped forever on a CPU-only machine).
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+import c2rope  # noqa: E402,F401  (registers torch.ops.c2rope)
+
+# Tests are parametrised over the devices this machine has: CUDA cases exist only where
+# a GPU is visible and the CUDA kernels were built (C2ROPE_CUDA=1), so no test is
+# skipped forever on a CPU-only machine. The header says when a GPU goes untested.
+_CUDA_BUILT = torch.ops.c2rope.built_with_cuda()
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and _CUDA_BUILT else [])
 
 
 def pytest_report_header(config):
-    return f"c2rope test seed: C2ROPE_TEST_SEED={_SEED}; devices: {DEVICES}"
+    lines = [f"c2rope test seed: C2ROPE_TEST_SEED={_SEED}; devices: {DEVICES}"]
+    if torch.cuda.is_available() and not _CUDA_BUILT:
+        lines.append("c2rope: a GPU is visible but the CUDA kernels were not built "
+                     "(C2ROPE_CUDA=1): CUDA is NOT tested in this run")
+    return lines
 
 
 @pytest.fixture(autouse=True)
