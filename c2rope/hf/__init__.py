@@ -1,0 +1,166 @@
+"""HuggingFace Transformers integration: `patch_model` / `unpatch_model`.
+
+    import c2rope
+    c2rope.patch_model(model, c2rope.C2RoPEConfig())   # one line in a training script
+    ...
+    c2rope.unpatch_model(model)                          # the model is exactly as before
+
+Patching is per model instance: attributes of the model's own modules are swapped
+(forward wrappers, the decoder's rotary module, the attention forwards' lookup of
+`apply_rotary_pos_emb`), never transformers' module-level functions, so unpatched models
+in the same process are unaffected. Supported lines: transformers 5.x (v5.py) and 4.37.x
+with the original LLaVA code (v4.py). docs/hf.md has the user-facing details.
+
+Adding a model family (the registry interface)
+-----------------------------------------------
+Write a module c2rope/hf/<family>.py with
+
+    from .registry import register_patcher
+
+    @register_patcher("my_model_type", ...)        # values of model.config.model_type
+    def _patch(model, record, state):
+        # model:  the (PEFT-unwrapped) transformers model being patched
+        # record: c2rope.hf.record.PatchRecord -- make EVERY change through it:
+        #         record.set_attr(obj, name, value), record.wrap_forward(module, make_wrapper),
+        #         c2rope.hf.record.bind_forward_with_globals(record, module, {name: fn})
+        #         so unpatch_model can undo it exactly
+        # state:  c2rope.hf.state.C2RoPEState -- .config (C2RoPEConfig), .image_token_id,
+        #         .grid (fill in defaults from model.config when None), and the span cache
+        #         used for KV decoding (state.plan / state.store)
+        ...
+
+and add its name to `_FAMILY_MODULES` below (one line). A patcher may raise
+TypeError/ValueError for a model it cannot handle; patch_model then undoes whatever the
+patcher already changed. v5.patch_decoder is reusable for any decoder whose layers call
+`apply_rotary_pos_emb` and whose inner model has `rotary_emb` and `layers`.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+from ..config import C2RoPEConfig
+from .record import PatchRecord
+from .registry import get_patcher, register_patcher, supported_model_types
+from .state import C2RoPEState
+
+__all__ = [
+    "patch_model",
+    "unpatch_model",
+    "is_patched",
+    "register_patcher",
+    "supported_model_types",
+    "PatchRecord",
+    "C2RoPEState",
+]
+
+_RECORD_ATTR = "_c2rope_record"
+
+
+def _transformers_line() -> str:
+    import transformers
+
+    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
+    if major >= 5:
+        return "v5"
+    if (major, minor) == (4, 37):
+        return "v4"
+    raise ImportError(
+        f"c2rope.hf supports transformers 5.x and 4.37.x (the version the original LLaVA code "
+        f"pins); found {transformers.__version__}"
+    )
+
+
+# Model-family modules that register patchers; per transformers line.
+_FAMILY_MODULES = {
+    "v5": ("v5", "qwen2_vl"),
+    "v4": ("v4",),
+}
+_loaded = False
+
+
+def _load_families() -> None:
+    global _loaded
+    if _loaded:
+        return
+    for name in _FAMILY_MODULES[_transformers_line()]:
+        try:
+            importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":  # a real missing dependency: report it
+                raise
+    _loaded = True
+
+
+def _base_model(model):
+    """The transformers model under a PEFT wrapper (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def is_patched(model) -> bool:
+    return _RECORD_ATTR in vars(_base_model(model))
+
+
+def patch_model(
+    model,
+    config: Optional[C2RoPEConfig] = None,
+    image_token_id: Optional[int] = None,
+    grid: Union[Tuple[int, int], Sequence[Tuple[int, int]], None] = None,
+):
+    """Give `model` C2RoPE positions, the fused rotary kernel and the Chebyshev mask.
+
+    config: C2RoPEConfig (default: the seed's defaults).
+    image_token_id: id of the image placeholder token in input_ids (LLaVA: taken from
+        the model config when None; plain decoders: None means images come only from
+        `visual_layout=` passed to forward / generate).
+    grid: (H, W) patch grid per image, or a list per image (default: from the vision
+        config for LLaVA, else (24, 24)).
+    Returns the model (patched in place). Raises TypeError for unsupported models,
+    ValueError if it is already patched.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if config is None:
+        config = C2RoPEConfig()
+    if not isinstance(config, C2RoPEConfig):
+        raise TypeError(f"config must be a c2rope.C2RoPEConfig, got {type(config).__name__}")
+    if image_token_id is not None and (isinstance(image_token_id, bool) or not isinstance(image_token_id, int)):
+        raise TypeError(f"image_token_id must be an int or None, got {image_token_id!r}")
+    if grid is not None:
+        from ..layout import VisualLayout
+
+        VisualLayout._parse_grids(grid)  # validates (ValueError / TypeError)
+    _load_families()
+    base = _base_model(model)
+    if _RECORD_ATTR in vars(base):
+        raise ValueError("model is already patched by c2rope; call c2rope.unpatch_model(model) first")
+    model_config = getattr(base, "config", None)
+    model_type = getattr(model_config, "model_type", None)
+    if model_type is None:
+        raise TypeError(f"{type(base).__name__} has no config.model_type; is it a transformers model?")
+    patcher = get_patcher(model_type)
+    state = C2RoPEState(config, image_token_id, grid, model_type)
+    record = PatchRecord(base, config, model_type)
+    try:
+        patcher(base, record, state)
+        if state.grid is None:
+            state.grid = (24, 24)
+        record.state = state
+        record.set_attr(base, _RECORD_ATTR, record)
+    except BaseException:
+        record.undo()
+        raise
+    return model
+
+
+def unpatch_model(model):
+    """Undo `patch_model` exactly (every swapped attribute restored). Returns the model."""
+    base = _base_model(model)
+    record = vars(base).get(_RECORD_ATTR)
+    if record is None:
+        raise ValueError("model is not patched by c2rope")
+    record.undo()
+    return model

@@ -1,0 +1,279 @@
+"""Circle-RoPE for transformers 5.x Qwen2-VL and Qwen2.5-VL, with AGE (a per-layer
+choice between Circle-RoPE and the model's own M-RoPE positions).
+
+    c2rope.patch_model(model, c2rope.CircleRoPEConfig(age_strategy="alternate"))
+    # or, without the registry: patch_qwen2_vl(model, cfg) / unpatch_qwen2_vl(model)
+
+What changes, on this model instance only (undone exactly by unpatching):
+- `get_rope_index` of the inner Qwen2VLModel returns Circle-RoPE positions (float32)
+  and their rope_deltas. transformers calls it both from forward and from generate(),
+  and continues decoding from those deltas, so the model's own machinery carries the
+  new positions through prefill, KV-cache decoding and no-cache decoding.
+- With AGE (any layer on M-RoPE), the same call also keeps the model's original M-RoPE
+  positions. The text model's forward works out, for the chunk it runs, the M-RoPE
+  positions of its tokens (prompt tokens from the kept set, generated tokens by their
+  own rope_deltas), the rotary module attaches their cos/sin to the Circle ones, and
+  each M-RoPE layer swaps them in. The swap travels with the cos tensor itself, so
+  gradient checkpointing's recomputation sees the same choice.
+Text-only inputs never reach get_rope_index: their positions, and logits, are the
+model's own.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from ..circle import CircleRoPEConfig
+from ..mrope import mm_token_type_ids_from_input_ids, mrope_position_ids
+from .record import PatchRecord
+from .registry import register_patcher
+
+MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+_ALT_ATTR = "_c2rope_mrope_cos_sin"  # set on the Circle cos tensor: the M-RoPE (cos, sin)
+_RECORD_ATTR = "_c2rope_qwen2_vl_record"
+
+
+@dataclasses.dataclass
+class _Prompt:
+    """The positions of the last prompt that went through get_rope_index."""
+
+    circle: torch.Tensor  # float32 [3, B, S]
+    mrope: torch.Tensor  # float32 [3, B, S]
+    circle_deltas: torch.Tensor  # [B, 1], the object handed to transformers as rope_deltas
+    mrope_deltas: torch.Tensor  # float32 [B, 1]
+
+
+class _CircleState:
+    def __init__(self, config: CircleRoPEConfig, inner: nn.Module, num_layers: int):
+        self.config = config
+        self.inner = inner
+        self.plan = config.layer_plan(num_layers)
+        self.prompt: Optional[_Prompt] = None
+        self.pending_mrope: Optional[torch.Tensor] = None  # M-RoPE positions of the running chunk
+
+    @property
+    def needs_mrope(self) -> bool:
+        return not all(self.plan)
+
+
+def _find_parts(model: nn.Module):
+    """(inner Qwen2VLModel, text model) of a *ForConditionalGeneration or *Model."""
+    inner = model.model if hasattr(model, "model") and hasattr(model.model, "get_rope_index") else model
+    text = getattr(inner, "language_model", None)
+    if not hasattr(inner, "get_rope_index") or text is None or not hasattr(text, "layers"):
+        raise TypeError(
+            f"{type(model).__name__} does not look like a transformers 5.x Qwen2-VL / Qwen2.5-VL model "
+            "(expected .model.get_rope_index and .model.language_model.layers)"
+        )
+    return inner, text
+
+
+def _get_rope_index(original: Callable, inner: nn.Module, state: _CircleState):
+    config = inner.config
+    vision = config.vision_config
+    merge = vision.spatial_merge_size
+    tokens_per_second = getattr(vision, "tokens_per_second", None)
+
+    def get_rope_index(input_ids=None, mm_token_type_ids=None, image_grid_thw=None, video_grid_thw=None,
+                       attention_mask=None, second_per_grid_ts=None, **kwargs):
+        mask = attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 else None
+        if mm_token_type_ids is None:
+            mm_token_type_ids = mm_token_type_ids_from_input_ids(
+                input_ids, config.image_token_id, getattr(config, "video_token_id", None)
+            )
+        positions, deltas = mrope_position_ids(
+            input_ids, image_grid_thw, video_grid_thw, mask,
+            mm_token_type_ids=mm_token_type_ids, spatial_merge_size=merge,
+            second_per_grid_ts=second_per_grid_ts if tokens_per_second is not None else None,
+            tokens_per_second=tokens_per_second,
+            circle=state.config,
+        )
+        if state.needs_mrope:
+            # The model's own M-RoPE positions for the layers AGE leaves on M-RoPE.
+            extra = {} if second_per_grid_ts is None else {"second_per_grid_ts": second_per_grid_ts}
+            mrope, mrope_deltas = original(
+                input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw,
+                video_grid_thw=video_grid_thw, attention_mask=mask, **extra,
+            )
+            state.prompt = _Prompt(positions, mrope.to(torch.float32), deltas, mrope_deltas.to(torch.float32))
+        return positions, deltas
+
+    return get_rope_index
+
+
+def _as_three_rows(position_ids, past: int, batch: int, seq: int, device) -> torch.Tensor:
+    """The [3, B, S] (t, h, w) positions the text model will use, as it derives them."""
+    if position_ids is None:
+        index = torch.arange(past, past + seq, device=device, dtype=torch.float32)
+        return index.view(1, 1, -1).expand(3, batch, -1)
+    if position_ids.dim() == 2:
+        return position_ids[None].expand(3, -1, -1).to(torch.float32)
+    if position_ids.dim() == 3 and position_ids.shape[0] == 4:
+        position_ids = position_ids[1:]
+    return position_ids.to(torch.float32)
+
+
+def _repeat_batch(value: torch.Tensor, batch: int, dim: int) -> Optional[torch.Tensor]:
+    """Expand a prompt-time tensor to generate()'s expanded batch (beams / samples)."""
+    have = value.shape[dim]
+    if have == batch:
+        return value
+    if have == 0 or batch % have:
+        return None
+    return value.repeat_interleave(batch // have, dim=dim)
+
+
+def mrope_positions_for_chunk(state: _CircleState, circle: torch.Tensor, past: int) -> Optional[torch.Tensor]:
+    """M-RoPE positions [3, B, S] of a chunk whose Circle positions are `circle`, starting
+    after `past` cached tokens; None when nothing says they differ (text only)."""
+    prompt = state.prompt
+    # Our prompt positions apply only while transformers decodes from our rope_deltas: a
+    # text-only generate() resets them, and then both position sets are the same.
+    if prompt is None or state.inner.rope_deltas is not prompt.circle_deltas:
+        return None
+    batch, seq = circle.shape[1], circle.shape[2]
+    prompt_circle = _repeat_batch(prompt.circle, batch, 1)
+    prompt_mrope = _repeat_batch(prompt.mrope, batch, 1)
+    circle_deltas = _repeat_batch(prompt.circle_deltas, batch, 0)
+    mrope_deltas = _repeat_batch(prompt.mrope_deltas, batch, 0)
+    if prompt_circle is None:
+        return None
+    device = circle.device
+    overlap = max(0, min(past + seq, prompt_circle.shape[2]) - past)
+    head = None
+    if overlap:
+        known = prompt_circle[:, :, past:past + overlap].to(device)
+        if not torch.equal(circle[:, :, :overlap], known):
+            return None  # not the prompt we built: positions of unknown origin, leave them
+        head = prompt_mrope[:, :, past:past + overlap].to(device)
+    if overlap == seq:
+        return head
+    if overlap == 0 and past == 0:
+        return None
+    # Tokens after the prompt are text: same index, each set's own decode offset.
+    shift = (mrope_deltas - circle_deltas.to(mrope_deltas.dtype)).to(device)
+    tail = circle[:, :, overlap:] + shift.view(1, -1, 1)
+    return tail if head is None else torch.cat([head, tail], dim=2)
+
+
+def _parameter_names(function: Callable):
+    return [n for n, p in inspect.signature(function).parameters.items()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _text_forward(original: Callable, state: _CircleState):
+    names = _parameter_names(original)
+
+    def forward(*args, **kwargs):
+        bound = dict(zip(names, args))
+        bound.update(kwargs)
+        embeds = bound.get("inputs_embeds")
+        ids = bound.get("input_ids")
+        if embeds is None and ids is None:
+            return original(*args, **kwargs)  # transformers raises its own error
+        batch, seq = (embeds.shape[0], embeds.shape[1]) if embeds is not None else tuple(ids.shape)
+        device = embeds.device if embeds is not None else ids.device
+        cache = bound.get("past_key_values")
+        past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
+        circle = _as_three_rows(bound.get("position_ids"), past, batch, seq, device)
+        state.pending_mrope = mrope_positions_for_chunk(state, circle, past)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            state.pending_mrope = None
+
+    return forward
+
+
+def _rotary_forward(original: Callable, state: _CircleState):
+    def forward(x, position_ids, *args, **kwargs):
+        cos, sin = original(x, position_ids, *args, **kwargs)
+        if state.pending_mrope is not None:
+            setattr(cos, _ALT_ATTR, original(x, state.pending_mrope, *args, **kwargs))
+        return cos, sin
+
+    return forward
+
+
+def _mrope_layer_forward(original: Callable):
+    names = _parameter_names(original)
+    slot = names.index("position_embeddings") if "position_embeddings" in names else None
+
+    def forward(*args, **kwargs):
+        if "position_embeddings" in kwargs:
+            embeddings = kwargs["position_embeddings"]
+            alt = getattr(embeddings[0], _ALT_ATTR, None) if embeddings is not None else None
+            if alt is not None:
+                kwargs["position_embeddings"] = alt
+        elif slot is not None and slot < len(args) and args[slot] is not None:
+            alt = getattr(args[slot][0], _ALT_ATTR, None)
+            if alt is not None:
+                args = args[:slot] + (alt,) + args[slot + 1:]
+        return original(*args, **kwargs)
+
+    return forward
+
+
+def apply_circle_patch(model: nn.Module, record: PatchRecord, config: CircleRoPEConfig) -> _CircleState:
+    """Make every change through `record` (so it can be undone); returns the state."""
+    if not isinstance(config, CircleRoPEConfig):
+        raise TypeError(
+            "Qwen2-VL / Qwen2.5-VL are patched with a c2rope.CircleRoPEConfig (Circle-RoPE on their "
+            f"M-RoPE), got {type(config).__name__}"
+        )
+    inner, text = _find_parts(model)
+    state = _CircleState(config, inner, len(text.layers))
+    original_index = type(inner).get_rope_index.__get__(inner)
+    record.set_attr(inner, "get_rope_index", _get_rope_index(original_index, inner, state))
+    # Deltas left from earlier unpatched calls would shift our decode positions.
+    record.set_attr(inner, "rope_deltas", None)
+    if state.needs_mrope:
+        record.wrap_forward(text, lambda original: _text_forward(original, state))
+        record.wrap_forward(text.rotary_emb, lambda original: _rotary_forward(original, state))
+        for layer, circle in zip(text.layers, state.plan):
+            if not circle:
+                record.wrap_forward(layer, _mrope_layer_forward)
+    record.set_attr(inner, "_c2rope_circle_state", state)
+    return state
+
+
+@register_patcher(*MODEL_TYPES)
+def _patch_qwen2_vl(model, record, state):
+    """The registry's entry: patch_model(model, CircleRoPEConfig(...))."""
+    apply_circle_patch(model, record, state.config)
+
+
+def patch_qwen2_vl(model: nn.Module, config: Optional[CircleRoPEConfig] = None) -> nn.Module:
+    """Patch a Qwen2-VL / Qwen2.5-VL model in place with Circle-RoPE (+ AGE)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    config = CircleRoPEConfig() if config is None else config
+    if _RECORD_ATTR in vars(model) or hasattr(getattr(model, "model", model), "_c2rope_circle_state"):
+        raise ValueError("model is already patched with Circle-RoPE; unpatch it first")
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in MODEL_TYPES:
+        raise TypeError(f"patch_qwen2_vl supports model types {MODEL_TYPES}, got {model_type!r}")
+    record = PatchRecord(model, config, model_type)
+    try:
+        apply_circle_patch(model, record, config)
+        record.set_attr(model, _RECORD_ATTR, record)
+    except BaseException:
+        record.undo()
+        raise
+    return model
+
+
+def unpatch_qwen2_vl(model: nn.Module) -> nn.Module:
+    """Undo patch_qwen2_vl exactly."""
+    record = vars(model).get(_RECORD_ATTR)
+    if record is None:
+        raise ValueError("model is not patched by patch_qwen2_vl")
+    record.undo()
+    return model
+
+
+__all__ = ["apply_circle_patch", "patch_qwen2_vl", "unpatch_qwen2_vl", "mrope_positions_for_chunk"]

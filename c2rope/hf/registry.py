@@ -1,0 +1,55 @@
+"""Which patcher handles which model family.
+
+A patcher is a function `patcher(model, record, state) -> None` that changes `model`
+only through `record` (a `c2rope.hf.record.PatchRecord`, so the change can be undone)
+and keeps its per-model runtime data in `state` (a `c2rope.hf.state.C2RoPEState`: the
+C2RoPEConfig, image_token_id, grid, the span cache for KV decoding). It is registered
+under the `config.model_type` values it handles:
+
+    from c2rope.hf.registry import register_patcher
+
+    @register_patcher("qwen2_vl", "qwen2_5_vl")
+    def _patch_qwen2_vl(model, record, state):
+        record.set_attr(model.model, "rotary_emb", MyRotary(...))
+        record.wrap_forward(model, lambda original: my_wrapper(original, state))
+
+`patch_model` looks the model up by `model.config.model_type`; PEFT wrappers are
+unwrapped first. Registering a model type twice raises unless `replace=True`.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+_PATCHERS: Dict[str, Callable] = {}
+
+
+def register_patcher(*model_types: str, replace: bool = False) -> Callable[[Callable], Callable]:
+    """Decorator: register `patcher` for each of `model_types` (config.model_type)."""
+    if not model_types or not all(isinstance(t, str) and t for t in model_types):
+        raise ValueError("register_patcher needs one or more non-empty model_type strings")
+
+    def decorator(patcher: Callable) -> Callable:
+        if not callable(patcher):
+            raise TypeError(f"patcher must be callable, got {type(patcher).__name__}")
+        for model_type in model_types:
+            if model_type in _PATCHERS and not replace:
+                raise ValueError(f"a patcher for model_type {model_type!r} is already registered")
+        for model_type in model_types:
+            _PATCHERS[model_type] = patcher
+        return patcher
+
+    return decorator
+
+
+def get_patcher(model_type: str) -> Callable:
+    try:
+        return _PATCHERS[model_type]
+    except KeyError:
+        raise TypeError(
+            f"c2rope.patch_model does not support model_type {model_type!r}; supported: "
+            f"{sorted(_PATCHERS)} (register more with c2rope.hf.registry.register_patcher)"
+        ) from None
+
+
+def supported_model_types():
+    return sorted(_PATCHERS)

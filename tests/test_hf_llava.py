@@ -1,0 +1,82 @@
+"""HF LLaVA (transformers 5.x LlavaForConditionalGeneration) patched: image positions
+found from image_token_id in input_ids before they become embeddings."""
+import pytest
+import torch
+
+from test_hf_common import (  # noqa: F401  (skips under transformers < 5)
+    IMG, assert_close_valid, batch_with_images, reference_logits, text_config, transformers,
+)
+
+import c2rope
+
+
+def tiny_llava(implementation="sdpa", family="llama"):
+    vision = transformers.CLIPVisionConfig(
+        hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+        image_size=8, patch_size=2, projection_dim=32,
+    )  # 4x4 patches (+ CLS, dropped by the default feature strategy)
+    config = transformers.LlavaConfig(vision_config=vision, text_config=text_config(family),
+                                      image_token_id=IMG, vision_feature_layer=-1)
+    model = transformers.LlavaForConditionalGeneration(config).eval()
+    model.set_attn_implementation(implementation)
+    return model
+
+
+def _inputs():
+    ids, mask, spans = batch_with_images(2, 36, [[(3, 4, 4)], [(2, 4, 4)]], left_pad=(0, 6))
+    return ids, mask, spans, torch.randn(2, 3, 8, 8)
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+@pytest.mark.parametrize("name", ["seed_defaults", "paper_code"])
+def test_llava_matches_reference(implementation, name):
+    config = c2rope.C2RoPEConfig() if name == "seed_defaults" else c2rope.C2RoPEConfig.paper_code()
+    model = tiny_llava(implementation)
+    ids, mask, spans, pixels = _inputs()
+    expected = reference_logits(model, config, ids, mask, spans, pixel_values=pixels)
+    c2rope.patch_model(model, config)  # image_token_id and the 4x4 grid come from the config
+    state = model._c2rope_record.state
+    assert state.image_token_id == IMG and state.grid == (4, 4)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits
+    assert_close_valid(out, expected, mask)
+
+
+def test_llava_text_only_matches_unpatched():
+    model = tiny_llava("sdpa", family="mistral")
+    ids, mask, _ = batch_with_images(2, 20, [], left_pad=(4, 0))
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask).logits
+        c2rope.patch_model(model, c2rope.C2RoPEConfig())
+        got = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["seed_defaults", "paper_code"])
+def test_llava_generate_cache_and_padding(name):
+    config = c2rope.C2RoPEConfig() if name == "seed_defaults" else c2rope.C2RoPEConfig.paper_code()
+    model = tiny_llava("sdpa")
+    c2rope.patch_model(model, config)
+    ids, mask, _, pixels = _inputs()
+    # a random model could emit the image token itself (as HF's own LLaVA, a generated
+    # image token would then be read as an incomplete image): suppress it
+    kw = dict(input_ids=ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=5, do_sample=False,
+              pad_token_id=0, suppress_tokens=[IMG])
+    cached = model.generate(**kw)
+    torch.testing.assert_close(cached, model.generate(**kw, use_cache=False), rtol=0, atol=0)
+    # the padded row generates what it generates alone, unpadded
+    alone = model.generate(input_ids=ids[1:, 6:], attention_mask=mask[1:, 6:], pixel_values=pixels[1:],
+                           max_new_tokens=5, do_sample=False, pad_token_id=0, suppress_tokens=[IMG])
+    torch.testing.assert_close(cached[1:, -5:], alone[:, -5:], rtol=0, atol=0)
+
+
+def test_llava_unpatch_restores():
+    model = tiny_llava("sdpa")
+    ids, mask, _, pixels = _inputs()
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits
+        c2rope.patch_model(model, c2rope.C2RoPEConfig())
+        c2rope.unpatch_model(model)
+        got = model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert all("forward" not in vars(m) for m in model.modules())
