@@ -11,9 +11,7 @@ in the same run ("fill"); "x fill" is the kernel's time over the fill's.
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
 
@@ -23,8 +21,13 @@ except ImportError:  # a source checkout without an install
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import c2rope
 from c2rope.reference import chebyshev_mask_ref
+from timing import measure, summary  # noqa: E402  (benchmarks/timing.py, beside this file)
 
 TEXT, GRID = 64, (24, 24)
+
+
+def summary_ms(times):
+    return tuple(t * 1e3 for t in summary(times))
 
 
 def make_layout(seq: int, batch: int) -> c2rope.VisualLayout:
@@ -33,23 +36,6 @@ def make_layout(seq: int, batch: int) -> c2rope.VisualLayout:
         spans.append((pos, *GRID))
         pos += GRID[0] * GRID[1] + TEXT
     return c2rope.VisualLayout.from_spans([list(spans) for _ in range(batch)], seq)
-
-
-def measure(fn, repeats: int, warmup: int = 2):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def summary(times):
-    """Median and the spread (min - max) in milliseconds."""
-    ms = [t * 1e3 for t in times]
-    return statistics.median(ms), min(ms), max(ms)
 
 
 def main(argv=None):
@@ -66,7 +52,7 @@ def main(argv=None):
     config = c2rope.C2RoPEConfig(mask=args.mode)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads "
           f"(OpenMP max {torch.ops.c2rope.openmp_max_threads()}), batch {args.batch}, mask={args.mode}, "
-          f"median of {args.repeats} (min - max)\n")
+          f"median of {args.repeats} [p25 - p75]\n")
     print("| S | images | dtype | C kernel ms | PyTorch ms | speedup | kernel GB/s | fill ms | fill GB/s | x fill |")
     print("|---:|---:|:---|---:|---:|---:|---:|---:|---:|---:|")
     for seq in (int(s) for s in args.sizes.split(",")):
@@ -74,14 +60,14 @@ def main(argv=None):
         for name in args.dtypes.split(","):
             dtype = getattr(torch, name)
             nbytes = args.batch * seq * seq * torch.empty(0, dtype=dtype).element_size()
-            ours = summary(measure(lambda: c2rope.chebyshev_mask(layout, config, dtype), args.repeats))
-            fill = summary(measure(
-                lambda: torch.empty(args.batch, 1, seq, seq, dtype=dtype).fill_(1), args.repeats))
+            ours = summary_ms(measure(lambda: c2rope.chebyshev_mask(layout, config, dtype), repeats=args.repeats))
+            fill = summary_ms(measure(
+                lambda: torch.empty(args.batch, 1, seq, seq, dtype=dtype).fill_(1), repeats=args.repeats))
             if seq <= args.torch_max:
                 def plain():
                     return chebyshev_mask_ref(layout.valid, layout.image_id, layout.ring, 0, seq, args.mode, dtype)
                 assert torch.equal(plain(), c2rope.chebyshev_mask(layout, config, dtype))
-                ref = summary(measure(plain, max(3, args.repeats // 2), warmup=1))
+                ref = summary_ms(measure(plain, repeats=max(3, args.repeats // 2), warmup=1))
                 ref_cell, speedup = f"{ref[0]:.2f} ({ref[1]:.2f} - {ref[2]:.2f})", f"{ref[0] / ours[0]:.1f}x"
             else:
                 ref_cell, speedup = "skipped", "-"

@@ -12,12 +12,11 @@ would take at that bandwidth.
     PYTHONPATH=. python benchmarks/bench_rotary.py --seq 256 --repeats 5 # smoke run
 """
 import argparse
-import statistics
-import time
 
 import torch
 
 import c2rope
+from timing import measure, summary  # noqa: E402  (benchmarks/timing.py, beside this file)
 
 
 def rotate_half(x):
@@ -29,30 +28,6 @@ def hf_apply(q, k, cos, sin):
     """transformers' apply_rotary_pos_emb (unsqueeze_dim=1), verbatim math."""
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def measure(fn, device, repeats, warmup=3):
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def summary(times):
-    med = statistics.median(times)
-    q = statistics.quantiles(times, n=4) if len(times) >= 4 else [min(times), med, max(times)]
-    return med, q[0], q[-1]
 
 
 def make_inputs(args, dtype, device, requires_grad):
@@ -89,24 +64,24 @@ def run_case(args, dtype, device, backward):
             with torch.no_grad():
                 impl(q, k, cos, sin)
 
-    results = {name: summary(measure(lambda f=f: step(f), device, args.repeats)) for name, f in impls.items()}
+    results = {name: summary(measure(lambda f=f: step(f), device, args.repeats, warmup=3)) for name, f in impls.items()}
     if not backward:  # inference: rotate in place, no output allocation
         from c2rope.rotary import apply_rotary_pos_emb_
 
         qd, kd = q.detach().clone(), k.detach().clone()
         results["c2rope fused in place"] = summary(
-            measure(lambda: apply_rotary_pos_emb_(qd, kd, cos, sin), device, args.repeats)
+            measure(lambda: apply_rotary_pos_emb_(qd, kd, cos, sin), device, args.repeats, warmup=3)
         )
 
     # Bandwidth probe: clone a tensor the size of q + k (read once, written once).
     elem = q.element_size()
     qk_bytes = (q.numel() + k.numel()) * elem
     probe = torch.empty(qk_bytes // elem, device=device, dtype=dtype).normal_()
-    clone_med, _, _ = summary(measure(lambda: probe.clone(), device, args.repeats))
+    clone_med, _, _ = summary(measure(lambda: probe.clone(), device, args.repeats, warmup=3))
     bandwidth = 2 * qk_bytes / clone_med
     # For reference: a copy into existing memory (no page faults on fresh allocations).
     target = torch.empty_like(probe)
-    copy_med, _, _ = summary(measure(lambda: target.copy_(probe), device, args.repeats))
+    copy_med, _, _ = summary(measure(lambda: target.copy_(probe), device, args.repeats, warmup=3))
     copy_bandwidth = 2 * qk_bytes / copy_med
     table_bytes = 2 * cos.numel() * cos.element_size()
     rot_bytes = 2 * qk_bytes + table_bytes  # read q, k, cos, sin; write q, k

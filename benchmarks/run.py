@@ -30,7 +30,6 @@ import datetime
 import gc
 import os
 import platform
-import statistics
 import sys
 import time
 import traceback
@@ -48,6 +47,7 @@ except ImportError:  # a source checkout without an install
 import bench_mask  # noqa: E402
 import bench_rotary  # noqa: E402
 from c2rope.reference import chebyshev_mask_ref  # noqa: E402
+from timing import measure, summary, sync  # noqa: E402
 
 MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
 
@@ -61,34 +61,6 @@ QUICK = ("256,512", "float32", "1024,2048", 200, "eager,sdpa")
 
 
 # --------------------------------------------------------------------- measuring
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device, repeats, warmup=2):
-    """Wall-clock seconds of `repeats` calls after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def stats(values):
-    """(median, p25, p75)."""
-    values = sorted(values)
-    if len(values) < 4:
-        return statistics.median(values), values[0], values[-1]
-    q = statistics.quantiles(values, n=4)
-    return statistics.median(values), q[0], q[2]
 
 
 def fmt_ms(triple):
@@ -110,7 +82,7 @@ def peak_bytes(fn, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_summary()
         base = torch.cuda.memory_allocated()
         out = fn()
         torch.cuda.synchronize()
@@ -199,7 +171,7 @@ def _time_liger(liger, case_args, dtype, device, backward):
         def step():
             with torch.no_grad():
                 liger(q, k, cos, sin)
-    return stats(timed(step, device, case_args.repeats, warmup=3))
+    return summary(measure(step, device, case_args.repeats, warmup=3))
 
 
 # --------------------------------------------------------------------- mask
@@ -222,7 +194,7 @@ def mask_section(args, device, out):
         methods["FlexAttention BlockMask"] = lambda: c2rope.chebyshev_block_mask(layout, config)
         for name, fn in methods.items():
             memory = peak_bytes(fn, device)
-            triple = stats(timed(fn, device, args.repeats, warmup=1))
+            triple = summary(measure(fn, device, args.repeats, warmup=1))
             rows.append(dict(seq=seq, method=name, ms=triple[0] * 1e3, mib=None if memory is None else memory / 2**20))
             out.append(f"| {seq} | {len(layout.spans[0])} | {name} | {fmt_ms(triple)} | {fmt_bytes(memory)} |")
         if seq > args.torch_max:
@@ -313,8 +285,8 @@ def e2e_section(args, device, out):
             traceback.print_exc()
             continue
         ratios = [p / u for p, u in zip(times["patched"], times["plain"])]
-        over = [100 * (r - 1) for r in stats(ratios)]
-        base, mine = stats(times["plain"]), stats(times["patched"])
+        over = [100 * (r - 1) for r in summary(ratios)]
+        base, mine = summary(times["plain"]), summary(times["patched"])
         rows.append(dict(attn=attn, plain=base[0] * 1e3, patched=mine[0] * 1e3, overhead=over[0],
                          lo=over[1], hi=over[2]))
         out.append(f"| {attn} | {fmt_ms(base)} | {fmt_ms(mine)} | {over[0]:+.1f}% [{over[1]:+.1f}, {over[2]:+.1f}] |")

@@ -7,35 +7,14 @@ import torch
 from torch.nn.attention.flex_attention import create_block_mask, create_mask, flex_attention
 
 from c2rope import C2RoPEConfig, VisualLayout, chebyshev_block_mask, chebyshev_mask, chebyshev_mask_mod
+from layouts import random_layout  # noqa: E402
 
 MODES = ("outward", "inward", "causal")
 
 
-def random_layout(batch=2, max_images=3, max_side=7):
-    rows, lengths = [], []
-    for _ in range(batch):
-        pos, spans = random.randint(0, 3), []
-        for _ in range(random.randint(0, max_images)):
-            h, w = random.randint(1, max_side), random.randint(1, max_side)
-            spans.append((pos, h, w))
-            pos += h * w + random.randint(0, 3)
-        rows.append(spans)
-        lengths.append(pos + random.randint(1, 3))
-    seq = max(lengths)
-    mask = torch.zeros(batch, seq, dtype=torch.long)
-    for b, (spans, n) in enumerate(zip(rows, lengths)):
-        if random.random() < 0.5:
-            shift = seq - n
-            rows[b] = [(s + shift, h, w) for s, h, w in spans]
-            mask[b, shift:] = 1
-        else:
-            mask[b, :n] = 1
-    return VisualLayout.from_spans(rows, seq, attention_mask=mask)
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_mask_mod_matches_dense(mode):
-    layout, config = random_layout(), C2RoPEConfig(mask=mode)
+    layout, config = random_layout(batch=2), C2RoPEConfig(mask=mode)
     seq = layout.seq_len
     q_offset = random.randint(0, seq - 1)
     mod = chebyshev_mask_mod(layout, config, q_offset=q_offset)
@@ -45,7 +24,7 @@ def test_mask_mod_matches_dense(mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_block_mask_matches_create_block_mask(mode):
-    layout, config = random_layout(), C2RoPEConfig(mask=mode)
+    layout, config = random_layout(batch=2), C2RoPEConfig(mask=mode)
     seq = layout.seq_len
     block = random.choice((8, 16, 32))
     q_offset = random.randint(0, seq - 1)
@@ -79,7 +58,7 @@ def test_block_mask_in_chunks(monkeypatch):
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 @pytest.mark.parametrize("mode", MODES)
 def test_flex_attention_equals_sdpa(mode):
-    layout, config = random_layout(), C2RoPEConfig(mask=mode)
+    layout, config = random_layout(batch=2), C2RoPEConfig(mask=mode)
     batch, seq = layout.batch_size, layout.seq_len
     q, k, v = (torch.randn(batch, 2, seq, 16, dtype=torch.float64) for _ in range(3))
     block_mask = chebyshev_block_mask(layout, config, block_size=16)
@@ -90,7 +69,7 @@ def test_flex_attention_equals_sdpa(mode):
 
 def test_composes_with_hf_masking_utils():
     masking_utils = pytest.importorskip("transformers.masking_utils")
-    layout, config = random_layout(), C2RoPEConfig()
+    layout, config = random_layout(batch=2), C2RoPEConfig()
     mod = chebyshev_mask_mod(layout, config)
     combined = masking_utils.and_masks(mod, masking_utils.causal_mask_function)
     seq = layout.seq_len

@@ -7,32 +7,10 @@ import torch
 import c2rope
 from c2rope import C2RoPEConfig, VisualLayout, chebyshev_mask
 from c2rope.reference import chebyshev_mask_from_layout_ref, chebyshev_mask_ref
+from layouts import random_layout  # noqa: E402
 
 MODES = ("outward", "inward", "causal")
 DTYPES = (torch.bool, torch.float32, torch.float16, torch.bfloat16)
-
-
-def random_layout(batch=3, max_images=3, max_side=7, device="cpu"):
-    """Random spans with text gaps, several grids per row, random left/right padding."""
-    rows, lengths = [], []
-    for _ in range(batch):
-        pos, spans = random.randint(0, 3), []
-        for _ in range(random.randint(0, max_images)):
-            h, w = random.randint(1, max_side), random.randint(1, max_side)
-            spans.append((pos, h, w))
-            pos += h * w + random.randint(0, 3)
-        rows.append(spans)
-        lengths.append(pos + random.randint(1, 3))
-    seq = max(lengths)
-    mask = torch.zeros(batch, seq, dtype=torch.long)
-    for b, (spans, n) in enumerate(zip(rows, lengths)):
-        if random.random() < 0.5:
-            shift = seq - n
-            rows[b] = [(s + shift, h, w) for s, h, w in spans]
-            mask[b, shift:] = 1
-        else:
-            mask[b, :n] = 1
-    return VisualLayout.from_spans(rows, seq, attention_mask=mask.to(device))
 
 
 @pytest.mark.parametrize("mode", MODES)

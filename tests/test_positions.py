@@ -9,6 +9,7 @@ import torch
 import c2rope
 from c2rope import C2RoPEConfig, VisualLayout, build_position_ids, next_temporal_index
 from c2rope.reference import position_ids_ref
+from layouts import random_layout  # noqa: E402
 
 ALL_CONFIGS = [
     C2RoPEConfig(temporal=t, text_spatial=ts, coords=c)
@@ -16,33 +17,10 @@ ALL_CONFIGS = [
 ]
 
 
-def random_layout(batch=3, max_images=3, max_side=6):
-    """Random spans with text gaps, several grids per row, random left/right padding."""
-    rows, lengths = [], []
-    for _ in range(batch):
-        pos, spans = random.randint(0, 3), []
-        for _ in range(random.randint(0, max_images)):
-            h, w = random.randint(1, max_side), random.randint(1, max_side)
-            spans.append((pos, h, w))
-            pos += h * w + random.randint(0, 3)
-        rows.append(spans)
-        lengths.append(pos + random.randint(0, 2))
-    seq = max(lengths)
-    mask = torch.zeros(batch, seq, dtype=torch.long)
-    for b, (spans, n) in enumerate(zip(rows, lengths)):
-        if random.random() < 0.5:  # left padding: shift the row right
-            shift = seq - n
-            rows[b] = [(s + shift, h, w) for s, h, w in spans]
-            mask[b, shift:] = 1
-        else:
-            mask[b, :n] = 1
-    return VisualLayout.from_spans(rows, seq, attention_mask=mask)
-
-
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda c: f"{c.temporal}-{c.text_spatial}-{c.coords}")
 def test_matches_reference_on_random_layouts(config):
     for _ in range(4):
-        layout = random_layout()
+        layout = random_layout(max_side=6, min_tail=0)
         pos = build_position_ids(layout, config)
         assert pos.dtype == torch.float32 and pos.shape == (layout.batch_size, layout.seq_len, 3)
         torch.testing.assert_close(pos, position_ids_ref(layout.spans, layout.valid, config), rtol=0, atol=0)
@@ -118,7 +96,7 @@ def test_bad_input():
 
 
 def test_torch_compile_fullgraph():
-    layout, config = random_layout(), random.choice(ALL_CONFIGS)
+    layout, config = random_layout(max_side=6, min_tail=0), random.choice(ALL_CONFIGS)
     compiled = torch.compile(lambda lay: build_position_ids(lay, config), fullgraph=True, backend="aot_eager")
     assert torch.equal(compiled(layout), build_position_ids(layout, config))
 
