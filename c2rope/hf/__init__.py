@@ -41,9 +41,10 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..circle import CircleRoPEConfig
 from ..config import C2RoPEConfig
 from .record import PatchRecord
-from .registry import get_patcher, register_patcher, supported_model_types
+from .registry import check_config, default_config, get_patcher, register_patcher, supported_model_types
 from .state import C2RoPEState
 
 __all__ = [
@@ -106,13 +107,14 @@ def is_patched(model) -> bool:
 
 def patch_model(
     model,
-    config: Optional[C2RoPEConfig] = None,
+    config: Union[C2RoPEConfig, CircleRoPEConfig, None] = None,
     image_token_id: Optional[int] = None,
     grid: Union[Tuple[int, int], Sequence[Tuple[int, int]], None] = None,
 ):
     """Give `model` C2RoPE positions, the fused rotary kernel and the Chebyshev mask.
 
-    config: C2RoPEConfig (default: the seed's defaults).
+    config: C2RoPEConfig for Llama-family and LLaVA models, CircleRoPEConfig for
+        Qwen2-VL / Qwen2.5-VL (Circle-RoPE + AGE); None takes the family's defaults.
     image_token_id: id of the image placeholder token in input_ids (LLaVA: taken from
         the model config when None; plain decoders: None means images come only from
         `visual_layout=` passed to forward / generate).
@@ -123,10 +125,10 @@ def patch_model(
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if config is None:
-        config = C2RoPEConfig()
-    if not isinstance(config, C2RoPEConfig):
-        raise TypeError(f"config must be a c2rope.C2RoPEConfig, got {type(config).__name__}")
+    if config is not None and not isinstance(config, (C2RoPEConfig, CircleRoPEConfig)):
+        raise TypeError(
+            f"config must be a c2rope.C2RoPEConfig or c2rope.CircleRoPEConfig, got {type(config).__name__}"
+        )
     if image_token_id is not None and (isinstance(image_token_id, bool) or not isinstance(image_token_id, int)):
         raise TypeError(f"image_token_id must be an int or None, got {image_token_id!r}")
     if grid is not None:
@@ -142,6 +144,9 @@ def patch_model(
     if model_type is None:
         raise TypeError(f"{type(base).__name__} has no config.model_type; is it a transformers model?")
     patcher = get_patcher(model_type)
+    if config is None:  # the family's own default: C2RoPEConfig(), or CircleRoPEConfig()
+        config = default_config(model_type)
+    check_config(model_type, config)
     state = C2RoPEState(config, image_token_id, grid, model_type)
     record = PatchRecord(base, config, model_type)
     try:

@@ -241,7 +241,7 @@ def apply_circle_patch(model: nn.Module, record: PatchRecord, config: CircleRoPE
     return state
 
 
-@register_patcher(*MODEL_TYPES)
+@register_patcher(*MODEL_TYPES, config_types=(CircleRoPEConfig,))
 def _patch_qwen2_vl(model, record, state):
     """The registry's entry: patch_model(model, CircleRoPEConfig(...))."""
     apply_circle_patch(model, record, state.config)

@@ -18,15 +18,25 @@ unwrapped first. Registering a model type twice raises unless `replace=True`.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable, Dict, Tuple
+
+from ..config import C2RoPEConfig
 
 _PATCHERS: Dict[str, Callable] = {}
+# The config classes each model type's patcher accepts (C2RoPEConfig unless registered
+# otherwise: Qwen2-VL takes a CircleRoPEConfig).
+_CONFIG_TYPES: Dict[str, Tuple[type, ...]] = {}
 
 
-def register_patcher(*model_types: str, replace: bool = False) -> Callable[[Callable], Callable]:
-    """Decorator: register `patcher` for each of `model_types` (config.model_type)."""
+def register_patcher(
+    *model_types: str, replace: bool = False, config_types: Tuple[type, ...] = (C2RoPEConfig,)
+) -> Callable[[Callable], Callable]:
+    """Decorator: register `patcher` for each of `model_types` (config.model_type), for
+    configs that are instances of `config_types`."""
     if not model_types or not all(isinstance(t, str) and t for t in model_types):
         raise ValueError("register_patcher needs one or more non-empty model_type strings")
+    if not config_types or not all(isinstance(t, type) for t in config_types):
+        raise ValueError("register_patcher needs config_types: a non-empty tuple of classes")
 
     def decorator(patcher: Callable) -> Callable:
         if not callable(patcher):
@@ -36,6 +46,7 @@ def register_patcher(*model_types: str, replace: bool = False) -> Callable[[Call
                 raise ValueError(f"a patcher for model_type {model_type!r} is already registered")
         for model_type in model_types:
             _PATCHERS[model_type] = patcher
+            _CONFIG_TYPES[model_type] = tuple(config_types)
         return patcher
 
     return decorator
@@ -49,6 +60,20 @@ def get_patcher(model_type: str) -> Callable:
             f"c2rope.patch_model does not support model_type {model_type!r}; supported: "
             f"{sorted(_PATCHERS)} (register more with c2rope.hf.registry.register_patcher)"
         ) from None
+
+
+def default_config(model_type: str):
+    """The default config of a model type's patcher: its first accepted class, built
+    with no arguments."""
+    return _CONFIG_TYPES.get(model_type, (C2RoPEConfig,))[0]()
+
+
+def check_config(model_type: str, config) -> None:
+    """TypeError unless `config` is of a kind the model type's patcher accepts."""
+    accepted = _CONFIG_TYPES.get(model_type, (C2RoPEConfig,))
+    if not isinstance(config, accepted):
+        names = " or ".join(f"c2rope.{t.__name__}" for t in accepted)
+        raise TypeError(f"model_type {model_type!r} is patched with a {names}, got {type(config).__name__}")
 
 
 def supported_model_types():
