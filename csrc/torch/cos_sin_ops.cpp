@@ -11,28 +11,12 @@
 
 namespace c2rope_torch {
 
-namespace {
-
-c2rope_dtype out_dtype_code(at::ScalarType t) {
-    switch (t) {
-    case at::kFloat: return C2ROPE_F32;
-    case at::kHalf: return C2ROPE_F16;
-    case at::kBFloat16: return C2ROPE_BF16;
-    case at::kDouble: return C2ROPE_F64;
-    default:
-        TORCH_CHECK_TYPE(false, "c2rope.cos_sin: dtype must be float32, float16, bfloat16 or "
-                                "float64, got ", t);
-    }
-}
-
-}  // namespace
-
 std::tuple<at::Tensor, at::Tensor> cos_sin(const at::Tensor &positions, const at::Tensor &inv_freq,
                                            const at::Tensor &axis_in, double attention_scaling,
                                            at::ScalarType dtype, CosSinLauncher launch,
                                            void *stream) {
     const char *op = "c2rope.cos_sin";
-    const c2rope_dtype out_code = out_dtype_code(dtype);
+    const c2rope_dtype out_code = float_dtype_code(dtype, op, "dtype");
     TORCH_CHECK_TYPE(positions.scalar_type() == at::kFloat, op,
                      ": positions must be float32, got ", positions.scalar_type());
     TORCH_CHECK_TYPE(inv_freq.scalar_type() == at::kFloat, op,

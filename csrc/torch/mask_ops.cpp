@@ -12,16 +12,12 @@ namespace c2rope_torch {
 
 namespace {
 
+// bool, or an additive float mask (float64 has no use as a mask and is refused).
 c2rope_dtype mask_dtype_code(at::ScalarType t) {
-    switch (t) {
-    case at::kBool: return C2ROPE_BOOL;
-    case at::kFloat: return C2ROPE_F32;
-    case at::kHalf: return C2ROPE_F16;
-    case at::kBFloat16: return C2ROPE_BF16;
-    default:
-        TORCH_CHECK_TYPE(false, "c2rope.chebyshev_mask: dtype must be bool, float32, float16 or "
-                                "bfloat16, got ", t);
-    }
+    if (t == at::kBool) return C2ROPE_BOOL;
+    TORCH_CHECK_TYPE(t == at::kFloat || t == at::kHalf || t == at::kBFloat16,
+                     "c2rope.chebyshev_mask: dtype must be bool, float32, float16 or bfloat16, got ", t);
+    return float_dtype_code(t, "c2rope.chebyshev_mask", "dtype");
 }
 
 }  // namespace

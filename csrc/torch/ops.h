@@ -43,4 +43,8 @@ at::Tensor chebyshev_mask(const at::Tensor &valid, const at::Tensor &image_id, c
 // Raises a c10::Error naming `what` when a kernel returned an error status.
 void check_status(c2rope_status status, const char *what);
 
+// The kernels' code for a float32/float16/bfloat16/float64 dtype; a TypeError naming the
+// op and the argument for any other dtype.
+c2rope_dtype float_dtype_code(at::ScalarType t, const char *op, const char *name);
+
 }  // namespace c2rope_torch

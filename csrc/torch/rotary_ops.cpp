@@ -1,4 +1,4 @@
-// ATen glue of the rotary ops (c2rope_torch::rotary, rotary_inplace, check_status) and
+// ATen glue of the rotary ops (c2rope_torch::rotary, rotary_inplace) and
 // their CPU registrations. Everything except the TORCH_LIBRARY_IMPL block is
 // device-independent: ops_cuda.cpp calls the same functions with the CUDA launcher.
 #include <ATen/MemoryOverlap.h>
@@ -15,22 +15,10 @@
 
 namespace c2rope_torch {
 
-void check_status(c2rope_status status, const char *what) {
-    TORCH_CHECK(status == C2ROPE_OK, "c2rope: ", what, " failed: ", c2rope_status_string(status));
-}
-
 namespace {
 
 c2rope_dtype to_c2rope_dtype(at::ScalarType t, const char *name) {
-    switch (t) {
-    case at::kFloat: return C2ROPE_F32;
-    case at::kHalf: return C2ROPE_F16;
-    case at::kBFloat16: return C2ROPE_BF16;
-    case at::kDouble: return C2ROPE_F64;
-    default:
-        TORCH_CHECK_TYPE(false, "c2rope.rotary: ", name,
-                         " must be float32, float16, bfloat16 or float64, got ", t);
-    }
+    return float_dtype_code(t, "c2rope.rotary", name);
 }
 
 void check_non_negative_strides(const at::Tensor &t, const char *name) {
