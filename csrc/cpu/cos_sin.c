@@ -12,23 +12,15 @@
 #include <math.h>
 
 #include "c2rope.h"
+#include "c2rope_checks.h"
 #include "internal.h"
 
+/* The shared rules, plus the range of `axis` (host memory here). */
 static c2rope_status c2r_cos_sin_validate(const c2rope_cos_sin_params *p) {
-    if (!p) return C2ROPE_ERR_INVALID_ARGUMENT;
-    if (p->batch < 0 || p->seq < 0 || p->n_axes < 1 || p->half_dim < 0)
-        return C2ROPE_ERR_INVALID_ARGUMENT;
-    for (int i = 0; i < 3; ++i)
-        if (p->pos_stride[i] < 0) return C2ROPE_ERR_INVALID_ARGUMENT;
-    if (p->out_dtype != C2ROPE_F32 && p->out_dtype != C2ROPE_F16 &&
-        p->out_dtype != C2ROPE_BF16 && p->out_dtype != C2ROPE_F64)
-        return C2ROPE_ERR_UNSUPPORTED_DTYPE;
-    if (p->half_dim > 0 && (!p->inv_freq || !p->axis)) return C2ROPE_ERR_INVALID_ARGUMENT;
+    const c2rope_status st = c2rope_check_cos_sin_params(p);
+    if (st != C2ROPE_OK) return st;
     for (int64_t k = 0; k < p->half_dim; ++k)
         if (p->axis[k] < 0 || p->axis[k] >= p->n_axes) return C2ROPE_ERR_INVALID_ARGUMENT;
-    if (p->batch > 0 && p->seq > 0 && p->half_dim > 0 &&
-        (!p->positions || !p->cos || !p->sin))
-        return C2ROPE_ERR_INVALID_ARGUMENT;
     return C2ROPE_OK;
 }
 

@@ -20,6 +20,7 @@
 #include <stddef.h>
 
 #include "c2rope.h"
+#include "c2rope_checks.h"
 #include "internal.h"
 
 /* Pairs processed per block: bounds the stack tables whatever the head dim. */
@@ -136,47 +137,6 @@ static void c2r_copy_tail(const c2r_rows *r, int64_t rot_dim, int64_t head_dim,
     }
 }
 
-static size_t c2r_elem_size(c2rope_dtype t) {
-    switch (t) {
-    case C2ROPE_F32: return 4;
-    case C2ROPE_F16:
-    case C2ROPE_BF16: return 2;
-    case C2ROPE_F64: return 8;
-    default: return 0;
-    }
-}
-
-static int c2r_strides_ok(const int64_t *stride, int n) {
-    for (int i = 0; i < n; ++i)
-        if (stride[i] < 0) return 0;
-    return 1;
-}
-
-static c2rope_status c2r_validate(const c2rope_rotary_params *p) {
-    if (!p) return C2ROPE_ERR_INVALID_ARGUMENT;
-    if (p->batch < 0 || p->seq < 0 || p->n_heads_q < 0 || p->n_heads_k < 0)
-        return C2ROPE_ERR_INVALID_ARGUMENT;
-    if (p->head_dim < 2 || p->rot_dim < 2 || p->rot_dim > p->head_dim || p->rot_dim % 2)
-        return C2ROPE_ERR_INVALID_ARGUMENT;
-    if (p->direction != C2ROPE_FORWARD && p->direction != C2ROPE_BACKWARD)
-        return C2ROPE_ERR_INVALID_ARGUMENT;
-    if (!c2r_elem_size(p->dtype) || !c2r_elem_size(p->cs_dtype))
-        return C2ROPE_ERR_UNSUPPORTED_DTYPE;
-    if (!c2r_strides_ok(p->cs_stride, 3)) return C2ROPE_ERR_INVALID_ARGUMENT;
-    /* Pointers are only read when there is a row to rotate. */
-    const int tokens = p->batch > 0 && p->seq > 0;
-    if (!tokens) return C2ROPE_OK;
-    if (p->n_heads_q > 0 && (!p->q || !p->q_out || !c2r_strides_ok(p->q_stride, 4) ||
-                             !c2r_strides_ok(p->q_out_stride, 4)))
-        return C2ROPE_ERR_INVALID_ARGUMENT;
-    if (p->n_heads_k > 0 && (!p->k || !p->k_out || !c2r_strides_ok(p->k_stride, 4) ||
-                             !c2r_strides_ok(p->k_out_stride, 4)))
-        return C2ROPE_ERR_INVALID_ARGUMENT;
-    if ((p->n_heads_q > 0 || p->n_heads_k > 0) && (!p->cos || !p->sin))
-        return C2ROPE_ERR_INVALID_ARGUMENT;
-    return C2ROPE_OK;
-}
-
 /* Points `r` at token (b, s) of q (which == 0) or k (which == 1). */
 static void c2r_rows_at(const c2rope_rotary_params *p, int which, int64_t b, int64_t s,
                         size_t elem_size, c2r_rows *r) {
@@ -206,7 +166,7 @@ typedef void (*c2r_table_fn_f64)(const void *, int64_t, int64_t, int64_t, double
                                   const ACC *, const ACC *, const ACC *)) {                  \
         const int64_t h = p->rot_dim / 2;                                                   \
         const int64_t n_tok = p->batch * p->seq;                                            \
-        const size_t es = c2r_elem_size(p->dtype);                                          \
+        const size_t es = c2rope_float_elem_size(p->dtype);                                          \
         const int backward = p->direction == C2ROPE_BACKWARD;                               \
         const int parallel =                                                                \
             n_tok * (p->n_heads_q + p->n_heads_k) * p->head_dim >= C2R_PARALLEL_MIN_ELEMENTS; \
@@ -241,7 +201,7 @@ C2R_DEFINE_DRIVER(c2r_drive_f32, float, c2r_table_fn_f32)
 C2R_DEFINE_DRIVER(c2r_drive_f64, double, c2r_table_fn_f64)
 
 c2rope_status c2rope_rotary_cpu(const c2rope_rotary_params *p) {
-    const c2rope_status st = c2r_validate(p);
+    const c2rope_status st = c2rope_check_rotary_params(p);
     if (st != C2ROPE_OK) return st;
     if (p->batch == 0 || p->seq == 0 || (p->n_heads_q == 0 && p->n_heads_k == 0))
         return C2ROPE_OK;

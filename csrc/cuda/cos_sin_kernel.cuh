@@ -10,27 +10,16 @@
 
 #include <math.h>
 
+#include "c2rope_checks.h"
 #include "common.cuh"
 
 namespace c2rope_cuda {
 
-// c2rope_cos_sin_cpu's checks, except that `axis` lives in device memory and cannot be
-// read here: an out-of-range entry makes the kernel write NaN for that slot instead
-// (the torch glue range-checks CPU tables; device tables would need a synchronisation).
-inline c2rope_status cos_sin_validate(const c2rope_cos_sin_params *p) {
-    if (!p) return C2ROPE_ERR_INVALID_ARGUMENT;
-    if (p->batch < 0 || p->seq < 0 || p->n_axes < 1 || p->half_dim < 0)
-        return C2ROPE_ERR_INVALID_ARGUMENT;
-    for (int i = 0; i < 3; ++i)
-        if (p->pos_stride[i] < 0) return C2ROPE_ERR_INVALID_ARGUMENT;
-    if (p->out_dtype != C2ROPE_F32 && p->out_dtype != C2ROPE_F16 &&
-        p->out_dtype != C2ROPE_BF16 && p->out_dtype != C2ROPE_F64)
-        return C2ROPE_ERR_UNSUPPORTED_DTYPE;
-    if (p->half_dim > 0 && (!p->inv_freq || !p->axis)) return C2ROPE_ERR_INVALID_ARGUMENT;
-    if (p->batch > 0 && p->seq > 0 && p->half_dim > 0 && (!p->positions || !p->cos || !p->sin))
-        return C2ROPE_ERR_INVALID_ARGUMENT;
-    return C2ROPE_OK;
-}
+// c2rope_checks.h: c2rope_cos_sin_cpu's rules, except that `axis` lives in device
+// memory and cannot be read here: an out-of-range entry makes the kernel write NaN for
+// that slot instead (the torch glue range-checks CPU tables; device tables would need a
+// synchronisation).
+inline c2rope_status cos_sin_validate(const c2rope_cos_sin_params *p) { return c2rope_check_cos_sin_params(p); }
 
 inline bool cos_sin_has_work(const c2rope_cos_sin_params *p) {
     return p->batch > 0 && p->seq > 0 && p->half_dim > 0;

@@ -10,46 +10,15 @@
 // operation (q_out == q) is safe.
 #pragma once
 
+#include "c2rope_checks.h"
 #include "common.cuh"
 
 namespace c2rope_cuda {
 
-inline size_t float_elem_size(c2rope_dtype t) {
-    switch (t) {
-    case C2ROPE_F32: return 4;
-    case C2ROPE_F16:
-    case C2ROPE_BF16: return 2;
-    case C2ROPE_F64: return 8;
-    default: return 0;
-    }
-}
+inline size_t float_elem_size(c2rope_dtype t) { return c2rope_float_elem_size(t); }
 
-// The same checks as c2rope_rotary_cpu (csrc/cpu/rotary.c), so both backends accept
-// and refuse the same parameter structs.
-inline c2rope_status rotary_validate(const c2rope_rotary_params *p) {
-    if (!p) return C2ROPE_ERR_INVALID_ARGUMENT;
-    if (p->batch < 0 || p->seq < 0 || p->n_heads_q < 0 || p->n_heads_k < 0)
-        return C2ROPE_ERR_INVALID_ARGUMENT;
-    if (p->head_dim < 2 || p->rot_dim < 2 || p->rot_dim > p->head_dim || p->rot_dim % 2)
-        return C2ROPE_ERR_INVALID_ARGUMENT;
-    if (p->direction != C2ROPE_FORWARD && p->direction != C2ROPE_BACKWARD)
-        return C2ROPE_ERR_INVALID_ARGUMENT;
-    if (!float_elem_size(p->dtype) || !float_elem_size(p->cs_dtype))
-        return C2ROPE_ERR_UNSUPPORTED_DTYPE;
-    for (int i = 0; i < 3; ++i)
-        if (p->cs_stride[i] < 0) return C2ROPE_ERR_INVALID_ARGUMENT;
-    for (int i = 0; i < 4; ++i) {
-        if (p->n_heads_q > 0 && (p->q_stride[i] < 0 || p->q_out_stride[i] < 0))
-            return C2ROPE_ERR_INVALID_ARGUMENT;
-        if (p->n_heads_k > 0 && (p->k_stride[i] < 0 || p->k_out_stride[i] < 0))
-            return C2ROPE_ERR_INVALID_ARGUMENT;
-    }
-    if (p->n_heads_q > 0 && (!p->q || !p->q_out)) return C2ROPE_ERR_INVALID_ARGUMENT;
-    if (p->n_heads_k > 0 && (!p->k || !p->k_out)) return C2ROPE_ERR_INVALID_ARGUMENT;
-    const bool any_rows = p->batch > 0 && p->seq > 0 && (p->n_heads_q > 0 || p->n_heads_k > 0);
-    if (any_rows && (!p->cos || !p->sin)) return C2ROPE_ERR_INVALID_ARGUMENT;
-    return C2ROPE_OK;
-}
+// c2rope_checks.h: the same rules as c2rope_rotary_cpu.
+inline c2rope_status rotary_validate(const c2rope_rotary_params *p) { return c2rope_check_rotary_params(p); }
 
 inline bool rotary_has_work(const c2rope_rotary_params *p) {
     return p->batch > 0 && p->seq > 0 && (p->n_heads_q > 0 || p->n_heads_k > 0);

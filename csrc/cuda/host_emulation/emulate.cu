@@ -363,8 +363,12 @@ void rotary_validation() {
     if (rotary_validate(&b) != C2ROPE_ERR_UNSUPPORTED_DTYPE) fail("rotary: bool dtype accepted");
     b = p; b.direction = c2rope_direction(7);
     if (rotary_validate(&b) != C2ROPE_ERR_INVALID_ARGUMENT) fail("rotary: bad direction accepted");
-    b = p; b.batch = 0; b.q = nullptr;
+    b = p; b.q = nullptr;
     if (rotary_validate(&b) != C2ROPE_ERR_INVALID_ARGUMENT) fail("rotary: null q with heads accepted");
+    // c2rope.h: zero-sized problems are valid no-ops whatever their pointers (the CPU
+    // kernel's rule; torch's empty tensors have null data).
+    b = p; b.batch = 0; b.q = nullptr;
+    if (rotary_validate(&b) != C2ROPE_OK || rotary_has_work(&b)) fail("rotary: empty problem with null q refused");
     b = p; b.seq = 0; b.cos = nullptr;
     if (rotary_validate(&b) != C2ROPE_OK || rotary_has_work(&b)) fail("rotary: empty problem not a no-op");
 }
