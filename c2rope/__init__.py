@@ -36,6 +36,7 @@ _LAZY = {
     "rotary_cos_sin": "rotary",
     "patch_model": "hf",
     "unpatch_model": "hf",
+    "is_patched": "hf",
     "CircleRoPEConfig": "circle",
     "circle_position_ids": "circle",
     "per_token_distance": "metrics",
@@ -44,7 +45,13 @@ _LAZY = {
 __all__ = ["C2RoPEConfig", "__version__", *_LAZY]
 
 
+# subpackages reachable as attributes right after `import c2rope` (c2rope.hf.is_patched)
+_SUBMODULES = ("hf", "reference")
+
+
 def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'c2rope' has no attribute {name!r}")

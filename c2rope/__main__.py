@@ -49,6 +49,12 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_check(args) -> int:
+    from .hf.check import main as check_main
+
+    return check_main(args.model)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="c2rope", description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -65,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="torch version, kernels built, OpenMP threads")
     info.set_defaults(run=_cmd_info)
+
+    check = sub.add_parser("check", help="is a model (local folder or config.json) supported on this "
+                           "transformers? builds it at 2 layers with random weights, patches, compares")
+    check.add_argument("model", help="local model folder (its config.json) or a config.json file")
+    check.set_defaults(run=_cmd_check)
 
     from .diagnose import add_diagnose_arguments
 

@@ -1,15 +1,16 @@
 """Shared helpers of the transformers 5.x HF tests: tiny random models built in code (no
 downloads) and an independent reference forward (c2rope.reference positions, cos/sin
 and mask, fed to the *unpatched* model through HF's own rotate-half and 4-D mask path).
-Skipped as a whole under transformers < 5 (tests/legacy covers 4.37)."""
+Skipped as a whole under transformers < 4.57 (tests/legacy covers 4.37)."""
 import copy
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-if int(transformers.__version__.split(".")[0]) < 5:
-    pytest.skip("transformers 5.x tests (tests/legacy covers 4.37)", allow_module_level=True)
+_MAJOR_MINOR = tuple(int(p) for p in transformers.__version__.split(".")[:2])
+if _MAJOR_MINOR < (4, 57):
+    pytest.skip("transformers 4.57 / 5.x tests (tests/legacy covers 4.37)", allow_module_level=True)
 
 import c2rope  # noqa: E402
 from c2rope.reference.mask import chebyshev_mask_ref  # noqa: E402
@@ -63,8 +64,22 @@ def batch_with_images(batch, seq, grids, left_pad=(), vocab=VOCAB - 1):
     return ids, mask, spans
 
 
+def cache_of(output):
+    """The KV cache a forward returned (`.cache` from 5.24, `.past_key_values` before)."""
+    from c2rope.hf.introspect import output_cache
+
+    return output_cache(output)
+
+
+def cache_kwargs(model, cache):
+    """{name: cache} under the name this release's forward takes (`cache` from 5.24)."""
+    from c2rope.hf.introspect import cache_argument
+
+    return {cache_argument(type(model).forward): cache}
+
+
 def find_decoder(model):
-    from c2rope.hf.v5 import find_decoder as find
+    from c2rope.hf.modern import find_decoder as find
 
     return find(model)
 

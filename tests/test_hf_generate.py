@@ -4,7 +4,7 @@ the KV cache, cached decode logits equal to a full recompute."""
 import pytest
 import torch
 
-from test_hf_common import IMG, batch_with_images, causal_lm  # noqa: F401  (skips under transformers < 5)
+from test_hf_common import IMG, batch_with_images, cache_kwargs, cache_of, causal_lm  # noqa: F401  (skips < 4.57)
 
 import c2rope
 
@@ -45,11 +45,11 @@ def test_cached_decode_logits_equal_full_recompute(name):
     with torch.no_grad():
         full = model(input_ids=full_ids, attention_mask=full_mask).logits
         out = model(input_ids=ids, attention_mask=mask, use_cache=True)
-        cache, steps = out.past_key_values, []
+        cache, steps = cache_of(out), []
         for t in range(new.shape[1]):  # one token at a time, as generate() does
             step = model(input_ids=new[:, t:t + 1], attention_mask=full_mask[:, :ids.shape[1] + t + 1],
-                         past_key_values=cache, use_cache=True)
-            cache = step.past_key_values
+                         use_cache=True, **cache_kwargs(model, cache))
+            cache = cache_of(step)
             steps.append(step.logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), full[:, ids.shape[1]:], atol=1e-5, rtol=1e-5)
 
@@ -66,9 +66,9 @@ def test_decode_positions_continue_after_concentric_image():
     original = adapter.rope.forward
     adapter.rope.forward = lambda x, positions: (seen.append(positions.clone()), original(x, positions))[1]
     with torch.no_grad():
-        cache = model(input_ids=ids, attention_mask=mask, use_cache=True).past_key_values
+        cache = cache_of(model(input_ids=ids, attention_mask=mask, use_cache=True))
         step_mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], dim=1)
-        model(input_ids=torch.full((2, 1), 5), attention_mask=step_mask, past_key_values=cache)
+        model(input_ids=torch.full((2, 1), 5), attention_mask=step_mask, **cache_kwargs(model, cache))
     layout = c2rope.VisualLayout.from_spans(spans, ids.shape[1], attention_mask=mask)
     expected_m = c2rope.next_temporal_index(layout, config).to(torch.float32)
     decode = seen[-1]

@@ -47,6 +47,11 @@ def test_images_match_reference(family, implementation):
     model = causal_lm(family, implementation)
     ids, mask, spans = _images_batch()
     expected = reference_logits(model, config, ids, mask, spans)
+    if implementation == "flex_attention":
+        # The first compiled flex_attention call of a process returns wrong logits on CPU
+        # even WITHOUT c2rope (torch 2.13 + transformers 5.24: 0.24 max |diff| against the
+        # second call on the same input; docs/hf.md "Caveats"). Warm it up unpatched.
+        _logits(model, ids, mask)
     c2rope.patch_model(model, config, image_token_id=IMG, grid=GRIDS)
     assert_close_valid(_logits(model, ids, mask), expected, mask)
 

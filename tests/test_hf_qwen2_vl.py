@@ -226,7 +226,7 @@ def test_registered_patcher():
     want = reference_logits(model, inputs, config)
     with torch.no_grad():
         plain = model(**inputs).logits
-    record = PatchRecord(model, config, "qwen2_vl")
+    record = PatchRecord(model, "qwen2_vl")
     get_patcher("qwen2_vl")(model, record, SimpleNamespace(config=config))
     with torch.no_grad():
         torch.testing.assert_close(model(**inputs).logits, want, rtol=1e-9, atol=1e-9)

@@ -8,8 +8,9 @@
 Patching is per model instance: attributes of the model's own modules are swapped
 (forward wrappers, the decoder's rotary module, the attention forwards' lookup of
 `apply_rotary_pos_emb`), never transformers' module-level functions, so unpatched models
-in the same process are unaffected. Supported lines: transformers 5.x (v5.py) and 4.37.x
-with the original LLaVA code (v4.py). docs/hf.md has the user-facing details.
+in the same process are unaffected. Supported: transformers 4.37.x with the original
+LLaVA code (legacy.py), 4.57.x and every 5.x (modern.py), read from the model's own code
+through `introspect.py`. docs/hf.md has the user-facing details.
 
 Adding a model family (the registry interface)
 -----------------------------------------------
@@ -21,17 +22,17 @@ Write a module c2rope/hf/<family>.py with
     def _patch(model, record, state):
         # model:  the (PEFT-unwrapped) transformers model being patched
         # record: c2rope.hf.record.PatchRecord -- make EVERY change through it:
-        #         record.set_attr(obj, name, value), record.wrap_forward(module, make_wrapper),
+        #         record.set_attr(obj, name, value), record.wrap_forward(module, handler, *context),
         #         c2rope.hf.record.bind_forward_with_globals(record, module, {name: fn})
-        #         so unpatch_model can undo it exactly
+        #         so unpatch_model can undo it exactly; set record.probe = (decoder,
+        #         attention layers) to have patch_model verify the patch with a probe forward
         # state:  c2rope.hf.state.C2RoPEState -- .config (C2RoPEConfig), .image_token_id,
-        #         .grid (fill in defaults from model.config when None), and the span cache
-        #         used for KV decoding (state.plan / state.store)
+        #         .grid (fill in defaults from model.config when None)
         ...
 
 and add its name to `_FAMILY_MODULES` below (one line). A patcher may raise
 TypeError/ValueError for a model it cannot handle; patch_model then undoes whatever the
-patcher already changed. v5.patch_decoder is reusable for any decoder whose layers call
+patcher already changed. modern.patch_decoder is reusable for any decoder whose layers call
 `apply_rotary_pos_emb` and whose inner model has `rotary_emb` and `layers`.
 """
 from __future__ import annotations
@@ -43,6 +44,7 @@ import torch
 
 from ..circle import CircleRoPEConfig
 from ..config import C2RoPEConfig
+from .introspect import SUPPORTED_RANGE, transformers_line
 from .record import PatchRecord
 from .registry import check_config, default_config, get_patcher, register_patcher, supported_model_types
 from .state import C2RoPEState
@@ -55,29 +57,15 @@ __all__ = [
     "supported_model_types",
     "PatchRecord",
     "C2RoPEState",
+    "SUPPORTED_RANGE",
 ]
 
 _RECORD_ATTR = "_c2rope_record"
 
-
-def _transformers_line() -> str:
-    import transformers
-
-    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
-    if major >= 5:
-        return "v5"
-    if (major, minor) == (4, 37):
-        return "v4"
-    raise ImportError(
-        f"c2rope.hf supports transformers 5.x and 4.37.x (the version the original LLaVA code "
-        f"pins); found {transformers.__version__}"
-    )
-
-
 # Model-family modules that register patchers; per transformers line.
 _FAMILY_MODULES = {
-    "v5": ("v5", "qwen2_vl"),
-    "v4": ("v4",),
+    "modern": ("modern", "qwen2_vl"),
+    "legacy": ("legacy",),
 }
 _loaded = False
 
@@ -86,12 +74,8 @@ def _load_families() -> None:
     global _loaded
     if _loaded:
         return
-    for name in _FAMILY_MODULES[_transformers_line()]:
-        try:
-            importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}":  # a real missing dependency: report it
-                raise
+    for name in _FAMILY_MODULES[transformers_line()]:
+        importlib.import_module(f".{name}", __name__)
     _loaded = True
 
 
@@ -110,6 +94,7 @@ def patch_model(
     config: Union[C2RoPEConfig, CircleRoPEConfig, None] = None,
     image_token_id: Optional[int] = None,
     grid: Union[Tuple[int, int], Sequence[Tuple[int, int]], None] = None,
+    verify: bool = True,
 ):
     """Give `model` C2RoPE positions, the fused rotary kernel and the Chebyshev mask.
 
@@ -120,8 +105,12 @@ def patch_model(
         `visual_layout=` passed to forward / generate).
     grid: (H, W) patch grid per image, or a list per image (default: from the vision
         config for LLaVA, else (24, 24)).
+    verify: run one tiny probe forward (8 tokens, no gradients) that checks every
+        attention layer really rotates by c2rope's positions and receives its mask;
+        RuntimeError (and the model left unpatched) if not. Skipped with a warning for
+        weights on the meta device.
     Returns the model (patched in place). Raises TypeError for unsupported models,
-    ValueError if it is already patched.
+    ValueError if it is already patched, ImportError for an unsupported transformers.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -131,6 +120,8 @@ def patch_model(
         )
     if image_token_id is not None and (isinstance(image_token_id, bool) or not isinstance(image_token_id, int)):
         raise TypeError(f"image_token_id must be an int or None, got {image_token_id!r}")
+    if not isinstance(verify, bool):
+        raise TypeError(f"verify must be a bool, got {verify!r}")
     if grid is not None:
         from ..layout import VisualLayout
 
@@ -148,13 +139,17 @@ def patch_model(
         config = default_config(model_type)
     check_config(model_type, config)
     state = C2RoPEState(config, image_token_id, grid, model_type)
-    record = PatchRecord(base, config, model_type)
+    record = PatchRecord(base, model_type)
     try:
         patcher(base, record, state)
         if state.grid is None:
             state.grid = (24, 24)
         record.state = state
         record.set_attr(base, _RECORD_ATTR, record)
+        if verify and record.probe is not None:
+            from .pipeline import verify_patch
+
+            verify_patch(*record.probe, state)
     except BaseException:
         record.undo()
         raise

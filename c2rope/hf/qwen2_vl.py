@@ -2,7 +2,7 @@
 choice between Circle-RoPE and the model's own M-RoPE positions).
 
     c2rope.patch_model(model, c2rope.CircleRoPEConfig(age_strategy="alternate"))
-    # or, without the registry: patch_qwen2_vl(model, cfg) / unpatch_qwen2_vl(model)
+    c2rope.unpatch_model(model)
 
 What changes, on this model instance only (undone exactly by unpatching):
 - `get_rope_index` of the inner Qwen2VLModel returns Circle-RoPE positions (float32)
@@ -14,14 +14,14 @@ What changes, on this model instance only (undone exactly by unpatching):
   positions of its tokens (prompt tokens from the kept set, generated tokens by their
   own rope_deltas), the rotary module attaches their cos/sin to the Circle ones, and
   each M-RoPE layer swaps them in. The swap travels with the cos tensor itself, so
-  gradient checkpointing's recomputation sees the same choice.
+  gradient checkpointing's recomputation sees the same choice. The chunk's M-RoPE
+  positions live in a thread-local call frame (`context.py`), not on the model.
 Text-only inputs never reach get_rope_index: their positions, and logits, are the
 model's own.
 """
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from typing import Callable, Optional
 
 import torch
@@ -29,12 +29,13 @@ from torch import nn
 
 from ..circle import CircleRoPEConfig
 from ..mrope import mm_token_type_ids_from_input_ids, mrope_position_ids
+from . import context
+from .introspect import parameter_names
 from .record import PatchRecord
 from .registry import register_patcher
 
 MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 _ALT_ATTR = "_c2rope_mrope_cos_sin"  # set on the Circle cos tensor: the M-RoPE (cos, sin)
-_RECORD_ATTR = "_c2rope_qwen2_vl_record"
 
 
 @dataclasses.dataclass
@@ -53,7 +54,6 @@ class _CircleState:
         self.inner = inner
         self.plan = config.layer_plan(num_layers)
         self.prompt: Optional[_Prompt] = None
-        self.pending_mrope: Optional[torch.Tensor] = None  # M-RoPE positions of the running chunk
 
     @property
     def needs_mrope(self) -> bool:
@@ -72,37 +72,34 @@ def _find_parts(model: nn.Module):
     return inner, text
 
 
-def _get_rope_index(original: Callable, inner: nn.Module, state: _CircleState):
+def _get_rope_index(original: Callable, inner: nn.Module, state: _CircleState, input_ids=None,
+                    mm_token_type_ids=None, image_grid_thw=None, video_grid_thw=None, attention_mask=None,
+                    second_per_grid_ts=None, **kwargs):
     config = inner.config
     vision = config.vision_config
-    merge = vision.spatial_merge_size
     tokens_per_second = getattr(vision, "tokens_per_second", None)
-
-    def get_rope_index(input_ids=None, mm_token_type_ids=None, image_grid_thw=None, video_grid_thw=None,
-                       attention_mask=None, second_per_grid_ts=None, **kwargs):
-        mask = attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 else None
-        if mm_token_type_ids is None:
-            mm_token_type_ids = mm_token_type_ids_from_input_ids(
-                input_ids, config.image_token_id, getattr(config, "video_token_id", None)
-            )
-        positions, deltas = mrope_position_ids(
-            input_ids, image_grid_thw, video_grid_thw, mask,
-            mm_token_type_ids=mm_token_type_ids, spatial_merge_size=merge,
-            second_per_grid_ts=second_per_grid_ts if tokens_per_second is not None else None,
-            tokens_per_second=tokens_per_second,
-            circle=state.config,
+    mask = attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 else None
+    if mm_token_type_ids is None:
+        mm_token_type_ids = mm_token_type_ids_from_input_ids(
+            input_ids, config.image_token_id, getattr(config, "video_token_id", None)
         )
-        if state.needs_mrope:
-            # The model's own M-RoPE positions for the layers AGE leaves on M-RoPE.
-            extra = {} if second_per_grid_ts is None else {"second_per_grid_ts": second_per_grid_ts}
-            mrope, mrope_deltas = original(
-                input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw,
-                video_grid_thw=video_grid_thw, attention_mask=mask, **extra,
-            )
-            state.prompt = _Prompt(positions, mrope.to(torch.float32), deltas, mrope_deltas.to(torch.float32))
-        return positions, deltas
-
-    return get_rope_index
+    positions, deltas = mrope_position_ids(
+        input_ids, image_grid_thw, video_grid_thw, mask,
+        mm_token_type_ids=mm_token_type_ids, spatial_merge_size=vision.spatial_merge_size,
+        second_per_grid_ts=second_per_grid_ts if tokens_per_second is not None else None,
+        tokens_per_second=tokens_per_second,
+        circle=state.config,
+    )
+    if state.needs_mrope:
+        # The model's own M-RoPE positions for the layers AGE leaves on M-RoPE.
+        extra = {} if second_per_grid_ts is None else {"second_per_grid_ts": second_per_grid_ts}
+        if "mm_token_type_ids" in parameter_names(original):
+            extra["mm_token_type_ids"] = mm_token_type_ids
+        mrope, mrope_deltas = original(
+            input_ids, image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw, attention_mask=mask, **extra,
+        )
+        state.prompt = _Prompt(positions, mrope.to(torch.float32), deltas, mrope_deltas.to(torch.float32))
+    return positions, deltas
 
 
 def _as_three_rows(position_ids, past: int, batch: int, seq: int, device) -> torch.Tensor:
@@ -160,62 +157,42 @@ def mrope_positions_for_chunk(state: _CircleState, circle: torch.Tensor, past: i
     return tail if head is None else torch.cat([head, tail], dim=2)
 
 
-def _parameter_names(function: Callable):
-    return [n for n, p in inspect.signature(function).parameters.items()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-
-
-def _text_forward(original: Callable, state: _CircleState):
-    names = _parameter_names(original)
-
-    def forward(*args, **kwargs):
-        bound = dict(zip(names, args))
-        bound.update(kwargs)
-        embeds = bound.get("inputs_embeds")
-        ids = bound.get("input_ids")
-        if embeds is None and ids is None:
-            return original(*args, **kwargs)  # transformers raises its own error
-        batch, seq = (embeds.shape[0], embeds.shape[1]) if embeds is not None else tuple(ids.shape)
-        device = embeds.device if embeds is not None else ids.device
-        cache = bound.get("past_key_values")
-        past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
-        circle = _as_three_rows(bound.get("position_ids"), past, batch, seq, device)
-        state.pending_mrope = mrope_positions_for_chunk(state, circle, past)
-        try:
-            return original(*args, **kwargs)
-        finally:
-            state.pending_mrope = None
-
-    return forward
-
-
-def _rotary_forward(original: Callable, state: _CircleState):
-    def forward(x, position_ids, *args, **kwargs):
-        cos, sin = original(x, position_ids, *args, **kwargs)
-        if state.pending_mrope is not None:
-            setattr(cos, _ALT_ATTR, original(x, state.pending_mrope, *args, **kwargs))
-        return cos, sin
-
-    return forward
-
-
-def _mrope_layer_forward(original: Callable):
-    names = _parameter_names(original)
-    slot = names.index("position_embeddings") if "position_embeddings" in names else None
-
-    def forward(*args, **kwargs):
-        if "position_embeddings" in kwargs:
-            embeddings = kwargs["position_embeddings"]
-            alt = getattr(embeddings[0], _ALT_ATTR, None) if embeddings is not None else None
-            if alt is not None:
-                kwargs["position_embeddings"] = alt
-        elif slot is not None and slot < len(args) and args[slot] is not None:
-            alt = getattr(args[slot][0], _ALT_ATTR, None)
-            if alt is not None:
-                args = args[:slot] + (alt,) + args[slot + 1:]
+def _text_forward(original: Callable, state: _CircleState, names, *args, **kwargs):
+    bound = dict(zip(names, args))
+    bound.update(kwargs)
+    embeds = bound.get("inputs_embeds")
+    ids = bound.get("input_ids")
+    if embeds is None and ids is None:
+        return original(*args, **kwargs)  # transformers raises its own error
+    batch, seq = (embeds.shape[0], embeds.shape[1]) if embeds is not None else tuple(ids.shape)
+    device = embeds.device if embeds is not None else ids.device
+    cache = bound.get("cache", bound.get("past_key_values"))
+    past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
+    circle = _as_three_rows(bound.get("position_ids"), past, batch, seq, device)
+    with context.call_frame(state) as frame:
+        frame.positions = mrope_positions_for_chunk(state, circle, past)
         return original(*args, **kwargs)
 
-    return forward
+
+def _rotary_forward(original: Callable, state: _CircleState, x, position_ids, *args, **kwargs):
+    cos, sin = original(x, position_ids, *args, **kwargs)
+    mrope = context.current_positions(state)
+    if mrope is not None:
+        setattr(cos, _ALT_ATTR, original(x, mrope, *args, **kwargs))
+    return cos, sin
+
+
+def _mrope_layer_forward(original: Callable, slot: Optional[int], *args, **kwargs):
+    if "position_embeddings" in kwargs:
+        embeddings = kwargs["position_embeddings"]
+        alt = getattr(embeddings[0], _ALT_ATTR, None) if embeddings is not None else None
+        if alt is not None:
+            kwargs["position_embeddings"] = alt
+    elif slot is not None and slot < len(args) and args[slot] is not None:
+        alt = getattr(args[slot][0], _ALT_ATTR, None)
+        if alt is not None:
+            args = args[:slot] + (alt,) + args[slot + 1:]
+    return original(*args, **kwargs)
 
 
 def apply_circle_patch(model: nn.Module, record: PatchRecord, config: CircleRoPEConfig) -> _CircleState:
@@ -227,16 +204,17 @@ def apply_circle_patch(model: nn.Module, record: PatchRecord, config: CircleRoPE
         )
     inner, text = _find_parts(model)
     state = _CircleState(config, inner, len(text.layers))
-    original_index = type(inner).get_rope_index.__get__(inner)
-    record.set_attr(inner, "get_rope_index", _get_rope_index(original_index, inner, state))
+    record.wrap_forward(inner, _get_rope_index, inner, state, attribute="get_rope_index")
     # Deltas left from earlier unpatched calls would shift our decode positions.
     record.set_attr(inner, "rope_deltas", None)
     if state.needs_mrope:
-        record.wrap_forward(text, lambda original: _text_forward(original, state))
-        record.wrap_forward(text.rotary_emb, lambda original: _rotary_forward(original, state))
+        record.wrap_forward(text, _text_forward, state, parameter_names(text.forward))
+        record.wrap_forward(text.rotary_emb, _rotary_forward, state)
         for layer, circle in zip(text.layers, state.plan):
             if not circle:
-                record.wrap_forward(layer, _mrope_layer_forward)
+                names = parameter_names(layer.forward)
+                slot = names.index("position_embeddings") if "position_embeddings" in names else None
+                record.wrap_forward(layer, _mrope_layer_forward, slot)
     record.set_attr(inner, "_c2rope_circle_state", state)
     return state
 
@@ -248,32 +226,23 @@ def _patch_qwen2_vl(model, record, state):
 
 
 def patch_qwen2_vl(model: nn.Module, config: Optional[CircleRoPEConfig] = None) -> nn.Module:
-    """Patch a Qwen2-VL / Qwen2.5-VL model in place with Circle-RoPE (+ AGE)."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    config = CircleRoPEConfig() if config is None else config
-    if _RECORD_ATTR in vars(model) or hasattr(getattr(model, "model", model), "_c2rope_circle_state"):
-        raise ValueError("model is already patched with Circle-RoPE; unpatch it first")
+    """Same as `c2rope.patch_model(model, config or CircleRoPEConfig())` (kept for
+    existing callers; the registry is the one patching mechanism)."""
+    from . import patch_model
+
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in MODEL_TYPES:
+    if isinstance(model, nn.Module) and model_type not in MODEL_TYPES:
         raise TypeError(f"patch_qwen2_vl supports model types {MODEL_TYPES}, got {model_type!r}")
-    record = PatchRecord(model, config, model_type)
-    try:
-        apply_circle_patch(model, record, config)
-        record.set_attr(model, _RECORD_ATTR, record)
-    except BaseException:
-        record.undo()
-        raise
-    return model
+    if config is not None and not isinstance(config, CircleRoPEConfig):
+        raise TypeError(f"patch_qwen2_vl takes a c2rope.CircleRoPEConfig, got {type(config).__name__}")
+    return patch_model(model, config if config is not None else CircleRoPEConfig())
 
 
 def unpatch_qwen2_vl(model: nn.Module) -> nn.Module:
-    """Undo patch_qwen2_vl exactly."""
-    record = vars(model).get(_RECORD_ATTR)
-    if record is None:
-        raise ValueError("model is not patched by patch_qwen2_vl")
-    record.undo()
-    return model
+    """Same as `c2rope.unpatch_model(model)`."""
+    from . import unpatch_model
+
+    return unpatch_model(model)
 
 
 __all__ = ["apply_circle_patch", "patch_qwen2_vl", "unpatch_qwen2_vl", "mrope_positions_for_chunk"]

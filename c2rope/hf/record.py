@@ -1,25 +1,68 @@
 """Undoable patching primitives: every change a patcher makes goes through a PatchRecord,
 so `unpatch_model` can put each attribute back exactly as it was (or delete it when it
-did not exist, which brings back the class attribute, e.g. the class's `forward`)."""
+did not exist, which brings back the class attribute, e.g. the class's `forward`).
+
+The forwards a patch installs are small objects (`PatchedForward`, `ReboundForward`)
+that hold the module they belong to as an attribute, never in a closure: a deep copy of
+a patched model therefore gets wrappers that run the copy's own weights, and its record
+undoes the copy. Pickling a patched model raises an error that says to unpatch first
+(the state_dict is unchanged by patching and saves as usual).
+"""
 from __future__ import annotations
 
-import functools
+import copy
+import inspect
 import sys
 import types
 from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 
-_MISSING = object()
+from .introspect import rebind_through_decorators
+
+class _Missing:
+    """Marks an attribute the instance did not have; one object, kept by deep copies."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __copy__(self):
+        return self
+
+    def __repr__(self):
+        return "<missing>"
 
 
-class PatchRecord:
+_MISSING = _Missing()
+_PICKLE_MESSAGE = (
+    "c2rope: a patched model cannot be pickled (torch.save(model)): call c2rope.unpatch_model(model) "
+    "first, or save model.state_dict(), which patching leaves unchanged"
+)
+
+
+class _Unpicklable:
+    """Refuses pickling with a clear message; deep copies copy every attribute (so a
+    copied model's wrappers refer to the copied modules)."""
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError(_PICKLE_MESSAGE)
+
+    def __deepcopy__(self, memo):
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        for name, value in vars(self).items():
+            setattr(clone, name, copy.deepcopy(value, memo))
+        return clone
+
+
+class PatchRecord(_Unpicklable):
     """The changes made to one model, in order; `undo()` reverts them newest first."""
 
-    def __init__(self, model: torch.nn.Module, config, family: str):
+    def __init__(self, model: torch.nn.Module, family: str):
         self.model = model
-        self.config = config
         self.family = family
+        self.state = None
+        self.probe = None  # (decoder, attention layers) for pipeline.verify_patch
         self._changes: List[Tuple[Any, str, Any]] = []
 
     def set_attr(self, obj: Any, name: str, value: Any) -> None:
@@ -31,27 +74,72 @@ class PatchRecord:
         self._changes.append((obj, name, old))
         setattr(obj, name, value)
 
-    def wrap_forward(self, module: torch.nn.Module, make_wrapper: Callable[[Callable], Callable]) -> None:
-        """Replace `module.forward` on this instance only by `make_wrapper(original)`.
-
-        The wrapper keeps the original's name, docstring and signature
-        (`functools.wraps`), which transformers inspects (e.g. generate() checks whether
-        forward accepts `position_ids`)."""
-        original = module.forward
-        wrapper = functools.wraps(original)(make_wrapper(original))
-        self.set_attr(module, "forward", wrapper)
+    def wrap_forward(self, module: torch.nn.Module, handler: Callable, *context: Any,
+                     extra_keyword: str = None, attribute: str = "forward") -> None:
+        """Make `module.<attribute>(...)` (default: `module(...)`) run
+        `handler(original, *context, *args, **kwargs)`, on this instance only."""
+        original = getattr(module, attribute)
+        self.set_attr(module, attribute, PatchedForward(original, handler, context, extra_keyword))
 
     def undo(self) -> None:
         while self._changes:
             obj, name, old = self._changes.pop()
             if old is _MISSING:
-                if name in vars(obj):
+                if name in vars(obj) or (isinstance(obj, torch.nn.Module) and name in obj._modules):
                     delattr(obj, name)
             else:
                 setattr(obj, name, old)
 
 
-_REBOUND = {}
+class PatchedForward(_Unpicklable):
+    """An instance-level `forward`: calls `handler(original, *context, *args, **kwargs)`.
+
+    Looks like the original to transformers, which inspects forward signatures (e.g.
+    generate() validates its keyword arguments against them): `__signature__` is the
+    original's, plus `extra_keyword` (keyword-only) when given."""
+
+    def __init__(self, original: Callable, handler: Callable, context: tuple, extra_keyword: str = None):
+        self.original = original
+        self.handler = handler
+        self.context = context
+        self.extra_keyword = extra_keyword
+        self.__wrapped__ = original
+        self.__name__ = getattr(original, "__name__", "forward")
+        self.__doc__ = getattr(original, "__doc__", None)
+
+    def __call__(self, *args, **kwargs):
+        return self.handler(self.original, *self.context, *args, **kwargs)
+
+    @property
+    def __signature__(self):
+        signature = inspect.signature(self.original)
+        if self.extra_keyword is None:
+            return signature
+        parameters = list(signature.parameters.values())
+        extra = inspect.Parameter(self.extra_keyword, inspect.Parameter.KEYWORD_ONLY, default=None)
+        at = next((i for i, p in enumerate(parameters) if p.kind == p.VAR_KEYWORD), len(parameters))
+        return signature.replace(parameters=parameters[:at] + [extra] + parameters[at:])
+
+
+class ReboundForward(_Unpicklable):
+    """`module.forward` running the class's forward with some module-level names of its
+    real code replaced (a method bound to `module`, kept as an attribute)."""
+
+    def __init__(self, function: Callable, module: torch.nn.Module):
+        self.function = function
+        self.module = module
+        self.__wrapped__ = function
+        self.__name__ = getattr(function, "__name__", "forward")
+
+    def __call__(self, *args, **kwargs):
+        return self.function(self.module, *args, **kwargs)
+
+    @property
+    def __signature__(self):
+        return inspect.signature(types.MethodType(self.function, self.module))
+
+
+_REBOUND: Dict[Any, Tuple[Callable, tuple]] = {}
 
 
 def rebind_globals(function: Callable, replacements: Dict[str, Any]) -> Callable:
@@ -92,9 +180,18 @@ def rebind_globals(function: Callable, replacements: Dict[str, Any]) -> Callable
     return clone
 
 
+def rebound_namespace(module: torch.nn.Module) -> Dict[str, Any]:
+    """The globals the (patched) real forward of `module` runs with."""
+    forward = vars(module).get("forward")
+    function = forward.function if isinstance(forward, ReboundForward) else type(module).forward
+    return inspect.unwrap(function).__globals__
+
+
 def bind_forward_with_globals(record: PatchRecord, module: torch.nn.Module, replacements: Dict[str, Any]) -> None:
-    """Make `module` (one instance) run its class's forward with some globals replaced."""
+    """Make `module` (one instance) run its class's forward with some globals of its
+    real (undecorated) code replaced; the decorators around it still run."""
     function = type(module).forward
     if not isinstance(function, types.FunctionType):
         raise TypeError(f"{type(module).__name__}.forward is not a plain function; cannot rebind it")
-    record.set_attr(module, "forward", types.MethodType(rebind_globals(function, replacements), module))
+    rebound = rebind_through_decorators(function, lambda real: rebind_globals(real, replacements))
+    record.set_attr(module, "forward", ReboundForward(rebound, module))

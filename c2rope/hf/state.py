@@ -1,23 +1,26 @@
-"""Per-model runtime state of a patch, and the per-call plan it computes: which image
-spans the sequence holds (from input_ids, an explicit VisualLayout, or the KV cache of
-earlier steps), the triplet positions of the current chunk and the attention mask.
+"""Per-model state of a patch and the per-call plan: which image spans the sequence
+holds (from input_ids, an explicit `visual_layout=`, a recorded LLaVA splice, or the
+KV cache of earlier steps) and the triplet positions of the current chunk.
 
-Shared by the transformers 5.x (v5.py) and 4.37 (v4.py) patchers, which differ only
-in how they hand positions and masks to the model.
+Nothing here builds masks (`masks.py`) or touches the model (`pipeline.py`).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import threading
+import weakref
 from typing import Any, List, Optional, Tuple
 
 import torch
 
 from ..config import C2RoPEConfig
+from .introspect import past_length
 
 Spans = Tuple[Tuple[Tuple[int, int, int], ...], ...]
 
-# Attention implementations that accept an arbitrary mask without a dense Q x K tensor
-# problem: eager/sdpa take the dense [B, 1, Q, K] mask, flex_attention a BlockMask.
+# Attention implementations that take an arbitrary mask: eager/sdpa a dense
+# [B, 1, Q, K] mask, flex_attention a BlockMask.
 MASKABLE_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention")
 _CACHE_ATTR = "_c2rope_spans"
 
@@ -29,118 +32,165 @@ class CallPlan:
     positions: Optional[torch.Tensor] = None  # float32 [B, q, 3]; None = text only
     layout: Any = None  # VisualLayout of the whole sequence when it holds images
 
+    @property
+    def has_images(self) -> bool:
+        return self.positions is not None
 
-def past_length(cache) -> int:
-    """Tokens already in a KV cache: transformers Cache objects or legacy tuples."""
-    if cache is None:
-        return 0
-    if hasattr(cache, "get_seq_length"):
-        return int(cache.get_seq_length())
-    if isinstance(cache, (tuple, list)) and len(cache) and cache[0] is not None:
-        return int(cache[0][0].shape[-2])
-    return 0
+
+def _repeat_rows(spans, batch: int, what: str):
+    """Rows of a prompt-time record for generate()'s expanded batch (beams, samples):
+    generate repeats every row `batch // rows` times in place (repeat_interleave)."""
+    rows = len(spans)
+    if rows == batch:
+        return tuple(spans)
+    if rows == 0 or batch % rows:
+        raise ValueError(f"c2rope: {what} has {rows} rows but the input has batch {batch}")
+    return tuple(row for row in spans for _ in range(batch // rows))
 
 
 class C2RoPEState:
-    """What a patched model remembers between calls (one per patched model)."""
+    """What a patched model remembers between calls (one per patched model). Per-call
+    data lives in thread-local frames (`context.py`), not here."""
 
     def __init__(self, config: C2RoPEConfig, image_token_id: Optional[int], grid, family: str):
         self.config = config
         self.image_token_id = image_token_id
         self.grid = grid
         self.family = family
-        # Set by the top-level forward for the duration of one call: the raw input_ids
-        # (LLaVA turns them into embeddings before the decoder runs) and an explicit
-        # layout passed as `visual_layout=`.
-        self.pending_ids: Optional[torch.Tensor] = None
-        self.pending_layout = None
-        # Legacy LLaVA: spans recorded where image features are spliced into the
-        # embeddings, consumed by the next prefill.
-        self.pending_spans: Optional[Tuple[Spans, int]] = None
-        # Spans of the last call, for caches that cannot carry an attribute (tuples).
-        self.last: Optional[Tuple[Spans, int]] = None
+        self._local = threading.local()
+
+    def __deepcopy__(self, memo):
+        return C2RoPEState(copy.deepcopy(self.config, memo), self.image_token_id, copy.deepcopy(self.grid, memo),
+                           self.family)
+
+    # ------------------------------------------------------------ thread-local memory
+
+    def _memory(self) -> dict:
+        memory = getattr(self._local, "memory", None)
+        if memory is None:
+            memory = self._local.memory = {"splices": [], "tuple_cache": None}
+        return memory
+
+    def record_splice(self, embeds: torch.Tensor, spans: Spans) -> None:
+        """Legacy LLaVA: image features were spliced into `embeds` at `spans`. Kept only
+        as long as `embeds` lives, and consumed by the decoder call that receives
+        those embeddings (or generate()'s row-repeated copy of them)."""
+        splices = self._memory()["splices"]
+        splices[:] = [(ref, s) for ref, s in splices if ref() is not None]
+        splices.append((weakref.ref(embeds), spans))
+
+    def _take_splice(self, embeds: Optional[torch.Tensor]) -> Optional[Spans]:
+        if embeds is None:
+            return None
+        splices = self._memory()["splices"]
+        for i in range(len(splices) - 1, -1, -1):
+            recorded, spans = splices[i][0](), splices[i][1]
+            if recorded is None:
+                del splices[i]
+                continue
+            if recorded is embeds:
+                del splices[i]
+                return spans
+            rows = recorded.shape[0]
+            if (recorded.shape[1:] == embeds.shape[1:] and rows and embeds.shape[0] % rows == 0
+                    and embeds.device == recorded.device
+                    and torch.equal(recorded.repeat_interleave(embeds.shape[0] // rows, dim=0), embeds)):
+                # generate() expanded the spliced embeddings for beams / several samples.
+                del splices[i]
+                return _repeat_rows(spans, embeds.shape[0], "the recorded image splice")
+        return None
+
+    def _remember(self, cache, spans: Spans, total_len: int) -> None:
+        if cache is None:
+            return
+        if isinstance(cache, (tuple, list)):
+            # Legacy tuple caches cannot carry an attribute: remember them by their first
+            # key tensor, which the next decoding step passes back in (weakly: no cache
+            # is kept alive by c2rope).
+            if len(cache) and cache[0] is not None:
+                self._memory()["tuple_cache"] = (weakref.ref(cache[0][0]), spans, total_len)
+            return
+        try:
+            setattr(cache, _CACHE_ATTR, (spans, total_len))
+        except (AttributeError, TypeError):  # slotted / frozen cache classes
+            pass
+
+    def _recall(self, cache):
+        if cache is None:
+            return None
+        if isinstance(cache, (tuple, list)):
+            entry = self._memory()["tuple_cache"]
+            if entry is not None and len(cache) and cache[0] is not None and entry[0]() is cache[0][0]:
+                return entry[1], entry[2]
+            return None
+        return getattr(cache, _CACHE_ATTR, None)
 
     # ------------------------------------------------------------ spans
 
-    def chunk_spans(self, input_ids, attention_mask, batch: int, q_len: int) -> Optional[Spans]:
-        """Image spans inside the current chunk (offsets relative to its first token),
-        or None when nothing tells (embeddings without ids or layout)."""
+    def _layout_spans(self, layout, batch: int, past: int, total_len: int) -> Spans:
+        """Absolute spans from an explicit VisualLayout of the sequence from token 0."""
         from ..layout import VisualLayout
 
-        if self.pending_layout is not None:
-            layout = self.pending_layout
-            if not isinstance(layout, VisualLayout):
-                raise TypeError(f"visual_layout must be a c2rope.VisualLayout, got {type(layout).__name__}")
-            if layout.batch_size != batch:
-                raise ValueError(f"visual_layout has batch {layout.batch_size}, the input has {batch}")
-            if layout.seq_len == q_len:
-                return layout.spans
-            return None  # a prompt layout forwarded again on decode steps: the cache knows
-        if self.pending_spans is not None:
-            spans, length = self.pending_spans
-            self.pending_spans = None
-            if length != q_len or len(spans) != batch:
-                raise RuntimeError(
-                    f"c2rope: the recorded image splice ({len(spans)} rows x {length} tokens) does not "
-                    f"match the decoder input ({batch} x {q_len})"
-                )
-            return spans
-        if input_ids is not None and self.image_token_id is not None:
-            if input_ids.dim() != 2 or tuple(input_ids.shape) != (batch, q_len):
-                return None
-            if not bool((input_ids == self.image_token_id).any()):
-                return tuple(() for _ in range(batch))  # decode steps: no image to look for
-            mask = attention_mask
-            if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-                mask = mask[:, -q_len:]
-            else:
-                mask = None
-            layout = VisualLayout.from_input_ids(input_ids, self.image_token_id, self.grid, attention_mask=mask)
-            return layout.spans
-        return None
+        if not isinstance(layout, VisualLayout):
+            raise TypeError(f"visual_layout must be a c2rope.VisualLayout, got {type(layout).__name__}")
+        spans = _repeat_rows(layout.spans, batch, "visual_layout")
+        for row in spans:
+            for start, h, w in row:
+                if start < total_len < start + h * w:
+                    raise ValueError(
+                        f"visual_layout: the image at {start} ({h}x{w}) is cut by the end of the input "
+                        f"({total_len} tokens with the cache)"
+                    )
+        return tuple(tuple(s for s in row if s[0] + s[1] * s[2] <= total_len) for row in spans)
 
-    def cached_spans(self, cache, past: int, batch: int) -> List[list]:
-        """Spans of the `past` tokens already in the cache (empty rows when unknown)."""
+    def _chunk_spans(self, input_ids, attention_mask, batch: int, q_len: int) -> Optional[Spans]:
+        """Image spans found in the current chunk's ids (relative to its first token)."""
+        from ..layout import VisualLayout
+
+        if input_ids is None or self.image_token_id is None:
+            return None
+        if input_ids.dim() != 2 or tuple(input_ids.shape) != (batch, q_len):
+            return None
+        if not bool((input_ids == self.image_token_id).any()):
+            return tuple(() for _ in range(batch))
+        mask = attention_mask[:, -q_len:] if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 \
+            else None
+        return VisualLayout.from_input_ids(input_ids, self.image_token_id, self.grid, attention_mask=mask).spans
+
+    def _cached_spans(self, cache, past: int, batch: int) -> List[list]:
         if past == 0:
             return [[] for _ in range(batch)]
-        record = getattr(cache, _CACHE_ATTR, None) if cache is not None else None
-        if record is None and self.last is not None and self.last[1] >= past:
-            record = self.last
-        if record is None or len(record[0]) != batch:
+        record = self._recall(cache)
+        if record is None:
             return [[] for _ in range(batch)]
-        spans, _ = record
+        spans = record[0]
+        if len(spans) != batch:
+            # beam search reorders rows but never changes their number after prefill
+            return [[] for _ in range(batch)]
         # A cropped cache (assisted decoding) keeps only the images it still holds whole.
         return [[s for s in row if s[0] + s[1] * s[2] <= past] for row in spans]
 
-    def store(self, cache, spans: Spans, total_len: int) -> None:
-        self.last = (spans, total_len)
-        if cache is not None and not isinstance(cache, (tuple, list)):
-            try:
-                setattr(cache, _CACHE_ATTR, (spans, total_len))
-            except (AttributeError, TypeError):  # slotted / frozen cache classes
-                pass
-
     # ------------------------------------------------------------ plan
 
-    def plan(
-        self,
-        *,
-        input_ids,
-        attention_mask,
-        cache,
-        batch: int,
-        q_len: int,
-        device: torch.device,
-    ) -> CallPlan:
+    def plan(self, *, frame, input_ids, embeds, attention_mask, cache, batch: int, q_len: int,
+             device: torch.device) -> CallPlan:
         """Spans and positions for one decoder call (positions None when no image)."""
         past = past_length(cache)
-        chunk = self.chunk_spans(input_ids, attention_mask, batch, q_len)
-        spans = self.cached_spans(cache, past, batch)
-        if chunk is not None:
-            for row, new in zip(spans, chunk):
-                row.extend((start + past, h, w) for start, h, w in new)
-        spans = tuple(tuple(row) for row in spans)
-        plan = CallPlan(spans=spans, total_len=past + q_len)
+        total = past + q_len
+        layout_arg = frame.visual_layout if frame is not None else None
+        if layout_arg is not None:
+            spans = self._layout_spans(layout_arg, batch, past, total)
+        else:
+            chunk = self._take_splice(embeds)
+            if chunk is None:
+                ids = input_ids if input_ids is not None else (frame.input_ids if frame is not None else None)
+                chunk = self._chunk_spans(ids, attention_mask, batch, q_len)
+            rows = self._cached_spans(cache, past, batch)
+            if chunk is not None:
+                for row, new in zip(rows, chunk):
+                    row.extend((start + past, h, w) for start, h, w in new)
+            spans = tuple(tuple(row) for row in rows)
+        plan = CallPlan(spans=spans, total_len=total)
         if not any(spans):
             return plan
         if attention_mask is not None and not (isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2):
@@ -149,14 +199,18 @@ class C2RoPEState:
                 "attention_mask [batch, past + new tokens] (or None), not a prepared 4-D mask; "
                 "static/compileable caches in generate() prepare 4-D masks and are not supported"
             )
-        layout = self.layout(spans, past + q_len, attention_mask, device)
         from ..positions import build_position_ids
 
-        plan.positions = build_position_ids(layout, self.config)[:, past:]
-        plan.layout = layout
+        plan.layout = self._layout(spans, total, attention_mask, device)
+        plan.positions = build_position_ids(plan.layout, self.config)[:, past:]
         return plan
 
-    def layout(self, spans: Spans, total_len: int, attention_mask, device):
+    def finish(self, cache, plan: CallPlan) -> None:
+        """After a decoder call: let the cache remember the spans for the next step."""
+        self._remember(cache, plan.spans, plan.total_len)
+
+    @staticmethod
+    def _layout(spans: Spans, total_len: int, attention_mask, device):
         from ..layout import VisualLayout
 
         mask = None
@@ -170,7 +224,7 @@ class C2RoPEState:
         return VisualLayout.from_spans([list(r) for r in spans], total_len, attention_mask=mask, device=device)
 
     def needs_mask(self, plan: CallPlan) -> bool:
-        return plan.positions is not None and self.config.mask != "causal"
+        return plan.has_images and self.config.mask != "causal"
 
     def check_implementation(self, implementation: str) -> None:
         if implementation not in MASKABLE_IMPLEMENTATIONS:
@@ -181,55 +235,3 @@ class C2RoPEState:
                 "model.set_attn_implementation('sdpa')), or use C2RoPEConfig(mask='causal'), which "
                 "keeps the model's own causal mask and works with every implementation"
             )
-
-
-def dense_mask(state: C2RoPEState, plan: CallPlan, q_len: int, kv_len: int,
-               sliding_window: Optional[int] = None) -> torch.Tensor:
-    """Boolean [B, 1, q, kv] Chebyshev mask of the current chunk (True = attend), with
-    keys beyond the valid length (static caches) masked and an optional sliding window."""
-    from ..mask import chebyshev_mask
-
-    layout = plan.layout
-    past = plan.total_len - q_len
-    if kv_len > layout.seq_len:
-        layout = layout.append_text(
-            kv_len - layout.seq_len,
-            torch.zeros(layout.batch_size, kv_len - layout.seq_len, dtype=torch.bool, device=layout.device),
-        )
-    mask = chebyshev_mask(layout, state.config, dtype=torch.bool, q_offset=past, q_len=q_len)
-    if sliding_window is not None:
-        q_idx = torch.arange(past, past + q_len, device=mask.device)[:, None]
-        kv_idx = torch.arange(kv_len, device=mask.device)[None, :]
-        mask = mask & (kv_idx > q_idx - sliding_window)
-    return mask
-
-
-def additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Bool mask -> HF's additive float mask (0 / finfo.min)."""
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-
-
-def block_mask(state: C2RoPEState, plan: CallPlan, q_len: int, kv_len: int,
-               sliding_window: Optional[int] = None):
-    """FlexAttention BlockMask of the current chunk (never a dense Q x K tensor)."""
-    from ..mask import chebyshev_block_mask, chebyshev_mask_mod
-
-    layout = plan.layout
-    past = plan.total_len - q_len
-    if kv_len > layout.seq_len:
-        layout = layout.append_text(
-            kv_len - layout.seq_len,
-            torch.zeros(layout.batch_size, kv_len - layout.seq_len, dtype=torch.bool, device=layout.device),
-        )
-    if sliding_window is None:
-        return chebyshev_block_mask(layout, state.config, q_len=q_len, kv_len=kv_len, q_offset=past)
-    from torch.nn.attention.flex_attention import and_masks, create_block_mask
-
-    window = int(sliding_window)
-
-    def in_window(b, h, q_idx, kv_idx):
-        return kv_idx > q_idx + past - window
-
-    mask_mod = and_masks(chebyshev_mask_mod(layout, state.config, q_offset=past), in_window)
-    return create_block_mask(mask_mod, layout.batch_size, None, q_len, kv_len, device=layout.device)
-

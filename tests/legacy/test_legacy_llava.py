@@ -265,3 +265,74 @@ def test_fused_kernel_runs_in_every_layer():
     names = [event.name for event in prof.events()]
     assert names.count("c2rope::rotary") == model.config.num_hidden_layers
     assert names.count("c2rope::cos_sin") == 1  # built once per forward, shared by the layers
+
+
+@pytest.mark.parametrize("mode", ["beams", "return_sequences"])
+def test_llava_generate_expands_the_batch_after_the_splice(mode):
+    # LLaVA's generate() splices the images first, then transformers repeats the rows for
+    # beams / several returned sequences: the recorded splice must follow the rows.
+    model = tiny_llava("sdpa", padding_side="left")
+    c2rope.patch_model(model, c2rope.C2RoPEConfig())
+    ids, mask, images, _ = llava_batch(left=True)
+    model.generation_config.eos_token_id = None
+    kw = {"beams": dict(num_beams=3), "return_sequences": dict(num_beams=2, num_return_sequences=2)}[mode]
+    cached = model.generate(ids, images=images, attention_mask=mask, max_new_tokens=3, do_sample=False,
+                            pad_token_id=0, use_cache=True, **kw)
+    assert cached.shape[0] == 2 * kw.get("num_return_sequences", 1)
+    # beam search over a full recompute every step gives the same sequences
+    expected_rows = []
+    for row in range(2):
+        with torch.no_grad():
+            full = model.generate(ids[row:row + 1], images=images[row:row + 1], attention_mask=mask[row:row + 1],
+                                  max_new_tokens=3, do_sample=False, pad_token_id=0, use_cache=True, **kw)
+        expected_rows.append(full)
+    torch.testing.assert_close(cached, torch.cat(expected_rows), rtol=0, atol=0)
+
+
+def test_llava_failed_call_leaves_nothing_behind():
+    model = tiny_llava("sdpa")
+    c2rope.patch_model(model, c2rope.C2RoPEConfig())
+    ids, mask, images, _ = llava_batch()
+    text = torch.randint(1, VOCAB - 1, (2, 27))
+    text_mask = torch.ones_like(text)
+    with torch.no_grad():
+        expected = model(input_ids=text, attention_mask=text_mask).logits
+    with pytest.raises((TypeError, ValueError)):
+        model.generate(ids, images=images, attention_mask=mask, max_new_tokens=2, not_an_argument=1)
+    import gc
+
+    gc.collect()  # the failed call's spliced embeddings are gone, and their record with them
+    with torch.no_grad():
+        got = model(input_ids=text, attention_mask=text_mask).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_unpatch_restores_named_modules_and_frees_tables():
+    import gc
+    import weakref
+
+    model = tiny_llava("sdpa")
+    before = [name for name, _ in model.named_modules()]
+    ids, mask, images, _ = llava_batch()
+    c2rope.patch_model(model, c2rope.C2RoPEConfig())
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, images=images)
+    rope = weakref.ref(model.model.c2rope_rotary)
+    c2rope.unpatch_model(model)
+    assert [name for name, _ in model.named_modules()] == before
+    gc.collect()
+    assert rope() is None  # no patch/unpatch cycle keeps c2rope's rotary (and its tables) alive
+
+
+def test_deepcopy_of_patched_llava_runs_its_own_weights():
+    model = tiny_llava("sdpa")
+    c2rope.patch_model(model, c2rope.C2RoPEConfig())
+    ids, mask, images, _ = llava_batch()
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        clone.lm_head.weight.mul_(2.0)
+        original = model(input_ids=ids, attention_mask=mask, images=images).logits
+        copied = clone(input_ids=ids, attention_mask=mask, images=images).logits
+    torch.testing.assert_close(copied, 2.0 * original, atol=1e-5, rtol=1e-5)
+    c2rope.unpatch_model(clone)
+    assert c2rope.hf.is_patched(model) and not c2rope.hf.is_patched(clone)

@@ -1,0 +1,53 @@
+"""`python -m c2rope check MODEL`: a local config.json is built at test size with random
+weights, patched and compared with the unpatched model."""
+import subprocess
+import sys
+
+import pytest
+
+from test_hf_common import text_config, transformers  # noqa: F401  (skips under transformers < 4.57)
+
+from c2rope.hf.check import main as check_main
+
+
+def _write(config, folder):
+    config.architectures = [{
+        "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+        "llava": "LlavaForConditionalGeneration", "gpt2": "GPT2LMHeadModel",
+    }[config.model_type]]
+    config.to_json_file(str(folder / "config.json"))
+    return str(folder)
+
+
+def _llava_config():
+    vision = transformers.CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                           num_attention_heads=16, image_size=56, patch_size=14)
+    return transformers.LlavaConfig(vision_config=vision, text_config=text_config("llama", hidden_size=4096,
+                                    num_hidden_layers=32, vocab_size=32064), image_token_id=32000)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "llava"])
+def test_check_passes_on_supported_families(family, tmp_path, capsys):
+    config = _llava_config() if family == "llava" else text_config(family, hidden_size=4096, num_hidden_layers=32)
+    code = check_main(_write(config, tmp_path))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.count("PASS") == 3 and "FAIL" not in out and out.strip().endswith("supported")
+    assert f"transformers {transformers.__version__}" in out
+
+
+def test_check_reports_an_unsupported_family(tmp_path, capsys):
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2)
+    assert check_main(_write(config, tmp_path)) == 2
+    assert "NOT SUPPORTED" in capsys.readouterr().out
+
+
+def test_check_command_line(tmp_path):
+    path = _write(text_config("qwen2"), tmp_path)
+    out = subprocess.run([sys.executable, "-m", "c2rope", "check", path + "/config.json"], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "text-only logits equal" in out.stdout
+    missing = subprocess.run([sys.executable, "-m", "c2rope", "check", str(tmp_path / "nope")],
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0 and "config.json" in missing.stdout + missing.stderr
