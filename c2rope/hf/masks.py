@@ -34,6 +34,10 @@ def dense_mask(state: C2RoPEState, plan: CallPlan, q_len: int, kv_len: int,
         q_idx = torch.arange(past, past + q_len, device=mask.device)[:, None]
         kv_idx = torch.arange(kv_len, device=mask.device)[None, :]
         mask = mask & (kv_idx > q_idx - sliding_window)
+    if plan.samples is not None:
+        from .packing import same_sample_dense
+
+        mask = mask & same_sample_dense(plan.samples, past, q_len, kv_len)
     return mask
 
 
@@ -49,17 +53,23 @@ def block_mask(state: C2RoPEState, plan: CallPlan, q_len: int, kv_len: int,
 
     layout = _padded_layout(plan, kv_len)
     past = plan.total_len - q_len
-    if sliding_window is None:
+    if sliding_window is None and plan.samples is None:
         return chebyshev_block_mask(layout, state.config, q_len=q_len, kv_len=kv_len, q_offset=past)
     from torch.nn.attention.flex_attention import and_masks, create_block_mask
 
-    window = int(sliding_window)
+    mods = [chebyshev_mask_mod(layout, state.config, q_offset=past)]
+    if sliding_window is not None:
+        window = int(sliding_window)
 
-    def in_window(b, h, q_idx, kv_idx):
-        return kv_idx > q_idx + past - window
+        def in_window(b, h, q_idx, kv_idx):
+            return kv_idx > q_idx + past - window
 
-    mask_mod = and_masks(chebyshev_mask_mod(layout, state.config, q_offset=past), in_window)
-    return create_block_mask(mask_mod, layout.batch_size, None, q_len, kv_len, device=layout.device)
+        mods.append(in_window)
+    if plan.samples is not None:
+        from .packing import same_sample_mod
+
+        mods.append(same_sample_mod(plan.samples, past))
+    return create_block_mask(and_masks(*mods), layout.batch_size, None, q_len, kv_len, device=layout.device)
 
 
 def _sliding(config):

@@ -136,7 +136,8 @@ def _plan(state, frame, bound, cache, batch, q_len, device):
     # Data-dependent Python (span search, layout building): kept out of compiled graphs.
     return state.plan(frame=frame, input_ids=bound.get("input_ids"), embeds=bound.get("inputs_embeds"),
                       attention_mask=bound.get("attention_mask"), cache=cache, batch=batch, q_len=q_len,
-                      device=device)
+                      device=device, position_ids=bound.get("position_ids"),
+                      cu_seq_lens=bound.get("cu_seq_lens_q"))
 
 
 def decoder_forward(original: Callable, state: C2RoPEState, decoder: nn.Module, delivery: Delivery, *args,
@@ -154,7 +155,7 @@ def decoder_forward(original: Callable, state: C2RoPEState, decoder: nn.Module, 
         frame = context.push(context.CallFrame(state))
     try:
         plan = _plan(state, frame, bound, cache, batch, q_len, reference.device)
-        if state.needs_mask(plan):
+        if state.needs_mask(plan, getattr(decoder.config, "_attn_implementation", None)):
             dtype = embeds.dtype if embeds is not None else decoder.get_input_embeddings().weight.dtype
             frame.mask = delivery.mask(state, plan, decoder, cache, q_len, dtype, reference.device)
             bound["attention_mask"] = frame.mask

@@ -31,6 +31,7 @@ class CallPlan:
     total_len: int  # past + q
     positions: Optional[torch.Tensor] = None  # float32 [B, q, 3]; None = text only
     layout: Any = None  # VisualLayout of the whole sequence when it holds images
+    samples: Optional[torch.Tensor] = None  # int64 [B, total]: sample of each token in packed rows
 
     @property
     def has_images(self) -> bool:
@@ -173,7 +174,7 @@ class C2RoPEState:
     # ------------------------------------------------------------ plan
 
     def plan(self, *, frame, input_ids, embeds, attention_mask, cache, batch: int, q_len: int,
-             device: torch.device) -> CallPlan:
+             device: torch.device, position_ids=None, cu_seq_lens=None) -> CallPlan:
         """Spans and positions for one decoder call (positions None when no image)."""
         past = past_length(cache)
         total = past + q_len
@@ -200,8 +201,18 @@ class C2RoPEState:
                 "static/compileable caches in generate() prepare 4-D masks and are not supported"
             )
         from ..positions import build_position_ids
+        from . import packing
 
         plan.layout = self._layout(spans, total, attention_mask, device)
+        samples = packing.sample_ids(position_ids, cu_seq_lens, attention_mask, batch, q_len, device)
+        if samples is not None:
+            if past:
+                raise ValueError("c2rope: packed rows (position_ids restarting inside a row) cannot be combined "
+                                 "with a KV cache")
+            packing.check_spans_inside_samples(spans, samples)
+            plan.samples = samples
+            plan.positions = packing.packed_positions(spans, samples, self.config, device)
+            return plan
         plan.positions = build_position_ids(plan.layout, self.config)[:, past:]
         return plan
 
@@ -223,8 +234,16 @@ class C2RoPEState:
             mask = attention_mask[:, :total_len].to(device)
         return VisualLayout.from_spans([list(r) for r in spans], total_len, attention_mask=mask, device=device)
 
-    def needs_mask(self, plan: CallPlan) -> bool:
-        return plan.has_images and self.config.mask != "causal"
+    def needs_mask(self, plan: CallPlan, implementation: Optional[str] = None) -> bool:
+        """Whether c2rope hands the decoder its own mask: with images, for every mask
+        mode but "causal"; and for packed rows with images in "causal" mode too, on the
+        implementations that take a mask (transformers' eager / sdpa masks do not
+        separate packed samples; FlashAttention separates them itself)."""
+        if not plan.has_images:
+            return False
+        if self.config.mask != "causal":
+            return True
+        return plan.samples is not None and implementation in MASKABLE_IMPLEMENTATIONS
 
     def check_implementation(self, implementation: str) -> None:
         if implementation not in MASKABLE_IMPLEMENTATIONS:
