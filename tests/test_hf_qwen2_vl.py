@@ -4,6 +4,7 @@
 The reference is the *unpatched* model fed Circle-RoPE positions explicitly, with
 forward pre-hooks that hand each AGE M-RoPE layer the cos/sin of transformers' own
 get_rope_index positions instead."""
+import inspect
 import random
 
 import pytest
@@ -85,8 +86,11 @@ def reference_logits(model, inputs, config):
     circle, _ = mrope_position_ids(inputs["input_ids"], inputs["image_grid_thw"], None, mask,
                                    mm_token_type_ids=inputs["mm_token_type_ids"], spatial_merge_size=MERGE,
                                    circle=config)
-    mrope, _ = inner.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
-                                    image_grid_thw=inputs["image_grid_thw"], attention_mask=mask)
+    extra = {}  # 5.x takes mm_token_type_ids, 4.57 finds the image tokens itself
+    if "mm_token_type_ids" in inspect.signature(inner.get_rope_index).parameters:
+        extra["mm_token_type_ids"] = inputs["mm_token_type_ids"]
+    mrope, _ = inner.get_rope_index(inputs["input_ids"], image_grid_thw=inputs["image_grid_thw"],
+                                    attention_mask=mask, **extra)
     handles = []
     for layer, use_circle in zip(text.layers, config.layer_plan(LAYERS)):
         if not use_circle:

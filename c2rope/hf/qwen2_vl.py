@@ -22,6 +22,7 @@ model's own.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Callable, Optional
 
 import torch
@@ -72,19 +73,25 @@ def _find_parts(model: nn.Module):
     return inner, text
 
 
-def _get_rope_index(original: Callable, inner: nn.Module, state: _CircleState, input_ids=None,
-                    mm_token_type_ids=None, image_grid_thw=None, video_grid_thw=None, attention_mask=None,
-                    second_per_grid_ts=None, **kwargs):
+def _get_rope_index(original: Callable, inner: nn.Module, state: _CircleState, *args, **kwargs):
+    # Arguments by name whatever the release passes positionally (4.57: input_ids,
+    # image_grid_thw, video_grid_thw, ...; 5.x adds mm_token_type_ids).
+    named = inspect.signature(original).bind(*args, **kwargs).arguments
+    named.update(named.pop("kwargs", {}))
+    input_ids = named.get("input_ids")
+    attention_mask = named.get("attention_mask")
+    second_per_grid_ts = named.get("second_per_grid_ts")
     config = inner.config
     vision = config.vision_config
     tokens_per_second = getattr(vision, "tokens_per_second", None)
     mask = attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 else None
+    mm_token_type_ids = named.get("mm_token_type_ids")
     if mm_token_type_ids is None:
         mm_token_type_ids = mm_token_type_ids_from_input_ids(
             input_ids, config.image_token_id, getattr(config, "video_token_id", None)
         )
     positions, deltas = mrope_position_ids(
-        input_ids, image_grid_thw, video_grid_thw, mask,
+        input_ids, named.get("image_grid_thw"), named.get("video_grid_thw"), mask,
         mm_token_type_ids=mm_token_type_ids, spatial_merge_size=vision.spatial_merge_size,
         second_per_grid_ts=second_per_grid_ts if tokens_per_second is not None else None,
         tokens_per_second=tokens_per_second,
@@ -92,12 +99,7 @@ def _get_rope_index(original: Callable, inner: nn.Module, state: _CircleState, i
     )
     if state.needs_mrope:
         # The model's own M-RoPE positions for the layers AGE leaves on M-RoPE.
-        extra = {} if second_per_grid_ts is None else {"second_per_grid_ts": second_per_grid_ts}
-        if "mm_token_type_ids" in parameter_names(original):
-            extra["mm_token_type_ids"] = mm_token_type_ids
-        mrope, mrope_deltas = original(
-            input_ids, image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw, attention_mask=mask, **extra,
-        )
+        mrope, mrope_deltas = original(*args, **kwargs)
         state.prompt = _Prompt(positions, mrope.to(torch.float32), deltas, mrope_deltas.to(torch.float32))
     return positions, deltas
 
