@@ -49,7 +49,9 @@ def main(steps: int = 5, lora: bool = False) -> list:
         import peft
 
         model = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
-    model.gradient_checkpointing_enable()
+    # Non-reentrant checkpointing: with LoRA the frozen embeddings do not require grad, and
+    # reentrant checkpointing (transformers 4.x's default) would then cut the graph.
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     losses = []

@@ -53,6 +53,15 @@ def make_model(kind="qwen2_vl"):
     return model.double().eval()
 
 
+# transformers 5.x forwards take mm_token_type_ids; 4.57 and 5.0 find the image tokens themselves.
+_TAKES_TOKEN_TYPES = "mm_token_type_ids" in inspect.signature(
+    transformers.Qwen2VLForConditionalGeneration.forward).parameters
+
+
+def _token_types(inputs):
+    return (inputs["input_ids"] == IMAGE_ID).long()
+
+
 def make_prompt(batch=1, padded=False):
     """Text, images between text, several grids; optional left padding."""
     rows, grids = [], []
@@ -72,8 +81,9 @@ def make_prompt(batch=1, padded=False):
         mask[b, seq - len(r):] = 1
     grid = torch.tensor(grids)
     pixels = torch.randn(int(grid.prod(-1).sum()), PIXEL_DIM, dtype=torch.float64)
-    inputs = dict(input_ids=input_ids, mm_token_type_ids=(input_ids == IMAGE_ID).long(), pixel_values=pixels,
-                  image_grid_thw=grid)
+    inputs = dict(input_ids=input_ids, pixel_values=pixels, image_grid_thw=grid)
+    if _TAKES_TOKEN_TYPES:
+        inputs["mm_token_type_ids"] = (input_ids == IMAGE_ID).long()
     if padded:
         inputs["attention_mask"] = mask
     return inputs
@@ -84,11 +94,11 @@ def reference_logits(model, inputs, config):
     inner, text = model.model, model.model.language_model
     mask = inputs.get("attention_mask")
     circle, _ = mrope_position_ids(inputs["input_ids"], inputs["image_grid_thw"], None, mask,
-                                   mm_token_type_ids=inputs["mm_token_type_ids"], spatial_merge_size=MERGE,
+                                   mm_token_type_ids=_token_types(inputs), spatial_merge_size=MERGE,
                                    circle=config)
     extra = {}  # 5.x takes mm_token_type_ids, 4.57 finds the image tokens itself
     if "mm_token_type_ids" in inspect.signature(inner.get_rope_index).parameters:
-        extra["mm_token_type_ids"] = inputs["mm_token_type_ids"]
+        extra["mm_token_type_ids"] = _token_types(inputs)
     mrope, _ = inner.get_rope_index(inputs["input_ids"], image_grid_thw=inputs["image_grid_thw"],
                                     attention_mask=mask, **extra)
     handles = []
@@ -160,8 +170,9 @@ def test_generate_with_and_without_cache_matches_reference(strategy, kind):
     sequences = runs[True].sequences
     seq = inputs["input_ids"].shape[1]
     full = dict(inputs, input_ids=sequences,
-                mm_token_type_ids=torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(sequences[:, seq:])], dim=1),
                 attention_mask=torch.cat([inputs["attention_mask"], torch.ones_like(sequences[:, seq:])], dim=1))
+    if _TAKES_TOKEN_TYPES:
+        full["mm_token_type_ids"] = _token_types(full)
     unpatch_qwen2_vl(model)
     want = reference_logits(model, full, config)
     for step, logits in enumerate(runs[True].logits):
@@ -184,7 +195,11 @@ def test_forward_backward_and_gradient_checkpointing():
     model.model.language_model.layers[1].self_attn.register_forward_hook(lambda *a: calls.append(1))
     for checkpointing in (False, True):
         if checkpointing:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            enable = getattr(model, "activation_checkpointing_enable", None)  # name since 5.x; 4.57/5.0: gradient_
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.zero_grad()
         calls.clear()
         loss = model(**inputs, labels=labels).loss
