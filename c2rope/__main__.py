@@ -26,9 +26,10 @@ def _print_op_paths() -> None:
 
     print("op paths per device (kernel: c2rope's C/CUDA kernel; generic: plain PyTorch ops;")
     print("                     fake: shapes only):")
-    print("  " + " ".join(f"{name:<8}" if name == "device" else name for name in ("device",) + OPS))
+    widths = [max(len(op), len("generic")) for op in OPS]
+    print("  " + f"{'device':<8} " + " ".join(f"{op:<{w}}" for op, w in zip(OPS, widths)).rstrip())
     for device, paths in op_paths().items():
-        print("  " + f"{device:<8} " + " ".join(f"{paths[op]:<{len(op)}}" for op in OPS))
+        print("  " + f"{device:<8} " + " ".join(f"{paths[op]:<{w}}" for op, w in zip(OPS, widths)).rstrip())
 
 
 def _cmd_info(args) -> int:
