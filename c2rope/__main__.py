@@ -21,13 +21,20 @@ def _cmd_diagnose(args) -> int:
     return main_diagnose(args)
 
 
-def _cuda_kernels_registered() -> bool:
-    import torch
+def _print_op_paths() -> None:
+    from ._ops.paths import OPS, op_paths
 
-    return torch._C._dispatch_has_kernel_for_dispatch_key("c2rope::rotary", "CUDA")
+    print("op paths per device (kernel: c2rope's C/CUDA kernel; generic: plain PyTorch ops;")
+    print("                     fake: shapes only):")
+    widths = [max(len(op), len("generic")) for op in OPS]
+    print("  " + f"{'device':<8} " + " ".join(f"{op:<{w}}" for op, w in zip(OPS, widths)).rstrip())
+    for device, paths in op_paths().items():
+        print("  " + f"{device:<8} " + " ".join(f"{paths[op]:<{w}}" for op, w in zip(OPS, widths)).rstrip())
 
 
 def _cmd_info(args) -> int:
+    import os
+
     import torch
 
     import c2rope
@@ -37,14 +44,16 @@ def _cmd_info(args) -> int:
     print(f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'})")
     print("kernels: CPU (C11 + OpenMP)")
     if ops.built_with_cuda():
-        archs = ops.cuda_archs()
-        print(f"         CUDA: built, archs {archs}; registered: {_cuda_kernels_registered()}")
+        print(f"         CUDA: built, archs {ops.cuda_archs()}")
         if torch.cuda.is_available():
             print(f"         device: {torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))})")
         else:
             print("         no CUDA device visible")
     else:
-        print("         CUDA: not built")
+        print("         CUDA: not built (CUDA tensors take the generic PyTorch path)")
+    if os.environ.get("C2ROPE_DISABLE_KERNELS", "0") not in ("", "0"):
+        print("         C2ROPE_DISABLE_KERNELS is set: no kernel is registered")
+    _print_op_paths()
     print(f"OpenMP max threads: {ops.openmp_max_threads()} (torch intra-op threads: {torch.get_num_threads()})")
     return 0
 
@@ -69,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of the random text ids and q/k")
     demo.set_defaults(run=_cmd_demo)
 
-    info = sub.add_parser("info", help="torch version, kernels built, OpenMP threads")
+    info = sub.add_parser("info", help="torch version, kernels built, which path each op takes per device, OpenMP threads")
     info.set_defaults(run=_cmd_info)
 
     check = sub.add_parser("check", help="is a model (local folder or config.json) supported on this "

@@ -8,9 +8,13 @@
   supported, no copies of strided q/k views).
 - `rotary_cos_sin(positions, inv_freq, axis, ...)` is the table builder underneath.
 
-Every entry point validates its arguments (SPEC section 8) before a kernel runs. Checks
-on tensor *values* (NaN/Inf positions) need a device sync and a data-dependent branch,
-so they run in eager mode only and are skipped while torch.compile traces.
+Who checks what (SPEC section 8): the ops (csrc/torch/, the one authority for tensor
+shapes, dtypes and devices) refuse bad tensors with a TypeError/ValueError naming the
+argument. This module checks only what the ops cannot see: Python argument types,
+layouts (unsqueeze_dim, HF's old position_ids indexing), the conversions it makes
+(positions to float32) and tensor *values*. Value checks (NaN/Inf positions, the range
+of an axis table on an accelerator) need a device sync and a data-dependent branch, so
+they run in eager mode on real tensors only: not while torch.compile traces, not on meta.
 """
 from __future__ import annotations
 
@@ -25,12 +29,6 @@ from .config import C2RoPEConfig
 
 __all__ = ["C2RotaryEmbedding", "apply_rotary_pos_emb", "rotary_cos_sin"]
 
-_TABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-def _compiling() -> bool:
-    return torch.compiler.is_compiling()
-
 
 def _require_tensor(name: str, value) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
@@ -38,27 +36,14 @@ def _require_tensor(name: str, value) -> torch.Tensor:
     return value
 
 
-def _require_float(name: str, t: torch.Tensor) -> None:
-    if t.dtype not in _TABLE_DTYPES:
-        raise TypeError(
-            f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}"
-        )
-
-
-def _same_device(**tensors: torch.Tensor) -> None:
-    items = list(tensors.items())
-    first_name, first = items[0]
-    for name, t in items[1:]:
-        if t.device != first.device:
-            raise ValueError(
-                f"{name} is on {t.device} but {first_name} is on {first.device}; "
-                "all tensors must be on one device"
-            )
+def _can_check_values(t: torch.Tensor) -> bool:
+    return not torch.compiler.is_compiling() and t.device.type != "meta" and t.numel() > 0
 
 
 def _positions_as_float32(name: str, positions: torch.Tensor) -> torch.Tensor:
     """Integer or float32/float64 positions as float32 (as HF's `.float()`); float16 and
-    bfloat16 cannot hold positions beyond 2048/256 exactly and are refused."""
+    bfloat16 cannot hold positions beyond 2048/256 exactly and are refused. Checked for
+    NaN/Inf after the cast, so float64 values beyond float32's range are refused too."""
     if positions.dtype in (torch.float16, torch.bfloat16):
         raise TypeError(
             f"{name} must be an integer or float32/float64 tensor, got {positions.dtype} "
@@ -66,10 +51,29 @@ def _positions_as_float32(name: str, positions: torch.Tensor) -> torch.Tensor:
         )
     if positions.dtype == torch.bool or positions.is_complex():
         raise TypeError(f"{name} must be an integer or float32/float64 tensor, got {positions.dtype}")
-    if positions.is_floating_point() and not _compiling() and positions.numel():
-        if not bool(torch.isfinite(positions).all()):
-            raise ValueError(f"{name} contains NaN or Inf")
-    return positions.float()
+    as_float = positions.float()
+    if positions.is_floating_point() and _can_check_values(as_float):
+        if not bool(torch.isfinite(as_float).all()):
+            raise ValueError(f"{name} contains NaN or Inf (or values beyond float32's range)")
+    return as_float
+
+
+def _axis_table(axis, n_axes: int) -> torch.Tensor:
+    """The op's axis table: an integer tensor (its own device), or a list made a CPU
+    int64 tensor, which the op accepts with positions on any device and range-checks."""
+    if isinstance(axis, torch.Tensor):
+        if axis.dtype.is_floating_point or axis.dtype == torch.bool or axis.is_complex():
+            raise TypeError(f"axis must hold integers, got {axis.dtype}")
+        # The op range-checks CPU tables itself; one on an accelerator would need a sync there.
+        if axis.device.type != "cpu" and _can_check_values(axis):
+            lo, hi = int(axis.min()), int(axis.max())
+            if lo < 0 or hi >= n_axes:
+                raise ValueError(f"axis entries must be in [0, {n_axes}), got range [{lo}, {hi}]")
+        return axis if axis.dtype in (torch.int32, torch.int64) else axis.long()
+    axis = list(axis)
+    if not all(isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in axis):
+        raise TypeError(f"axis must be a sequence of ints, got {axis!r}")
+    return torch.tensor(axis, dtype=torch.int64)
 
 
 def rotary_cos_sin(
@@ -89,78 +93,34 @@ def rotary_cos_sin(
     """
     _require_tensor("positions", positions)
     _require_tensor("inv_freq", inv_freq)
-    if dtype not in _TABLE_DTYPES:
-        raise TypeError(f"dtype must be float32, float16, bfloat16 or float64, got {dtype}")
     if not isinstance(attention_scaling, numbers.Real) or isinstance(attention_scaling, bool):
         raise TypeError(f"attention_scaling must be a real number, got {attention_scaling!r}")
-    if positions.dim() == 2:
-        positions = positions.unsqueeze(-1)
-    if positions.dim() != 3 or positions.shape[-1] < 1:
-        raise ValueError(f"positions must be [B, S] or [B, S, A], got shape {tuple(positions.shape)}")
-    if inv_freq.dim() != 1 or inv_freq.numel() == 0:
-        raise ValueError(f"inv_freq must be a non-empty 1-D tensor, got shape {tuple(inv_freq.shape)}")
     if not inv_freq.is_floating_point():
         raise TypeError(f"inv_freq must be a floating tensor, got {inv_freq.dtype}")
-    n_axes = positions.shape[-1]
-    if isinstance(axis, torch.Tensor):
-        if axis.dtype.is_floating_point or axis.dtype == torch.bool or axis.is_complex():
-            raise TypeError(f"axis must hold integers, got {axis.dtype}")
-        _same_device(positions=positions, axis=axis)
-        axis_t = axis.to(torch.int32)
-    else:
-        axis = list(axis)
-        if not all(isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in axis):
-            raise TypeError(f"axis must be a sequence of ints, got {axis!r}")
-        if axis and (min(axis) < 0 or max(axis) >= n_axes):
-            raise ValueError(f"axis entries must be in [0, {n_axes}), got {axis}")
-        axis_t = torch.tensor(axis, dtype=torch.int32, device=positions.device)
-    if axis_t.dim() != 1 or axis_t.shape[0] != inv_freq.shape[0]:
-        raise ValueError(
-            f"axis must have one entry per inv_freq slot ({inv_freq.shape[0]}), "
-            f"got shape {tuple(axis_t.shape)}"
-        )
-    if isinstance(axis, torch.Tensor) and not _compiling() and axis_t.numel():
-        lo, hi = int(axis_t.min()), int(axis_t.max())
-        if lo < 0 or hi >= n_axes:
-            raise ValueError(f"axis entries must be in [0, {n_axes}), got range [{lo}, {hi}]")
-    _same_device(positions=positions, inv_freq=inv_freq)
+    if positions.dim() == 2:
+        positions = positions.unsqueeze(-1)
+    n_axes = positions.shape[-1] if positions.dim() == 3 else 0
+    axis_t = _axis_table(axis, n_axes)
     pos = _positions_as_float32("positions", positions)
     return torch.ops.c2rope.cos_sin(pos, inv_freq.float(), axis_t, float(attention_scaling), dtype)
 
 
-def _check_qk(q, k, cos, sin):
-    for name, t in (("q", q), ("k", k), ("cos", cos), ("sin", sin)):
-        _require_tensor(name, t)
-    for name, t in (("q", q), ("k", k), ("cos", cos), ("sin", sin)):
-        _require_float(name, t)
-    _same_device(q=q, k=k, cos=cos, sin=sin)
-    if q.dim() != 4:
-        raise ValueError(f"q must be 4-D, got shape {tuple(q.shape)}")
-    if k.dim() != 4:
-        raise ValueError(f"k must be 4-D, got shape {tuple(k.shape)}")
-    if cos.shape != sin.shape:
-        raise ValueError(f"cos shape {tuple(cos.shape)} differs from sin shape {tuple(sin.shape)}")
-    if cos.dtype != sin.dtype:
-        raise TypeError(f"cos dtype {cos.dtype} differs from sin dtype {sin.dtype}")
-
-
-def _check_bhsd(q, k, cos, unsqueeze_dim):
-    """q, k as [B, H, S, D] views and cos as [B or 1, S, R]."""
-    if q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2] or q.shape[3] != k.shape[3]:
-        layout = "[B, H, S, D]" if unsqueeze_dim == 1 else "[B, S, H, D]"
+def _heads_first(q, k, cos, sin, unsqueeze_dim):
+    """q, k as [B, H, S, D] views and cos, sin as [B or 1, S, R], for the ops (which check
+    them); unsqueeze_dim says whether the heads are dim 1 or 2 of q and k."""
+    if isinstance(unsqueeze_dim, bool) or not isinstance(unsqueeze_dim, numbers.Integral):
+        raise TypeError(f"unsqueeze_dim must be an int, got {unsqueeze_dim!r}")
+    dim = int(unsqueeze_dim) + 4 if unsqueeze_dim < 0 else int(unsqueeze_dim)
+    if dim not in (1, 2):
         raise ValueError(
-            f"k shape does not match q shape in batch, sequence or head dim (layout {layout})"
+            f"unsqueeze_dim must be 1 ([B, H, S, D]) or 2 ([B, S, H, D]), got {unsqueeze_dim}"
         )
-    batch, seq, head_dim = q.shape[0], q.shape[2], q.shape[3]
-    if cos.shape[0] not in (1, batch):
-        raise ValueError(f"cos batch {cos.shape[0]} must be 1 or the batch of q ({batch})")
-    if cos.shape[1] != seq:
-        raise ValueError(f"cos sequence length {cos.shape[1]} must equal that of q ({seq})")
-    rot = cos.shape[2]
-    if rot < 2 or rot % 2 or rot > head_dim:
-        raise ValueError(
-            f"cos/sin last dim (rotary dim) must be even, >= 2 and <= the head dim {head_dim}, got {rot}"
-        )
+    cos = cos.unsqueeze(0) if cos.dim() == 2 else cos
+    sin = sin.unsqueeze(0) if sin.dim() == 2 else sin
+    if dim == 2:  # [B, S, H, D] -> [B, H, S, D] views; outputs keep that memory layout
+        q = q.transpose(1, 2) if q.dim() == 4 else q
+        k = k.transpose(1, 2) if k.dim() == 4 else k
+    return q, k, cos, sin, dim
 
 
 def apply_rotary_pos_emb(
@@ -182,28 +142,16 @@ def apply_rotary_pos_emb(
     """
     if isinstance(position_ids, numbers.Integral) and not isinstance(position_ids, bool):
         unsqueeze_dim, position_ids = int(position_ids), None  # apply(q, k, cos, sin, 2)
-    _check_qk(q, k, cos, sin)
+    for name, t in (("q", q), ("k", k), ("cos", cos), ("sin", sin)):
+        _require_tensor(name, t)
     if position_ids is not None:
         _require_tensor("position_ids", position_ids)
         if cos.dim() == 2:  # old HF: tables [max_seq, R] gathered per token
             if position_ids.dtype.is_floating_point or position_ids.dtype == torch.bool:
                 raise TypeError(f"position_ids must be an integer tensor, got {position_ids.dtype}")
             cos, sin = cos[position_ids], sin[position_ids]
-    if cos.dim() == 2:
-        cos, sin = cos.unsqueeze(0), sin.unsqueeze(0)
-    if cos.dim() != 3:
-        raise ValueError(f"cos must be [B, S, R] or [S, R], got shape {tuple(cos.shape)}")
-    if isinstance(unsqueeze_dim, bool) or not isinstance(unsqueeze_dim, numbers.Integral):
-        raise TypeError(f"unsqueeze_dim must be an int, got {unsqueeze_dim!r}")
-    dim = int(unsqueeze_dim) + 4 if unsqueeze_dim < 0 else int(unsqueeze_dim)
-    if dim not in (1, 2):
-        raise ValueError(
-            f"unsqueeze_dim must be 1 ([B, H, S, D]) or 2 ([B, S, H, D]), got {unsqueeze_dim}"
-        )
-    if dim == 2:  # [B, S, H, D] -> [B, H, S, D] views; outputs keep that memory layout
-        q, k = q.transpose(1, 2), k.transpose(1, 2)
-    _check_bhsd(q, k, cos, dim)
-    if q.dtype == k.dtype:
+    q, k, cos, sin, dim = _heads_first(q, k, cos, sin, unsqueeze_dim)
+    if q.dtype == k.dtype or q.dim() != 4 or k.dim() != 4:
         q_out, k_out = torch.ops.c2rope.rotary(q, k, cos, sin)
     else:  # one call per dtype; an empty partner skips the other tensor
         q_out, _ = torch.ops.c2rope.rotary(q, q[:, :0], cos, sin)
@@ -216,21 +164,12 @@ def apply_rotary_pos_emb(
 def apply_rotary_pos_emb_(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int = 1
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """In-place apply_rotary_pos_emb (inference only: refuses tensors requiring grad)."""
-    _check_qk(q, k, cos, sin)
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
-        raise ValueError("apply_rotary_pos_emb_ is in place and has no autograd: q/k require grad")
-    if q.dtype != k.dtype:
-        raise TypeError(f"q dtype {q.dtype} differs from k dtype {k.dtype}")
-    if cos.dim() == 2:
-        cos, sin = cos.unsqueeze(0), sin.unsqueeze(0)
-    if cos.dim() != 3:
-        raise ValueError(f"cos must be [B, S, R] or [S, R], got shape {tuple(cos.shape)}")
-    dim = unsqueeze_dim + 4 if unsqueeze_dim < 0 else unsqueeze_dim
-    if dim not in (1, 2):
-        raise ValueError(f"unsqueeze_dim must be 1 or 2, got {unsqueeze_dim}")
-    qv, kv = (q.transpose(1, 2), k.transpose(1, 2)) if dim == 2 else (q, k)
-    _check_bhsd(qv, kv, cos, dim)
+    """In-place apply_rotary_pos_emb (q and k of one dtype). Autograd treats it as torch's
+    own in-place ops: a leaf that requires grad is refused, a non-leaf gets the rotation's
+    gradient, and tensors saved for a backward before it are flagged as modified."""
+    for name, t in (("q", q), ("k", k), ("cos", cos), ("sin", sin)):
+        _require_tensor(name, t)
+    qv, kv, cos, sin, _ = _heads_first(q, k, cos, sin, unsqueeze_dim)
     torch.ops.c2rope.rotary_(qv, kv, cos, sin)
     return q, k
 
@@ -329,8 +268,11 @@ class C2RotaryEmbedding(nn.Module):
         _require_tensor("position_ids", position_ids)
         if not x.is_floating_point():
             raise TypeError(f"x must be a floating tensor (its dtype sets the output's), got {x.dtype}")
-        _require_float("x", x)
-        _same_device(x=x, position_ids=position_ids)
+        if position_ids.device != x.device:  # x never reaches the op: its device is checked here
+            raise ValueError(
+                f"position_ids is on {position_ids.device} but x is on {x.device}; "
+                "all tensors must be on one device"
+            )
         if position_ids.dim() == 2:
             axis = torch.zeros_like(self.axis)  # every slot rotates by the one position
         elif position_ids.dim() == 3:

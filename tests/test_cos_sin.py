@@ -96,6 +96,44 @@ def test_opcheck_cos_sin(device):
 
 
 def test_op_refuses_out_of_range_axis_on_cpu():
-    with pytest.raises(RuntimeError, match="axis entries"):
+    with pytest.raises(ValueError, match="axis entries"):
         torch.ops.c2rope.cos_sin(torch.zeros(1, 2, 2), torch.ones(2),
                                  torch.tensor([0, 2], dtype=torch.int32), 1.0, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_int64_axis_is_range_checked_before_narrowing(dtype):
+    # 2**32 would wrap to a valid 0 in int32.
+    positions, inv_freq = torch.zeros(1, 2, 2), torch.ones(2)
+    bad = torch.tensor([0, 2**32])
+    with pytest.raises(ValueError, match=r"axis entries must be in \[0, 2\), got range \[0, 4294967296\]"):
+        torch.ops.c2rope.cos_sin(positions, inv_freq, bad, 1.0, dtype)
+    with pytest.raises(ValueError, match="axis entries"):
+        c2rope.rotary_cos_sin(positions, inv_freq, bad, dtype=dtype)
+    with pytest.raises(ValueError, match="axis entries"):
+        c2rope.rotary_cos_sin(positions, inv_freq, [0, 2**32], dtype=dtype)
+
+
+def test_int64_axis_table(device):
+    positions, inv_freq, axis = random_problem(2, 5, 3, 4, device)
+    got = torch.ops.c2rope.cos_sin(positions, inv_freq, torch.tensor(axis, device=device), 1.0, torch.float32)
+    want = cos_sin_ref(positions, inv_freq, axis)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_host_axis_table_with_any_device(device):
+    # The op accepts a CPU axis table whatever the device of positions (and checks it).
+    positions, inv_freq, axis = random_problem(2, 5, 3, 4, device)
+    got = torch.ops.c2rope.cos_sin(positions, inv_freq, torch.tensor(axis), 1.0, torch.float32)
+    want = cos_sin_ref(positions, inv_freq, axis)
+    assert got[0].device == positions.device
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_float64_positions_beyond_float32_are_refused(device):
+    pos = torch.zeros(1, 3, 3, dtype=torch.float64, device=device)
+    pos[0, 1, 0] = 1e300  # finite in float64, Inf once cast to float32
+    with pytest.raises(ValueError, match="positions contains NaN or Inf"):
+        c2rope.rotary_cos_sin(pos, torch.ones(2, device=device), [0, 1])
+    with pytest.raises(ValueError, match="position_ids contains NaN or Inf"):
+        c2rope.C2RotaryEmbedding(dim=16, device=device)(torch.zeros(1, 3, 4, device=device), pos)

@@ -98,11 +98,11 @@ def test_tensors_on_different_devices(device):
         c2rope.apply_rotary_pos_emb(q, k, cos, sin.to(other))
 
 
-def test_inplace_refuses_tensors_requiring_grad(device):
+def test_inplace_refuses_leaves_requiring_grad(device):
     from c2rope.rotary import apply_rotary_pos_emb_
 
     q, k, cos, sin = qkcs(device)
-    with pytest.raises(ValueError, match="require grad"):
+    with pytest.raises(ValueError, match="q is a leaf that requires grad"):
         apply_rotary_pos_emb_(q.requires_grad_(), k, cos, sin)
 
 
@@ -111,11 +111,11 @@ def test_inplace_refuses_tensors_requiring_grad(device):
 
 def test_op_rejects_mismatched_shapes_without_crashing(device):
     q, k, cos, sin = qkcs(device)
-    with pytest.raises(RuntimeError, match="k shape"):
+    with pytest.raises(ValueError, match="k shape"):
         torch.ops.c2rope.rotary(q, k[:, :, :2], cos, sin)
-    with pytest.raises(RuntimeError, match="cos batch"):
+    with pytest.raises(ValueError, match="cos batch"):
         torch.ops.c2rope.rotary(q, k, cos[:0], sin[:0])
-    with pytest.raises(RuntimeError, match="rotary dim"):
+    with pytest.raises(ValueError, match="rotary dim"):
         torch.ops.c2rope.rotary_backward(q, k, cos[..., :3], sin[..., :3])
 
 
@@ -123,7 +123,7 @@ def test_op_rejects_integer_and_mixed_dtypes(device):
     q, k, cos, sin = qkcs(device)
     with pytest.raises(TypeError):
         torch.ops.c2rope.rotary(q.long(), k.long(), cos, sin)
-    with pytest.raises(RuntimeError, match="k dtype"):
+    with pytest.raises(TypeError, match="k dtype"):
         torch.ops.c2rope.rotary(q, k.double(), cos, sin)
 
 
@@ -235,3 +235,32 @@ def test_module_config_type():
 def test_from_hf_needs_inv_freq():
     with pytest.raises(TypeError, match="inv_freq"):
         c2rope.C2RotaryEmbedding.from_hf(torch.nn.Linear(2, 2))
+
+
+# ---- meta tensors -------------------------------------------------------------------
+
+
+def test_module_on_meta_inputs():
+    # Shapes only: value checks (NaN positions) are skipped, nothing is read back.
+    rope = c2rope.C2RotaryEmbedding(dim=16, device="meta")
+    x = torch.empty(2, 5, 8, device="meta", dtype=torch.bfloat16)
+    for pos in (torch.empty(2, 5, 3, device="meta"), torch.empty(2, 5, device="meta", dtype=torch.long)):
+        cos, sin = rope(x, pos)
+        assert cos.device.type == "meta" and cos.shape == (2, 5, 16) and sin.dtype == torch.bfloat16
+
+
+def test_op_refuses_meta_mixed_with_cpu():
+    q, k, cos, sin = qkcs("cpu")
+    with pytest.raises(ValueError, match="k is on cpu but q is on meta"):
+        torch.ops.c2rope.rotary(q.to("meta"), k, cos, sin)
+    with pytest.raises(ValueError, match="sin is on meta but q is on cpu"):
+        torch.ops.c2rope.rotary_backward(q, k, cos, sin.to("meta"))
+    with pytest.raises(ValueError, match="cos is on meta"):
+        torch.ops.c2rope.rotary_(q, k, cos.to("meta"), sin)
+    with pytest.raises(ValueError, match="inv_freq is on meta"):
+        torch.ops.c2rope.cos_sin(torch.zeros(1, 2, 1), torch.ones(2, device="meta"),
+                                 torch.zeros(2, dtype=torch.int32), 1.0, torch.float32)
+    valid = torch.ones(1, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match="ring is on meta"):
+        torch.ops.c2rope.chebyshev_mask(valid, torch.zeros(1, 4, dtype=torch.int32),
+                                        torch.zeros(1, 4, dtype=torch.int32, device="meta"), 0, 4, 0, torch.bool)

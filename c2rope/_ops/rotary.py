@@ -1,4 +1,5 @@
-"""Fake kernels and autograd of torch.ops.c2rope.rotary / rotary_backward / rotary_.
+"""Fake kernels and autograd of torch.ops.c2rope.rotary / rotary_backward / rotary_
+(the in-place op's autograd is in C++: csrc/torch/rotary_inplace_autograd.cpp).
 
 The gradient of the rotation with respect to q and k is the transposed rotation (the
 `rotary_backward` op, so torch.compile traces it like any op). Gradients with respect
@@ -9,11 +10,14 @@ summed over the batch too when cos/sin were broadcast from batch 1.
 """
 import torch
 
+from .devices import check_one_device
 
-def _check_rotary_shapes(q, k, cos, sin):
-    torch._check(q.dim() == 4 and k.dim() == 4, lambda: "c2rope.rotary: q and k must be 4-D")
-    torch._check(cos.dim() == 3, lambda: "c2rope.rotary: cos must be 3-D [B or 1, S, R]")
-    torch._check(cos.shape == sin.shape, lambda: "c2rope.rotary: cos and sin shapes differ")
+
+def _check_rotary_shapes(q, k, cos, sin, op="c2rope.rotary"):
+    check_one_device(op, q=q, k=k, cos=cos, sin=sin)
+    torch._check(q.dim() == 4 and k.dim() == 4, lambda: f"{op}: q and k must be 4-D")
+    torch._check(cos.dim() == 3, lambda: f"{op}: cos must be 3-D [B or 1, S, R]")
+    torch._check(cos.shape == sin.shape, lambda: f"{op}: cos and sin shapes differ")
 
 
 @torch.library.register_fake("c2rope::rotary")
@@ -25,13 +29,13 @@ def _rotary_fake(q, k, cos, sin):
 
 @torch.library.register_fake("c2rope::rotary_backward")
 def _rotary_backward_fake(grad_q, grad_k, cos, sin):
-    _check_rotary_shapes(grad_q, grad_k, cos, sin)
+    _check_rotary_shapes(grad_q, grad_k, cos, sin, "c2rope.rotary_backward")
     return torch.empty_like(grad_q), torch.empty_like(grad_k)
 
 
 @torch.library.register_fake("c2rope::rotary_")
 def _rotary_inplace_fake(q, k, cos, sin):
-    _check_rotary_shapes(q, k, cos, sin)
+    _check_rotary_shapes(q, k, cos, sin, "c2rope.rotary_")
     return None
 
 

@@ -17,45 +17,19 @@
 #include <string.h>
 
 #include "c2rope.h"
+#include "c2rope_checks.h"
 
-/* Output element patterns: "allow" is 1 (bool) or +0.0; "deny" is 0 (bool) or the
- * lowest finite value of the float type (torch.finfo(dtype).min). */
-#define C2R_F32_LOWEST 0xFF7FFFFFu
-#define C2R_F16_LOWEST 0xFBFFu
-#define C2R_BF16_LOWEST 0xFF7Fu
-
-typedef struct {
-    int elsize;     /* 1, 2 or 4 bytes */
-    uint32_t allow; /* bit pattern of an allowed element */
-    uint32_t deny;  /* bit pattern of a masked element */
-} out_format;
-
-static int out_format_for(c2rope_dtype dtype, out_format *f) {
-    switch (dtype) {
-    case C2ROPE_BOOL:
-        *f = (out_format){1, 1u, 0u};
-        return 1;
-    case C2ROPE_F32:
-        *f = (out_format){4, 0u, C2R_F32_LOWEST};
-        return 1;
-    case C2ROPE_F16:
-        *f = (out_format){2, 0u, C2R_F16_LOWEST};
-        return 1;
-    case C2ROPE_BF16:
-        *f = (out_format){2, 0u, C2R_BF16_LOWEST};
-        return 1;
-    default:
-        return 0;
-    }
-}
+/* Output element size and patterns ("allow" is 1 or +0.0, "deny" 0 or the lowest finite
+ * value of the float type): c2rope_mask_format_of in c2rope_checks.h. */
+typedef c2rope_mask_format out_format;
 
 /* out[j] = value for j in [lo, hi). */
 static void fill(const out_format *f, void *out, int64_t lo, int64_t hi, uint32_t value) {
     if (hi <= lo) return;
     const int64_t n = hi - lo;
-    if (f->elsize == 1) {
+    if (f->elem_size == 1) {
         memset((uint8_t *)out + lo, (int)value, (size_t)n);
-    } else if (f->elsize == 2) {
+    } else if (f->elem_size == 2) {
         uint16_t *o = (uint16_t *)out + lo;
         const uint16_t v = (uint16_t)value;
         if (v == 0) {
@@ -78,10 +52,10 @@ static void copy_valid(const out_format *f, void *out, const uint8_t *valid, int
     if (hi <= lo) return;
     const int64_t n = hi - lo;
     const uint8_t *v = valid + lo;
-    if (f->elsize == 1) {
+    if (f->elem_size == 1) {
         uint8_t *o = (uint8_t *)out + lo;
         for (int64_t j = 0; j < n; ++j) o[j] = (uint8_t)(v[j] != 0);
-    } else if (f->elsize == 2) {
+    } else if (f->elem_size == 2) {
         uint16_t *o = (uint16_t *)out + lo;
         const uint16_t a = (uint16_t)f->allow, d = (uint16_t)f->deny;
         for (int64_t j = 0; j < n; ++j) o[j] = v[j] ? a : d;
@@ -108,9 +82,9 @@ static void ring_rule(const out_format *f, void *out, const uint8_t *valid, cons
     const int32_t *g = ring + lo;
     const int64_t n = hi - lo;
     const int inward = mode == C2ROPE_MASK_INWARD;
-    if (f->elsize == 1) {
+    if (f->elem_size == 1) {
         if (inward) C2R_RING_LOOP(uint8_t, >=); else C2R_RING_LOOP(uint8_t, <=);
-    } else if (f->elsize == 2) {
+    } else if (f->elem_size == 2) {
         if (inward) C2R_RING_LOOP(uint16_t, >=); else C2R_RING_LOOP(uint16_t, <=);
     } else {
         if (inward) C2R_RING_LOOP(uint32_t, >=); else C2R_RING_LOOP(uint32_t, <=);
@@ -134,9 +108,9 @@ static void row_generic(const out_format *f, void *out, const uint8_t *valid, co
                         const int32_t *ring, int64_t i, int64_t K, c2rope_mask_mode mode) {
     for (int64_t j = 0; j < K; ++j) {
         const uint32_t value = allowed_generic(valid, image_id, ring, i, j, mode) ? f->allow : f->deny;
-        if (f->elsize == 1) {
+        if (f->elem_size == 1) {
             ((uint8_t *)out)[j] = (uint8_t)value;
-        } else if (f->elsize == 2) {
+        } else if (f->elem_size == 2) {
             ((uint16_t *)out)[j] = (uint16_t)value;
         } else {
             ((uint32_t *)out)[j] = value;
@@ -197,7 +171,7 @@ static void mask_row(const c2rope_mask_params *p, const out_format *f, row_cache
     const uint8_t *valid = p->valid + b * K;
     const int32_t *image_id = p->image_id + b * K;
     const int32_t *ring = p->ring + b * K;
-    void *out = (uint8_t *)p->out + ((b * p->q_len + qi) * K) * f->elsize;
+    void *out = (uint8_t *)p->out + ((b * p->q_len + qi) * K) * f->elem_size;
 
     if (c->b != b) cache_batch_row(c, b, valid, K);
 
@@ -223,19 +197,11 @@ static void mask_row(const c2rope_mask_params *p, const out_format *f, row_cache
 }
 
 c2rope_status c2rope_chebyshev_mask_cpu(const c2rope_mask_params *p) {
-    if (p == NULL) return C2ROPE_ERR_INVALID_ARGUMENT;
-    if (p->batch < 0 || p->q_len < 0 || p->kv_len < 0 || p->q_offset < 0) return C2ROPE_ERR_INVALID_ARGUMENT;
-    if (p->q_offset > p->kv_len || p->q_len > p->kv_len - p->q_offset) return C2ROPE_ERR_INVALID_ARGUMENT;
-    if (p->mode != C2ROPE_MASK_OUTWARD && p->mode != C2ROPE_MASK_INWARD && p->mode != C2ROPE_MASK_CAUSAL)
-        return C2ROPE_ERR_INVALID_ARGUMENT;
-    out_format f;
-    if (!out_format_for(p->out_dtype, &f)) return C2ROPE_ERR_UNSUPPORTED_DTYPE;
+    const c2rope_status st = c2rope_check_mask_params(p);
+    if (st != C2ROPE_OK) return st;
     if (p->batch == 0 || p->q_len == 0) return C2ROPE_OK; /* kv_len >= q_len > 0 below */
-    if (p->valid == NULL || p->image_id == NULL || p->ring == NULL || p->out == NULL)
-        return C2ROPE_ERR_INVALID_ARGUMENT;
-    /* The output's byte size must fit in ptrdiff_t. */
-    const int64_t limit = INT64_MAX / 4;
-    if (p->batch > limit / p->q_len || p->batch * p->q_len > limit / p->kv_len) return C2ROPE_ERR_INVALID_ARGUMENT;
+    out_format f;
+    c2rope_mask_format_of(p->out_dtype, &f);
 
     const int64_t rows = p->batch * p->q_len;
     /* A decoding step (one query row per sequence) is cheaper than waking the team. */

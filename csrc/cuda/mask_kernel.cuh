@@ -1,4 +1,4 @@
-// mask_kernel.cuh -- the Chebyshev causal mask (c2rope_chebyshev_mask_cuda): checks,
+// mask_kernel.cuh -- the Chebyshev causal mask (c2rope_chebyshev_mask_cuda): the shared checks,
 // launch plan and per-thread body, shared by mask.cu and the host emulation.
 //
 // The output [B, 1, Q, K] is cut into tiles of kMaskRows query rows by one block-width
@@ -10,49 +10,20 @@
 // integer operations per 16 bytes. Every output element is written exactly once.
 #pragma once
 
+#include "c2rope_checks.h"
 #include "common.cuh"
 
 namespace c2rope_cuda {
 
 constexpr int64_t kMaskRows = 32;
 
-// Output element bit patterns: "allow" is 1 (bool) or +0.0, "deny" 0 (bool) or the
-// lowest finite value of the float type (torch.finfo(dtype).min).
-struct MaskFormat {
-    int elem_size;
-    uint32_t allow, deny;
-};
+// Output element size and bit patterns, and the parameter rules: c2rope_checks.h, shared
+// with the CPU kernel.
+using MaskFormat = c2rope_mask_format;
 
-inline bool mask_format(c2rope_dtype t, MaskFormat *f) {
-    switch (t) {
-    case C2ROPE_BOOL: *f = MaskFormat{1, 1u, 0u}; return true;
-    case C2ROPE_F32: *f = MaskFormat{4, 0u, 0xFF7FFFFFu}; return true;
-    case C2ROPE_F16: *f = MaskFormat{2, 0u, 0xFBFFu}; return true;
-    case C2ROPE_BF16: *f = MaskFormat{2, 0u, 0xFF7Fu}; return true;
-    default: return false;
-    }
-}
+inline bool mask_format(c2rope_dtype t, MaskFormat *f) { return c2rope_mask_format_of(t, f) != 0; }
 
-// The same checks as c2rope_chebyshev_mask_cpu (csrc/cpu/mask.c).
-inline c2rope_status mask_validate(const c2rope_mask_params *p) {
-    if (!p) return C2ROPE_ERR_INVALID_ARGUMENT;
-    if (p->batch < 0 || p->q_len < 0 || p->kv_len < 0 || p->q_offset < 0)
-        return C2ROPE_ERR_INVALID_ARGUMENT;
-    if (p->q_offset > p->kv_len || p->q_len > p->kv_len - p->q_offset)
-        return C2ROPE_ERR_INVALID_ARGUMENT;
-    if (p->mode != C2ROPE_MASK_OUTWARD && p->mode != C2ROPE_MASK_INWARD &&
-        p->mode != C2ROPE_MASK_CAUSAL)
-        return C2ROPE_ERR_INVALID_ARGUMENT;
-    MaskFormat f;
-    if (!mask_format(p->out_dtype, &f)) return C2ROPE_ERR_UNSUPPORTED_DTYPE;
-    if (p->batch == 0 || p->q_len == 0) return C2ROPE_OK;
-    if (!p->valid || !p->image_id || !p->ring || !p->out) return C2ROPE_ERR_INVALID_ARGUMENT;
-    // The output's byte size must fit in ptrdiff_t.
-    const int64_t limit = INT64_MAX / 4;
-    if (p->batch > limit / p->q_len || p->batch * p->q_len > limit / p->kv_len)
-        return C2ROPE_ERR_INVALID_ARGUMENT;
-    return C2ROPE_OK;
-}
+inline c2rope_status mask_validate(const c2rope_mask_params *p) { return c2rope_check_mask_params(p); }
 
 inline bool mask_has_work(const c2rope_mask_params *p) { return p->batch > 0 && p->q_len > 0; }
 

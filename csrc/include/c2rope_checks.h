@@ -10,6 +10,7 @@
 #define C2ROPE_CHECKS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "c2rope.h"
 
@@ -70,6 +71,47 @@ static inline c2rope_status c2rope_check_rotary_params(const c2rope_rotary_param
                              !c2rope_strides_nonnegative(p->k_out_stride, 4)))
         return C2ROPE_ERR_INVALID_ARGUMENT;
     if ((p->n_heads_q > 0 || p->n_heads_k > 0) && (!p->cos || !p->sin))
+        return C2ROPE_ERR_INVALID_ARGUMENT;
+    return C2ROPE_OK;
+}
+
+/*
+ * The mask's output encoding (c2rope.h): bytes per element and the bit patterns of an
+ * allowed element (1, or +0.0) and a masked one (0, or the lowest finite value of the
+ * float type, torch.finfo(dtype).min). Returns 0 for a dtype the mask does not produce.
+ */
+typedef struct c2rope_mask_format {
+    int elem_size;
+    uint32_t allow, deny;
+} c2rope_mask_format;
+
+static inline int c2rope_mask_format_of(c2rope_dtype t, c2rope_mask_format *f) {
+    switch (t) {
+    case C2ROPE_BOOL: f->elem_size = 1; f->allow = 1u; f->deny = 0u; return 1;
+    case C2ROPE_F32: f->elem_size = 4; f->allow = 0u; f->deny = 0xFF7FFFFFu; return 1;
+    case C2ROPE_F16: f->elem_size = 2; f->allow = 0u; f->deny = 0xFBFFu; return 1;
+    case C2ROPE_BF16: f->elem_size = 2; f->allow = 0u; f->deny = 0xFF7Fu; return 1;
+    default: return 0;
+    }
+}
+
+/* Rules for c2rope_mask_params. */
+static inline c2rope_status c2rope_check_mask_params(const c2rope_mask_params *p) {
+    if (!p) return C2ROPE_ERR_INVALID_ARGUMENT;
+    if (p->batch < 0 || p->q_len < 0 || p->kv_len < 0 || p->q_offset < 0)
+        return C2ROPE_ERR_INVALID_ARGUMENT;
+    if (p->q_offset > p->kv_len || p->q_len > p->kv_len - p->q_offset)
+        return C2ROPE_ERR_INVALID_ARGUMENT;
+    if (p->mode != C2ROPE_MASK_OUTWARD && p->mode != C2ROPE_MASK_INWARD &&
+        p->mode != C2ROPE_MASK_CAUSAL)
+        return C2ROPE_ERR_INVALID_ARGUMENT;
+    c2rope_mask_format f;
+    if (!c2rope_mask_format_of(p->out_dtype, &f)) return C2ROPE_ERR_UNSUPPORTED_DTYPE;
+    if (p->batch == 0 || p->q_len == 0) return C2ROPE_OK; /* kv_len >= q_len > 0 below */
+    if (!p->valid || !p->image_id || !p->ring || !p->out) return C2ROPE_ERR_INVALID_ARGUMENT;
+    /* The output's byte size must fit in ptrdiff_t. */
+    const int64_t limit = INT64_MAX / 4;
+    if (p->batch > limit / p->q_len || p->batch * p->q_len > limit / p->kv_len)
         return C2ROPE_ERR_INVALID_ARGUMENT;
     return C2ROPE_OK;
 }

@@ -1,6 +1,6 @@
-// ATen glue of torch.ops.c2rope.chebyshev_mask (c2rope_torch::chebyshev_mask) and its
-// CPU registration. c2rope_torch::chebyshev_mask is device-independent: the CUDA
-// registration passes the CUDA launcher and the current stream.
+// ATen glue of torch.ops.c2rope.chebyshev_mask: its checks (check_mask), the kernel glue
+// (c2rope_torch::chebyshev_mask, device-independent: the CUDA registration passes the
+// CUDA launcher and the current stream) and the CPU registration.
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
@@ -22,32 +22,34 @@ c2rope_dtype mask_dtype_code(at::ScalarType t) {
 
 }  // namespace
 
+void check_mask(const at::Tensor &valid, const at::Tensor &image_id, const at::Tensor &ring,
+                int64_t q_offset, int64_t q_len, int64_t mode, at::ScalarType dtype) {
+    const char *op = "c2rope.chebyshev_mask";
+    mask_dtype_code(dtype);
+    TORCH_CHECK_TYPE(valid.scalar_type() == at::kBool || valid.scalar_type() == at::kByte, op,
+                     ": valid must be bool or uint8, got ", valid.scalar_type());
+    TORCH_CHECK_TYPE(image_id.scalar_type() == at::kInt, op, ": image_id must be int32, got ",
+                     image_id.scalar_type());
+    TORCH_CHECK_TYPE(ring.scalar_type() == at::kInt, op, ": ring must be int32, got ", ring.scalar_type());
+    TORCH_CHECK_VALUE(valid.dim() == 2, op, ": valid must be 2-D [B, K], got shape ", valid.sizes());
+    TORCH_CHECK_VALUE(image_id.sizes() == valid.sizes(), op, ": image_id shape ", image_id.sizes(),
+                      " differs from valid shape ", valid.sizes());
+    TORCH_CHECK_VALUE(ring.sizes() == valid.sizes(), op, ": ring shape ", ring.sizes(),
+                      " differs from valid shape ", valid.sizes());
+    check_one_device(op, {{"valid", &valid}, {"image_id", &image_id}, {"ring", &ring}});
+    TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, op,
+                      ": mode must be 0 (outward), 1 (inward) or 2 (causal), got ", mode);
+    const int64_t K = valid.size(1);
+    TORCH_CHECK_VALUE(q_offset >= 0 && q_len >= 0 && q_offset <= K && q_len <= K - q_offset, op,
+                      ": need 0 <= q_offset and q_offset + q_len <= K = ", K, ", got q_offset ",
+                      q_offset, ", q_len ", q_len);
+}
+
 at::Tensor chebyshev_mask(const at::Tensor &valid_in, const at::Tensor &image_id_in,
                           const at::Tensor &ring_in, int64_t q_offset, int64_t q_len, int64_t mode,
                           at::ScalarType dtype, MaskLauncher launch, void *stream) {
-    const char *op = "c2rope.chebyshev_mask";
-    const c2rope_dtype out_code = mask_dtype_code(dtype);
-    TORCH_CHECK_TYPE(valid_in.scalar_type() == at::kBool || valid_in.scalar_type() == at::kByte, op,
-                     ": valid must be bool or uint8, got ", valid_in.scalar_type());
-    TORCH_CHECK_TYPE(image_id_in.scalar_type() == at::kInt, op, ": image_id must be int32, got ",
-                     image_id_in.scalar_type());
-    TORCH_CHECK_TYPE(ring_in.scalar_type() == at::kInt, op, ": ring must be int32, got ",
-                     ring_in.scalar_type());
-    TORCH_CHECK_VALUE(valid_in.dim() == 2, op, ": valid must be 2-D [B, K], got shape ", valid_in.sizes());
-    TORCH_CHECK_VALUE(image_id_in.sizes() == valid_in.sizes(), op, ": image_id shape ", image_id_in.sizes(),
-                " differs from valid shape ", valid_in.sizes());
-    TORCH_CHECK_VALUE(ring_in.sizes() == valid_in.sizes(), op, ": ring shape ", ring_in.sizes(),
-                " differs from valid shape ", valid_in.sizes());
-    TORCH_CHECK_VALUE(image_id_in.device() == valid_in.device() && ring_in.device() == valid_in.device(), op,
-                ": valid, image_id and ring must be on one device, got ", valid_in.device(), ", ",
-                image_id_in.device(), ", ", ring_in.device());
-    TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, op, ": mode must be 0 (outward), 1 (inward) or 2 (causal), got ",
-                mode);
+    check_mask(valid_in, image_id_in, ring_in, q_offset, q_len, mode, dtype);
     const int64_t B = valid_in.size(0), K = valid_in.size(1);
-    TORCH_CHECK_VALUE(q_offset >= 0 && q_len >= 0 && q_offset <= K && q_len <= K - q_offset, op,
-                ": need 0 <= q_offset and q_offset + q_len <= K = ", K, ", got q_offset ", q_offset,
-                ", q_len ", q_len);
-
     c10::OptionalDeviceGuard guard(valid_in.device());
     at::Tensor out = at::empty({B, 1, q_len, K}, valid_in.options().dtype(dtype));
     if (B == 0 || q_len == 0) return out;
@@ -65,9 +67,9 @@ at::Tensor chebyshev_mask(const at::Tensor &valid_in, const at::Tensor &image_id
     p.image_id = image_id.data_ptr<int32_t>();
     p.ring = ring.data_ptr<int32_t>();
     p.mode = static_cast<c2rope_mask_mode>(mode);
-    p.out_dtype = out_code;
+    p.out_dtype = mask_dtype_code(dtype);
     p.out = out.data_ptr();
-    check_status(launch(&p, stream), op);
+    check_status(launch(&p, stream), "c2rope.chebyshev_mask");
     return out;
 }
 
@@ -87,4 +89,6 @@ at::Tensor chebyshev_mask_cpu(const at::Tensor &valid, const at::Tensor &image_i
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(c2rope, CPU, m) { m.impl("chebyshev_mask", &chebyshev_mask_cpu); }
+TORCH_LIBRARY_IMPL(c2rope, CPU, m) {
+    if (c2rope_torch::kernels_enabled()) m.impl("chebyshev_mask", &chebyshev_mask_cpu);
+}

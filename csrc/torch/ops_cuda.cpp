@@ -70,6 +70,7 @@ at::Tensor chebyshev_mask_cuda(const at::Tensor &valid, const at::Tensor &image_
 }  // namespace
 
 TORCH_LIBRARY_IMPL(c2rope, CUDA, m) {
+    if (!c2rope_torch::kernels_enabled()) return;  // C2ROPE_DISABLE_KERNELS: the generic path
     m.impl("cos_sin", &cos_sin_cuda);
     m.impl("rotary", &rotary_cuda);
     m.impl("rotary_backward", &rotary_backward_cuda);

@@ -1,6 +1,7 @@
-// ATen glue of the rotary ops (c2rope_torch::rotary, rotary_inplace) and
-// their CPU registrations. Everything except the TORCH_LIBRARY_IMPL block is
-// device-independent: ops_cuda.cpp calls the same functions with the CUDA launcher.
+// ATen glue of the rotary ops: their checks (check_rotary, check_rotary_inplace), the kernel
+// glue (c2rope_torch::rotary, rotary_inplace) and the CPU registrations. Everything
+// except the TORCH_LIBRARY_IMPL block is device-independent: ops_cuda.cpp calls the same
+// functions with the CUDA launcher.
 #include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
@@ -8,6 +9,7 @@
 #include <torch/library.h>
 
 #include <string>
+#include <utility>
 #include <tuple>
 
 #include "c2rope.h"
@@ -15,59 +17,61 @@
 
 namespace c2rope_torch {
 
+void check_rotary(const at::Tensor &q, const at::Tensor &k, const at::Tensor &cos,
+                  const at::Tensor &sin, const char *op) {
+    TORCH_CHECK_VALUE(q.dim() == 4, op, ": q must be 4-D [B, Hq, S, D], got shape ", q.sizes());
+    TORCH_CHECK_VALUE(k.dim() == 4, op, ": k must be 4-D [B, Hk, S, D], got shape ", k.sizes());
+    TORCH_CHECK_VALUE(cos.dim() == 3, op, ": cos must be 3-D [B or 1, S, R], got shape ", cos.sizes());
+    TORCH_CHECK_VALUE(sin.sizes() == cos.sizes(), op, ": cos shape ", cos.sizes(),
+                      " differs from sin shape ", sin.sizes());
+    float_dtype_code(q.scalar_type(), op, "q");
+    float_dtype_code(k.scalar_type(), op, "k");
+    float_dtype_code(cos.scalar_type(), op, "cos");
+    TORCH_CHECK_TYPE(k.scalar_type() == q.scalar_type(), op, ": k dtype ", k.scalar_type(),
+                     " differs from q dtype ", q.scalar_type());
+    TORCH_CHECK_TYPE(sin.scalar_type() == cos.scalar_type(), op, ": cos dtype ", cos.scalar_type(),
+                     " differs from sin dtype ", sin.scalar_type());
+    check_one_device(op, {{"q", &q}, {"k", &k}, {"cos", &cos}, {"sin", &sin}});
+    const int64_t B = q.size(0), S = q.size(2), D = q.size(3), R = cos.size(2);
+    TORCH_CHECK_VALUE(k.size(0) == B && k.size(2) == S && k.size(3) == D, op,
+                      ": k shape does not match q shape in batch, sequence or head dim: k ",
+                      k.sizes(), ", q ", q.sizes());
+    TORCH_CHECK_VALUE(cos.size(0) == B || cos.size(0) == 1, op, ": cos batch ", cos.size(0),
+                      " must be 1 or q's batch ", B);
+    TORCH_CHECK_VALUE(cos.size(1) == S, op, ": cos sequence length ", cos.size(1),
+                      " must equal q's ", S);
+    TORCH_CHECK_VALUE(R >= 2 && R % 2 == 0 && R <= D, op, ": rotary dim (cos last dim) ", R,
+                      " must be even, >= 2 and <= head dim ", D);
+    for (const auto &[name, t] : {std::pair{"q", &q}, std::pair{"k", &k}})
+        for (int64_t s : t->strides())
+            TORCH_CHECK_VALUE(s >= 0, op, ": ", name, " has a negative stride ", t->strides());
+}
+
+void check_rotary_inplace(const at::Tensor &q, const at::Tensor &k, const at::Tensor &cos,
+                          const at::Tensor &sin) {
+    check_rotary(q, k, cos, sin, "c2rope.rotary_");
+    // Each pair is read before it is written, which is only safe when no two elements
+    // written share memory and nothing written is also read through another argument.
+    const bool q_live = q.numel() > 0, k_live = k.numel() > 0;
+    if (q_live) at::assert_no_internal_overlap(q);
+    if (k_live) at::assert_no_internal_overlap(k);
+    if (q_live && k_live) at::assert_no_overlap(q, k);
+    for (const at::Tensor *t : {&q, &k}) {
+        if (t->numel() == 0) continue;
+        if (cos.numel()) at::assert_no_overlap(*t, cos);
+        if (sin.numel()) at::assert_no_overlap(*t, sin);
+    }
+}
+
 namespace {
 
-c2rope_dtype to_c2rope_dtype(at::ScalarType t, const char *name) {
-    return float_dtype_code(t, "c2rope.rotary", name);
-}
-
-void check_non_negative_strides(const at::Tensor &t, const char *name) {
-    for (int64_t s : t.strides())
-        TORCH_CHECK(s >= 0, "c2rope.rotary: ", name, " has a negative stride ", t.strides());
-}
-
-// Everything rotary / rotary_ / rotary_backward require of their inputs.
-struct Checked {
-    at::Tensor cos, sin;  // possibly re-laid out so they share strides
-};
-
-Checked check_inputs(const at::Tensor &q, const at::Tensor &k, const at::Tensor &cos,
-                     const at::Tensor &sin, const char *op) {
-    TORCH_CHECK(q.dim() == 4, op, ": q must be 4-D [B, Hq, S, D], got shape ", q.sizes());
-    TORCH_CHECK(k.dim() == 4, op, ": k must be 4-D [B, Hk, S, D], got shape ", k.sizes());
-    TORCH_CHECK(cos.dim() == 3, op, ": cos must be 3-D [B or 1, S, R], got shape ", cos.sizes());
-    TORCH_CHECK(sin.sizes() == cos.sizes(), op, ": sin shape ", sin.sizes(),
-                " differs from cos shape ", cos.sizes());
-    TORCH_CHECK(k.scalar_type() == q.scalar_type(), op, ": k dtype ", k.scalar_type(),
-                " differs from q dtype ", q.scalar_type());
-    TORCH_CHECK(sin.scalar_type() == cos.scalar_type(), op, ": sin dtype ", sin.scalar_type(),
-                " differs from cos dtype ", cos.scalar_type());
-    to_c2rope_dtype(q.scalar_type(), "q");
-    to_c2rope_dtype(cos.scalar_type(), "cos");
-    for (const at::Tensor *t : {&k, &cos, &sin})
-        TORCH_CHECK(t->device() == q.device(), op, ": all tensors must be on one device, got q on ",
-                    q.device(), " and another on ", t->device());
-    const int64_t B = q.size(0), S = q.size(2), D = q.size(3), R = cos.size(2);
-    TORCH_CHECK(k.size(0) == B && k.size(2) == S && k.size(3) == D, op, ": k shape ", k.sizes(),
-                " does not match q shape ", q.sizes(), " in batch, sequence or head dim");
-    TORCH_CHECK(cos.size(0) == B || cos.size(0) == 1, op, ": cos batch ", cos.size(0),
-                " must be 1 or q's batch ", B);
-    TORCH_CHECK(cos.size(1) == S, op, ": cos sequence length ", cos.size(1),
-                " must equal q's ", S);
-    TORCH_CHECK(R >= 2 && R % 2 == 0 && R <= D, op, ": rotary dim (cos last dim) ", R,
-                " must be even, >= 2 and <= head dim ", D);
-    check_non_negative_strides(q, "q");
-    check_non_negative_strides(k, "k");
-    // cos and sin share one stride triple in the kernel's parameters.
-    Checked c{cos, sin};
+// cos and sin as the kernel reads them: one shared stride triple, none negative.
+std::pair<at::Tensor, at::Tensor> kernel_tables(const at::Tensor &cos, const at::Tensor &sin) {
     bool neg = false;
     for (const at::Tensor *t : {&cos, &sin})
         for (int64_t s : t->strides()) neg |= s < 0;
-    if (neg || cos.strides() != sin.strides()) {
-        c.cos = cos.contiguous();
-        c.sin = sin.contiguous();
-    }
-    return c;
+    if (neg || cos.strides() != sin.strides()) return {cos.contiguous(), sin.contiguous()};
+    return {cos, sin};
 }
 
 void fill_strides(int64_t *dst, const at::Tensor &t) {
@@ -75,7 +79,7 @@ void fill_strides(int64_t *dst, const at::Tensor &t) {
 }
 
 void run(const at::Tensor &q, const at::Tensor &k, const at::Tensor &q_out,
-         const at::Tensor &k_out, const Checked &cs, c2rope_direction direction,
+         const at::Tensor &k_out, const std::pair<at::Tensor, at::Tensor> &cs, c2rope_direction direction,
          RotaryLauncher launch, void *stream, const char *op) {
     const int64_t B = q.size(0), S = q.size(2);
     if (B == 0 || S == 0 || (q.size(1) == 0 && k.size(1) == 0)) return;
@@ -83,7 +87,7 @@ void run(const at::Tensor &q, const at::Tensor &k, const at::Tensor &q_out,
     p.batch = B;
     p.seq = S;
     p.head_dim = q.size(3);
-    p.rot_dim = cs.cos.size(2);
+    p.rot_dim = cs.first.size(2);
     p.n_heads_q = q.size(1);
     p.n_heads_k = k.size(1);
     p.q = q.data_ptr();
@@ -94,12 +98,12 @@ void run(const at::Tensor &q, const at::Tensor &k, const at::Tensor &q_out,
     fill_strides(p.k_stride, k);
     fill_strides(p.q_out_stride, q_out);
     fill_strides(p.k_out_stride, k_out);
-    p.cos = cs.cos.data_ptr();
-    p.sin = cs.sin.data_ptr();
-    fill_strides(p.cs_stride, cs.cos);
-    if (cs.cos.size(0) == 1) p.cs_stride[0] = 0;  // broadcast over the batch
-    p.dtype = to_c2rope_dtype(q.scalar_type(), "q");
-    p.cs_dtype = to_c2rope_dtype(cs.cos.scalar_type(), "cos");
+    p.cos = cs.first.data_ptr();
+    p.sin = cs.second.data_ptr();
+    fill_strides(p.cs_stride, cs.first);
+    if (cs.first.size(0) == 1) p.cs_stride[0] = 0;  // broadcast over the batch
+    p.dtype = float_dtype_code(q.scalar_type(), op, "q");
+    p.cs_dtype = float_dtype_code(cs.first.scalar_type(), op, "cos");
     p.direction = direction;
     check_status(launch(&p, stream), op);
 }
@@ -111,7 +115,8 @@ std::tuple<at::Tensor, at::Tensor> rotary(const at::Tensor &q, const at::Tensor 
                                           c2rope_direction direction, RotaryLauncher launch,
                                           void *stream) {
     const char *op = direction == C2ROPE_FORWARD ? "c2rope.rotary" : "c2rope.rotary_backward";
-    const Checked cs = check_inputs(q, k, cos, sin, op);
+    check_rotary(q, k, cos, sin, op);
+    const auto cs = kernel_tables(cos, sin);
     c10::OptionalDeviceGuard guard(q.device());
     // empty_like keeps a dense input's strides (so a BSHD-viewed-as-BHSD q gives an
     // output with the same layout) and gives overlapping inputs a fresh contiguous one.
@@ -123,21 +128,9 @@ std::tuple<at::Tensor, at::Tensor> rotary(const at::Tensor &q, const at::Tensor 
 
 void rotary_inplace(const at::Tensor &q, const at::Tensor &k, const at::Tensor &cos,
                     const at::Tensor &sin, RotaryLauncher launch, void *stream) {
-    const char *op = "c2rope.rotary_";
-    const Checked cs = check_inputs(q, k, cos, sin, op);
-    // The kernel reads each pair before writing it, which is only safe when no two
-    // elements written share memory and nothing written is also read elsewhere.
-    const bool q_live = q.numel() > 0, k_live = k.numel() > 0;
-    if (q_live) at::assert_no_internal_overlap(q);
-    if (k_live) at::assert_no_internal_overlap(k);
-    if (q_live && k_live) at::assert_no_overlap(q, k);
-    for (const at::Tensor *t : {&q, &k}) {
-        if (t->numel() == 0) continue;
-        if (cs.cos.numel()) at::assert_no_overlap(*t, cs.cos);
-        if (cs.sin.numel()) at::assert_no_overlap(*t, cs.sin);
-    }
+    check_rotary_inplace(q, k, cos, sin);
     c10::OptionalDeviceGuard guard(q.device());
-    run(q, k, q, k, cs, C2ROPE_FORWARD, launch, stream, op);
+    run(q, k, q, k, kernel_tables(cos, sin), C2ROPE_FORWARD, launch, stream, "c2rope.rotary_");
 }
 
 }  // namespace c2rope_torch
@@ -169,6 +162,7 @@ void rotary_inplace_cpu(const at::Tensor &q, const at::Tensor &k, const at::Tens
 }  // namespace
 
 TORCH_LIBRARY_IMPL(c2rope, CPU, m) {
+    if (!c2rope_torch::kernels_enabled()) return;
     m.impl("rotary", &rotary_cpu);
     m.impl("rotary_backward", &rotary_backward_cpu);
     m.impl("rotary_", &rotary_inplace_cpu);
