@@ -1,95 +1,54 @@
-"""Command line: `python -m c2rope demo | info | diagnose` (also installed as `c2rope`)."""
+"""Command line: `python -m c2rope demo | info | check | diagnose` (also installed as `c2rope`).
+
+Each command lives in its own module, imported only when that command runs, so one
+command's dependencies (matplotlib for the pictures, the diagnostics for `diagnose`)
+never break another: `info` works without matplotlib, and `demo` and `info` work even
+if the diagnostics fail to import. A module defines add_arguments(parser) and run(args).
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import List, Optional
 
+from .plotting import MissingPlotsExtra
 
-def _cmd_demo(args) -> int:
-    from .config import C2RoPEConfig
-    from .demo import run_demo
-
-    config = C2RoPEConfig.paper_code() if args.paper_code else C2RoPEConfig(mask=args.mask)
-    run_demo(out_dir=args.out, config=config, seed=args.seed)
-    return 0
-
-
-def _cmd_diagnose(args) -> int:
-    from .diagnose import main_diagnose
-
-    return main_diagnose(args)
+# command -> (module, one-line help)
+COMMANDS = {
+    "demo": ("c2rope.cli.demo", "triplet positions, Chebyshev mask and PNGs on a synthetic prompt"),
+    "info": ("c2rope.cli.info", "torch version, kernels built, OpenMP threads"),
+    "check": ("c2rope.cli.check", "is a model (local folder or config.json) supported on this transformers? "
+              "builds it at 2 layers with random weights, patches, compares"),
+    "diagnose": ("c2rope.cli.diagnose", "measure positional attention of 1D RoPE, C2RoPE, M-RoPE, "
+                 "Circle-RoPE; markdown + PNG heat maps"),
+}
 
 
-def _cuda_kernels_registered() -> bool:
-    import torch
-
-    return torch._C._dispatch_has_kernel_for_dispatch_key("c2rope::rotary", "CUDA")
-
-
-def _cmd_info(args) -> int:
-    import torch
-
-    import c2rope
-
-    ops = torch.ops.c2rope
-    print(f"c2rope {c2rope.__version__} ({c2rope.__file__})")
-    print(f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'})")
-    print("kernels: CPU (C11 + OpenMP)")
-    if ops.built_with_cuda():
-        archs = ops.cuda_archs()
-        print(f"         CUDA: built, archs {archs}; registered: {_cuda_kernels_registered()}")
-        if torch.cuda.is_available():
-            print(f"         device: {torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))})")
-        else:
-            print("         no CUDA device visible")
-    else:
-        print("         CUDA: not built")
-    print(f"OpenMP max threads: {ops.openmp_max_threads()} (torch intra-op threads: {torch.get_num_threads()})")
-    return 0
-
-
-def _cmd_check(args) -> int:
-    from .hf.check import main as check_main
-
-    return check_main(args.model)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="c2rope", description=__doc__)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
-    demo = sub.add_parser("demo", help="triplet positions, Chebyshev mask and PNGs on a synthetic prompt")
-    demo.add_argument("--out", default="c2rope_demo", help="directory for the PNGs (default: ./c2rope_demo)")
-    demo.add_argument("--mask", default="outward", choices=("outward", "inward", "causal"),
-                      help="mask inside images (default: outward)")
-    demo.add_argument("--paper-code", action="store_true",
-                      help="use C2RoPEConfig.paper_code() (merged, concentric, inward, blocked)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the random text ids and q/k")
-    demo.set_defaults(run=_cmd_demo)
-
-    info = sub.add_parser("info", help="torch version, kernels built, OpenMP threads")
-    info.set_defaults(run=_cmd_info)
-
-    check = sub.add_parser("check", help="is a model (local folder or config.json) supported on this "
-                           "transformers? builds it at 2 layers with random weights, patches, compares")
-    check.add_argument("model", help="local model folder (its config.json) or a config.json file")
-    check.set_defaults(run=_cmd_check)
-
-    from .diagnose import add_diagnose_arguments
-
-    diagnose = sub.add_parser("diagnose", help="measure positional attention of 1D RoPE, C2RoPE, M-RoPE, "
-                              "Circle-RoPE; markdown + PNG heat maps")
-    add_diagnose_arguments(diagnose)
-    diagnose.set_defaults(run=_cmd_diagnose)
+def _top_parser() -> argparse.ArgumentParser:
+    listing = "\n".join(f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items())
+    parser = argparse.ArgumentParser(
+        prog="c2rope", description=__doc__.splitlines()[0],
+        epilog=f"commands:\n{listing}\n\n`c2rope COMMAND --help` lists a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND", help="one of: " + ", ".join(COMMANDS))
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        _top_parser().parse_args(argv[:1])  # prints the usage, or an error naming the commands; exits
+        return 2  # not reached: parse_args exits on every input that is not a command
+    name, rest = argv[0], argv[1:]
+    module_name, text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"c2rope {name}", description=text)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        return module.run(args)
+    except MissingPlotsExtra as exc:
+        print(f"c2rope {name}: error: {exc}", file=sys.stderr)
+        return 1
