@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 from .figures import CONTINUITY_LIMIT, DECAY_LIMIT, LOG_DECADES
 from .schemes import Scheme
@@ -18,11 +18,26 @@ def _fmt(value: float) -> str:
     return f"{value:.3f}"
 
 
+def _table(header: Sequence[str], align: str, rows: Iterable[Sequence[str]]) -> List[str]:
+    """Markdown table lines; align has one letter per column, l(eft) or r(ight)."""
+    rule = "".join("---:|" if a == "r" else "---|" for a in align)
+    return ["| " + " | ".join(header) + " |", "|" + rule] + ["| " + " | ".join(row) + " |" for row in rows]
+
+
 def markdown_report(settings, schemes: Sequence[Scheme], results: Dict[str, Dict],
                     paths: Dict[str, str], seconds: float) -> str:
     """report.md: every table of the run. settings: a DiagnoseSettings; paths: the PNGs
     by name (continuity_KEY, rings_KEY, decay)."""
     h, w = settings.grid
+    texts = [f"text {t}" for t in settings.text_lengths]
+    decay_align = "l" + "r" * len(texts)
+    png = {name: os.path.basename(path) for name, path in paths.items()}
+    res = {s.key: results[s.key] for s in schemes}
+
+    def slots(s: Scheme) -> str:
+        axis = s.axis(settings.dim)
+        return ", ".join(f"{name} {axis.count(i)}" for i, name in enumerate(_axis_names(s)) if axis.count(i))
+
     lines = [
         "# c2rope diagnose: pure positional attention",
         "",
@@ -30,15 +45,8 @@ def markdown_report(settings, schemes: Sequence[Scheme], results: Dict[str, Dict
         f"q/k directions ({settings.qk}, norm {settings.norm}); softmax under each scheme's own mask, "
         f"averaged over draws. Seed {settings.seed}; {seconds:.1f} s.",
         "",
-        "| scheme | mask | axis slots (of dim/2) |",
-        "|---|---|---|",
-    ]
-    for s in schemes:
-        axis = s.axis(settings.dim)
-        counts = ", ".join(f"{name} {axis.count(i)}" for i, name in enumerate(_axis_names(s)) if axis.count(i))
-        lines.append(f"| {s.name} | {s.mask_name} | {counts} |")
-
-    lines += [
+        *_table(["scheme", "mask", "axis slots (of dim/2)"], "lll",
+                ([s.name, s.mask_name, slots(s)] for s in schemes)),
         "",
         f"## Spatial continuity ({h}x{w} image, {settings.text_around} text tokens around it)",
         "",
@@ -47,17 +55,10 @@ def markdown_report(settings, schemes: Sequence[Scheme], results: Dict[str, Dict
         "discontinuity; below 1, the patch above is seen less than the one beside it. `allowed` =",
         "share of those neighbour pairs the mask lets through (vertical / horizontal).",
         "",
-        "| scheme | vertical / horizontal | vertical | horizontal | allowed v / h | map |",
-        "|---|---:|---:|---:|---:|---|",
-    ]
-    for s in schemes:
-        c = results[s.key]["continuity"]
-        lines.append(
-            f"| {s.name} | **{c['ratio']:.3f}** | {_fmt(c['vertical'])} | {_fmt(c['horizontal'])} | "
-            f"{c['vertical_allowed']:.2f} / {c['horizontal_allowed']:.2f} | "
-            f"{os.path.basename(paths['continuity_' + s.key])} |"
-        )
-    lines += [
+        *_table(["scheme", "vertical / horizontal", "vertical", "horizontal", "allowed v / h", "map"], "lrrrrl",
+                ([s.name, f"**{c['ratio']:.3f}**", _fmt(c["vertical"]), _fmt(c["horizontal"]),
+                  f"{c['vertical_allowed']:.2f} / {c['horizontal_allowed']:.2f}", png["continuity_" + s.key]]
+                 for s in schemes for c in [res[s.key]["continuity"]])),
         "",
         "Maps: per patch (edges included) log2(vertical / horizontal), blue < 0 (column break), "
         f"white = 0, red > 0, colour clipped at +-{CONTINUITY_LIMIT:g}; on the top row and left column a "
@@ -68,16 +69,9 @@ def markdown_report(settings, schemes: Sequence[Scheme], results: Dict[str, Dict
         "Mass an image query puts on keys of the same image in rings nearer the centre, its own ring,",
         "rings farther out, and outside the image (text before it).",
         "",
-        "| scheme | nearer | same ring | farther | outside image | heat map |",
-        "|---|---:|---:|---:|---:|---|",
-    ]
-    for s in schemes:
-        r = results[s.key]["rings"]
-        lines.append(
-            f"| {s.name} | {r['nearer']:.3f} | {r['same']:.3f} | {r['farther']:.3f} | {r['outside']:.3f} | "
-            f"{os.path.basename(paths['rings_' + s.key])} |"
-        )
-    lines += [
+        *_table(["scheme", "nearer", "same ring", "farther", "outside image", "heat map"], "lrrrrl",
+                ([s.name, *(f"{r[k]:.3f}" for k in ("nearer", "same", "farther", "outside")), png["rings_" + s.key]]
+                 for s in schemes for r in [res[s.key]["rings"]])),
         "",
         "Heat maps (rows: query ring, columns: key ring, ring 0 = centre at the top left): left panel =",
         "share of pairs the mask allows (black 0, white 1); right panel = attention mass from a query of",
@@ -88,25 +82,16 @@ def markdown_report(settings, schemes: Sequence[Scheme], results: Dict[str, Dict
         "Attention of the last token on the first image; `x uniform` divides by the first image's",
         "share of the keys that token may see (1.0 = what a position-blind model gives).",
         "",
-        "| scheme | " + " | ".join(f"text {t}" for t in settings.text_lengths) + " |",
-        "|---|" + "---:|" * len(settings.text_lengths),
-    ]
-    for s in schemes:
-        cells = [f"{_fmt(row['first_image'])} ({row['relative']:.2f}x uniform)" for row in results[s.key]["decay"]]
-        lines.append(f"| {s.name} | " + " | ".join(cells) + " |")
-    lines += [
+        *_table(["scheme", *texts], decay_align,
+                ([s.name, *(f"{_fmt(d['first_image'])} ({d['relative']:.2f}x uniform)" for d in res[s.key]["decay"])]
+                 for s in schemes)),
         "",
         "Mass on all images together:",
         "",
-        "| scheme | " + " | ".join(f"text {t}" for t in settings.text_lengths) + " |",
-        "|---|" + "---:|" * len(settings.text_lengths),
-    ]
-    for s in schemes:
-        cells = [_fmt(row["all_images"]) for row in results[s.key]["decay"]]
-        lines.append(f"| {s.name} | " + " | ".join(cells) + " |")
-    lines += [
+        *_table(["scheme", *texts], decay_align,
+                ([s.name, *(_fmt(d["all_images"]) for d in res[s.key]["decay"])] for s in schemes)),
         "",
-        f"{os.path.basename(paths['decay'])}: rows = schemes in table order, columns = text lengths; "
+        f"{png['decay']}: rows = schemes in table order, columns = text lengths; "
         f"colour log2(x uniform), blue = less than uniform, clipped at +-{DECAY_LIMIT:g}; each cell "
         "writes the ratio.",
         "",
@@ -116,14 +101,13 @@ def markdown_report(settings, schemes: Sequence[Scheme], results: Dict[str, Dict
         "the image tokens (0 = every patch equally far from every text token). Position vectors as",
         "the scheme builds them, every axis alike.",
         "",
-        f"| scheme | {settings.paper_ptd_grid[0]}x{settings.paper_ptd_grid[1]} image + "
-        f"{settings.paper_ptd_text} text (paper Table 1) | {h}x{w} image + {settings.text_around} text |",
-        "|---|---:|---:|",
+        *_table(["scheme", f"{settings.paper_ptd_grid[0]}x{settings.paper_ptd_grid[1]} image + "
+                 f"{settings.paper_ptd_text} text (paper Table 1)", f"{h}x{w} image + {settings.text_around} text"],
+                "lrr", ([s.name, f"{res[s.key]['ptd_paper']:.3f}", f"{res[s.key]['ptd_grid']:.3f}"] for s in schemes)),
+        "",
+        "Paper values (Circle-RoPE, Table 1): 1D raster 2.22, Circle-RoPE 0.",
+        "",
     ]
-    for s in schemes:
-        res = results[s.key]
-        lines.append(f"| {s.name} | {res['ptd_paper']:.3f} | {res['ptd_grid']:.3f} |")
-    lines += ["", "Paper values (Circle-RoPE, Table 1): 1D raster 2.22, Circle-RoPE 0.", ""]
     return "\n".join(lines)
 
 
