@@ -14,7 +14,7 @@ import torch
 
 from c2rope.layout import VisualLayout
 
-from .plotting import new_figure, pixel_axes
+from .plotting import new_figure, pixel_axes, require_matplotlib
 
 __all__ = ["block_average", "ring_order", "mask_figure", "rings_figure", "PANEL_PX"]
 
@@ -145,8 +145,8 @@ def mask_figure(layout: VisualLayout, mask: torch.Tensor, mask_name: str):
 def rings_figure(layout: VisualLayout, cell_px: int = 16):
     """Each image of sequence 0 over its (x, y) grid, one colour per Chebyshev ring."""
     spans = layout.spans[0]
-    n_rings = int(layout.num_rings[0, spans[0][0]])
-    import matplotlib
+    n_rings = max(int(layout.num_rings[0, start]) for start, _, _ in spans)
+    matplotlib = require_matplotlib()
     from matplotlib.colors import BoundaryNorm
 
     cmap = matplotlib.colormaps["viridis"].resampled(n_rings)
