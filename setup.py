@@ -12,6 +12,7 @@ Environment:
 import glob
 import os
 
+import torch
 from setuptools import setup
 from torch.utils import cpp_extension
 
@@ -28,6 +29,13 @@ def _cuda_wanted() -> bool:
 def _sources(pattern: str) -> list:
     return sorted(glob.glob(pattern))
 
+
+# The wheel is tagged cp310-abi3 (py_limited_api below). Only torch >= 2.7 builds such an
+# extension with -DPy_LIMITED_API=0x030A0000, which makes that tag true: the torch floor of
+# pyproject.toml's dependencies. Refuse older ones rather than write a wrongly tagged wheel.
+if torch.__version__ < (2, 7):
+    raise RuntimeError(f"c2rope builds against torch >= 2.7 (found {torch.__version__}): "
+                       "its limited-API (abi3) extension needs cpp_extension's Py_LIMITED_API support")
 
 WITH_CUDA = _cuda_wanted()
 

@@ -21,6 +21,8 @@ except ImportError as exc:  # pragma: no cover - only without a build
 from . import _ops  # noqa: F401,E402  (fake kernels and autograd for the ops)
 from .config import C2RoPEConfig  # noqa: E402
 
+# The one place the version is written: pyproject.toml reads it from here (without
+# importing the package), so keep it a plain string literal.
 __version__ = "0.1.0"
 
 # public name -> submodule that defines it

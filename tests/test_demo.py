@@ -1,101 +1,122 @@
-"""`python -m c2rope demo | info` and the PNG writer."""
-import struct
-import subprocess
-import sys
-import zlib
-
+"""`python -m c2rope demo`: the printed numbers and the two pictures, read back from the
+PNG files."""
+import matplotlib.image  # the [test] extra installs matplotlib
 import pytest
 import torch
 
-from c2rope import _png
-from c2rope.__main__ import main
+from c2rope import C2RoPEConfig, chebyshev_mask
+from c2rope.cli.demo import GRID, IMAGE_TOKEN_ID, synthetic_prompt
+from c2rope.cli.demo_figures import block_average, mask_figure, ring_order, rings_figure
+from c2rope.cli.main import main
+from c2rope.cli.plotting import figure_size_px
+from c2rope.layout import VisualLayout, grid_rings
 
 
-def decode_png(data: bytes):
-    """Decode what _png writes (8-bit gray/RGB, filter 0): an independent reader."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, {}
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
-        assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF
-        chunks.setdefault(kind, b"")
-        chunks[kind] += body
-        pos += 12 + length
-    width, height, depth, color, _, _, _ = struct.unpack(">IIBBBBB", chunks[b"IHDR"])
-    channels = {0: 1, 2: 3}[color]
-    assert depth == 8 and b"IEND" in chunks
-    raw = torch.frombuffer(bytearray(zlib.decompress(chunks[b"IDAT"])), dtype=torch.uint8)
-    rows = raw.view(height, 1 + width * channels)
-    assert rows[:, 0].eq(0).all()
-    image = rows[:, 1:].reshape(height, width, channels)
-    return image[..., 0] if channels == 1 else image
+def _demo_layout(seed=0):
+    ids = synthetic_prompt(torch.Generator().manual_seed(seed))
+    return VisualLayout.from_input_ids(ids, IMAGE_TOKEN_ID, GRID)
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (5, 7), (3, 4, 3)])
-def test_png_round_trip(shape):
-    image = torch.randint(0, 256, shape, dtype=torch.uint8)
-    assert torch.equal(decode_png(_png.encode_png(image)), image)
+def _read_png(path) -> torch.Tensor:
+    """RGBA float32 [H, W, 4] in [0, 1], row 0 at the top."""
+    return torch.from_numpy(matplotlib.image.imread(str(path)).copy())
 
 
-def test_png_bad_input(tmp_path):
-    with pytest.raises(TypeError, match="uint8"):
-        _png.encode_png(torch.zeros(2, 2))
-    with pytest.raises(ValueError, match="shape"):
-        _png.encode_png(torch.zeros(2, 2, 4, dtype=torch.uint8))
-    with pytest.raises(ValueError, match="empty"):
-        _png.encode_png(torch.zeros(0, 2, dtype=torch.uint8))
-
-
-def test_demo_writes_pngs_and_summary(tmp_path, capsys):
-    from c2rope import C2RoPEConfig, chebyshev_mask
-    from c2rope.demo import GRID, IMAGE_TOKEN_ID, synthetic_prompt
-    from c2rope.layout import VisualLayout, grid_rings
-
+def test_demo_prints_numbers_and_writes_pictures(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out
     assert "Triplet positions" in text and "Chebyshev mask" in text
     assert "tokens per ring (inner -> outer): [4, 12, 20" in text
-    assert str(tmp_path / "mask.png") in text and str(tmp_path / "rings.png") in text
+    assert "allowed pairs: " in text and "every query row allows at least one key: True" in text
     # The rotation is checked against the float64 reference and reported.
     err = float(text.split("max |error| vs float64 reference ")[1].split()[0])
     assert err < 1e-5
+    layout = _demo_layout()
+    mask = chebyshev_mask(layout, C2RoPEConfig())
+    allowed = int(mask.sum())
+    assert f"allowed pairs: {allowed:,} " in text
+    for name in ("mask", "rings"):
+        path = tmp_path / f"{name}.png"
+        assert str(path) in text
+        assert path.stat().st_size > 10_000
+    # The files are the figures drawn from this layout and mask, at their own size.
+    mask_png = _read_png(tmp_path / "mask.png")
+    width, height = figure_size_px(mask_figure(layout, mask, "outward"))
+    assert mask_png.shape == (height, width, 4)
+    width, height = figure_size_px(rings_figure(layout))
+    assert _read_png(tmp_path / "rings.png").shape == (height, width, 4)
 
-    ids = synthetic_prompt(torch.Generator().manual_seed(0))
-    layout = VisualLayout.from_input_ids(ids, IMAGE_TOKEN_ID, GRID)
-    mask = decode_png((tmp_path / "mask.png").read_bytes())
-    assert torch.equal(mask, chebyshev_mask(layout, C2RoPEConfig())[0, 0].to(torch.uint8) * 255)
-    rings = decode_png((tmp_path / "rings.png").read_bytes())
-    assert rings.shape == (24 * 12, (2 * 24 + 1) * 12, 3)
-    # one colour per ring: cell colours and ring ranks determine each other
-    cells = rings[6::12, 6 : 24 * 12 : 12].reshape(-1, 3)
-    ranks = grid_rings(*GRID).flatten()
-    colour_of = {}
-    for rank, colour in zip(ranks.tolist(), map(tuple, cells.tolist())):
-        assert colour_of.setdefault(rank, colour) == colour
-    assert len(set(colour_of.values())) == 12
+
+def test_mask_png_holds_the_mask_cell_for_cell(tmp_path):
+    # Drawn without resampling: inside the whole-prompt panel every screen pixel is the
+    # grey of its cell (the block average of the mask), so nothing can alias into moire.
+    layout = _demo_layout()
+    mask = chebyshev_mask(layout, C2RoPEConfig(mask="inward"))
+    fig = mask_figure(layout, mask, "inward")
+    path = tmp_path / "mask.png"
+    fig.savefig(path, dpi=fig.dpi)
+    png = _read_png(path)
+    ax = fig.axes[0]
+    cells = torch.from_numpy(ax.images[0].get_array().data)
+    factor = -(-layout.seq_len // cells.shape[0])
+    torch.testing.assert_close(cells, block_average(mask[0, 0], factor))
+    box = ax.get_window_extent()
+    x0, y1 = round(box.x0), png.shape[0] - round(box.y0)
+    side = round(box.width)
+    px = side // cells.shape[0]
+    assert side == px * cells.shape[0] and round(box.height) == side  # whole pixels per cell
+    panel = png[y1 - side : y1, x0 : x0 + side, 0].double()
+    expected = cells.repeat_interleave(px, 0).repeat_interleave(px, 1)
+    # Skip the frame and the span lines drawn on top (2 pixels either side of each).
+    keep = torch.ones(side, dtype=torch.bool)
+    keep[:2] = keep[-2:] = False
+    for start, h, w in layout.spans[0]:
+        for edge in (start, start + h * w):
+            at = round(edge / layout.seq_len * side)
+            keep[max(0, at - 2) : at + 3] = False
+    inside = keep.view(-1, 1) & keep.view(1, -1)
+    assert inside.float().mean() > 0.9
+    assert (panel - expected)[inside].abs().max() <= 1 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("mask_name", ["outward", "inward"])
+def test_ring_panel_is_the_ring_rule(mask_name):
+    # Image 1 against itself, tokens sorted by ring: allowed iff the key's ring is at
+    # most (outward) / at least (inward) the query's ring: a staircase.
+    layout = _demo_layout()
+    mask = chebyshev_mask(layout, C2RoPEConfig(mask=mask_name))
+    shown = torch.from_numpy(mask_figure(layout, mask, mask_name).axes[1].images[0].get_array().data)
+    order, sizes = ring_order(layout, layout.spans[0][0])
+    assert sizes == torch.bincount(grid_rings(*GRID).flatten().long()).tolist()
+    rings = layout.ring[0, order].long()
+    rule = rings.view(1, -1) <= rings.view(-1, 1) if mask_name == "outward" else rings.view(1, -1) >= rings.view(-1, 1)
+    assert torch.equal(shown, rule.double())
+    assert torch.equal(rings, torch.sort(rings).values)  # inner rings first
+
+
+def test_rings_figure_shows_each_images_rings():
+    layout = _demo_layout()
+    fig = rings_figure(layout)
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(images) == 2
+    for image in images:
+        assert torch.equal(torch.from_numpy(image.get_array().data).long(), grid_rings(*GRID).long())
+        colours = {tuple(image.cmap(image.norm(r))) for r in range(12)}
+        assert len(colours) == 12  # one colour per ring
+
+
+def test_block_average_against_a_loop():
+    allowed = torch.rand(13, 8) < 0.4
+    got = block_average(allowed, 3)
+    assert got.shape == (5, 3)
+    for i in range(5):
+        for j in range(3):
+            block = allowed[3 * i : 3 * i + 3, 3 * j : 3 * j + 3].double()
+            assert got[i, j].item() == pytest.approx(block.mean().item())
+    assert torch.equal(block_average(allowed, 1), allowed.double())
 
 
 def test_demo_paper_code(tmp_path, capsys):
     assert main(["demo", "--paper-code", "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out
     assert "mask='inward'" in text and "d_temporal=116, d_spatial=12" in text
-
-
-def test_info(capsys):
-    assert main(["info"]) == 0
-    text = capsys.readouterr().out
-    assert f"torch {torch.__version__}" in text and "OpenMP max threads:" in text
-
-
-def test_cli_needs_a_command(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main([])
-    assert exc.value.code == 2
-
-
-def test_python_dash_m(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "c2rope", "info"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "kernels: CPU" in done.stdout

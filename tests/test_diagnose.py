@@ -6,21 +6,21 @@ import math
 import os
 import re
 
+import matplotlib.image  # the [test] extra installs matplotlib
 import pytest
 import torch
 
-from test_demo import decode_png
-
-from c2rope.__main__ import main
-from c2rope.diagnose import DECAY_CELL, DiagnoseSettings, run_diagnose
-from c2rope.diagnostics.attention import (
+from c2rope.cli.diagnose import DiagnoseSettings, run_diagnose
+from c2rope.cli.diagnostics.attention import (
     default_inv_freq, phase_table, positional_attention, positional_scores, qk_weights, weights_from_qk,
 )
-from c2rope.diagnostics.font import render_text
-from c2rope.diagnostics.measures import Probe, continuity, decay, image_attention, ptd, ring_causality
-from c2rope.diagnostics.progress import Progress
-from c2rope.diagnostics.prompt import Prompt
-from c2rope.diagnostics.schemes import default_schemes, scheme_by_key
+from c2rope.cli.diagnostics.figures import DECAY_LIMIT, continuity_figure, decay_figure, rings_figure
+from c2rope.cli.diagnostics.measures import Probe, continuity, decay, image_attention, ptd, ring_causality
+from c2rope.cli.diagnostics.progress import Progress
+from c2rope.cli.diagnostics.prompt import Prompt
+from c2rope.cli.diagnostics.schemes import default_schemes, scheme_by_key
+from c2rope.cli.main import main
+from c2rope.cli.plotting import figure_size_px
 from c2rope.rotary import rotary_cos_sin
 
 SCHEMES = {s.key: s for s in default_schemes()}
@@ -166,27 +166,81 @@ def test_decay_uniform_share_is_the_first_images_share_of_keys():
     assert ptd(SCHEMES["rope1d"], (3, 3), 5) == pytest.approx(20 / 9)
 
 
-def test_report_lists_existing_files(report):
+def _table(md: str, heading: str):
+    """Rows (lists of cells) of the first markdown table after `heading`."""
+    lines = md[md.index(heading):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_report_files_and_numbers(report):
     result, text, settings = report
+    results = result["results"]
     written = re.findall(r"^  (\S+\.(?:png|md))", text, flags=re.M)
     assert len(written) == 1 + 2 * len(SCHEMES) + 1
     assert sorted(written) == sorted(result["paths"].values())
     for path in written:
-        assert os.path.getsize(path) > 0
+        assert os.path.getsize(path) > 1000
         if path.endswith(".png"):
-            image = decode_png(open(path, "rb").read())
-            assert image.dim() == 3 and image.shape[-1] == 3
+            image = matplotlib.image.imread(path)
+            assert image.ndim == 3 and image.shape[-1] == 4 and min(image.shape[:2]) > 300
     md = open(result["report"]).read()
-    for scheme in default_schemes():
+    schemes = default_schemes()
+    for scheme in schemes:
         assert md.count(f"| {scheme.name} |") == 6  # masks, continuity, rings, decay x2, PTD
-    # The decay map holds one cell per scheme and text length, coloured by log2(relative).
-    decay_png = decode_png(open(result["paths"]["decay"], "rb").read())
-    cell_h, cell_w = DECAY_CELL
-    assert decay_png.shape[0] > cell_h * len(SCHEMES) and decay_png.shape[1] > cell_w * len(settings.text_lengths)
-    # 1D RoPE's image gets far less than its uniform share: its whole row is clearly blue.
-    assert all(row["relative"] < 0.5 for row in result["results"]["rope1d"]["decay"])
-    r, b = decay_png[..., 0].int(), decay_png[..., 2].int()
-    assert int((b > r + 50).sum()) >= cell_h * cell_w * len(settings.text_lengths)
+    # The numbers in report.md are the measured ones, row by row in scheme order.
+    rows = _table(md, "## Spatial continuity")
+    assert [row[0] for row in rows] == [s.name for s in schemes]
+    for scheme, row in zip(schemes, rows):
+        c = results[scheme.key]["continuity"]
+        assert row[1] == f"**{c['ratio']:.3f}**"
+        assert row[5] == f"continuity_{scheme.key}.png"
+    for scheme, row in zip(schemes, _table(md, "## Chebyshev causality")):
+        r = results[scheme.key]["rings"]
+        assert [float(v) for v in row[1:5]] == pytest.approx([r["nearer"], r["same"], r["farther"], r["outside"]],
+                                                             abs=5e-4)
+    for scheme, row in zip(schemes, _table(md, "## Long-range decay")):
+        relative = [float(re.search(r"\(([\d.]+)x uniform\)", cell).group(1)) for cell in row[1:]]
+        assert relative == pytest.approx([d["relative"] for d in results[scheme.key]["decay"]], abs=5e-3)
+    ptd_rows = {row[0]: row for row in _table(md, "## Cross-modal bias")}
+    assert ptd_rows["1D RoPE (raster)"][1] == "2.222"  # the paper's Table 1: 2.22
+    assert float(ptd_rows["Circle-RoPE (alpha 0.5, R 10)"][1]) == pytest.approx(0, abs=1e-3)
+
+
+def test_decay_figure_plots_the_table(report):
+    result, _, settings = report
+    schemes = default_schemes()
+    fig = decay_figure(schemes, result["results"], settings.text_lengths)
+    ax = fig.axes[0]
+    relative = torch.tensor([[d["relative"] for d in result["results"][s.key]["decay"]] for s in schemes],
+                            dtype=torch.float64)
+    shown = torch.from_numpy(ax.images[0].get_array().data)
+    torch.testing.assert_close(shown, torch.log2(relative).clamp(-DECAY_LIMIT, DECAY_LIMIT))
+    assert [t.get_text() for t in ax.texts] == [f"{v:.2g}x" for v in relative.flatten().tolist()]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [s.name for s in schemes]
+    # 1D RoPE's first image gets far less than its uniform share: its row is blue.
+    assert (shown[0] < -1).all()
+    width, height = figure_size_px(fig)
+    assert matplotlib.image.imread(result["paths"]["decay"]).shape == (height, width, 4)
+
+
+def test_continuity_and_rings_figures_plot_the_measurements(report):
+    results = report[0]["results"]
+    for scheme in default_schemes():
+        res = results[scheme.key]
+        fig = continuity_figure(scheme, res["continuity"])
+        shown = torch.from_numpy(fig.axes[0].images[0].get_array().data)
+        torch.testing.assert_close(shown, res["continuity"]["log2_map"])
+        assert f"{res['continuity']['ratio']:.3f}" in fig.axes[0].get_title()
+        fig = rings_figure(scheme, res["rings"])
+        may, do = (torch.from_numpy(ax.images[0].get_array().data) for ax in fig.axes[:2])
+        torch.testing.assert_close(may, res["rings"]["may"])
+        torch.testing.assert_close(do, torch.log10(res["rings"]["do"].clamp_min(1e-300)))
 
 
 def test_command_line(tmp_path, capsys):
@@ -199,9 +253,9 @@ def test_command_line(tmp_path, capsys):
                             "continuity_mrope.png", "rings_mrope.png"])
     for name in files:
         assert str(out / name) in printed
-    rings = decode_png((out / "rings_mrope.png").read_bytes())
-    # 5x4 grid: Chebyshev radii 0.5, 1, 1.5, 2 -> 4 rings, 16 px each, plus the titles.
-    assert 16 * 4 < rings.shape[0] < 16 * 4 + 6 * 14
+    md = (out / "report.md").read_text()
+    assert md.count("| M-RoPE (Qwen2-VL) |") == 6
+    assert matplotlib.image.imread(str(out / "rings_mrope.png")).shape[:2] == (470, 1000)
     assert main(["diagnose", "--schemes", "nope", "--out", str(out)]) == 2
     assert "unknown scheme" in capsys.readouterr().err
 
@@ -234,14 +288,3 @@ def test_progress_bar():
     bar.step("x")
     bar.close()
     assert quiet.getvalue() == ""
-
-
-def test_font_renders_distinct_glyphs():
-    a, b = render_text("A", scale=1, margin=0), render_text("b", scale=1, margin=0)
-    assert a.shape == b.shape == (5, 3, 3)
-    assert not torch.equal(a, b)
-    assert torch.equal(render_text("b", scale=1), render_text("B", scale=1))  # lower = upper case
-    assert torch.equal(render_text("\u00e9", scale=1), render_text("?", scale=1))  # unknown -> '?'
-    wide = render_text("AB12", scale=3, margin=2)
-    assert wide.shape == (5 * 3 + 4, (4 * 3 + 3) * 3 + 4, 3)
-    assert set(wide.unique().tolist()) == {0, 255}

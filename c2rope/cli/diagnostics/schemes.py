@@ -13,12 +13,13 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ..circle import CircleRoPEConfig
-from ..config import C2RoPEConfig
-from ..layout import VisualLayout
-from ..mask import chebyshev_mask
-from ..mrope import mrope_axis_table, mrope_position_ids
-from ..positions import build_position_ids
+from c2rope.circle import CircleRoPEConfig
+from c2rope.config import C2RoPEConfig
+from c2rope.layout import VisualLayout
+from c2rope.mask import chebyshev_mask
+from c2rope.mrope import mrope_axis_table, mrope_position_ids
+from c2rope.positions import build_position_ids
+
 from .prompt import Prompt
 
 __all__ = ["Scheme", "default_schemes", "scheme_by_key", "SCHEME_KEYS", "mrope_sections"]

@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..rotary import rotary_cos_sin
+from c2rope.rotary import rotary_cos_sin
 
 __all__ = ["default_inv_freq", "phase_table", "qk_weights", "weights_from_qk", "positional_scores", "positional_attention"]
 

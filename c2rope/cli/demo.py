@@ -3,8 +3,8 @@
 The prompt is LLaVA-like: text, two 24x24 images back to back (one run of 1152 image
 tokens that the layout splits into two images), text. The demo prints the triplet
 positions and the Chebyshev mask in numbers, rotates random q/k with the fused kernel
-(checked against the float64 reference), and writes two PNGs: the mask, and the
-Chebyshev rings over the (x, y) grid of each image.
+(checked against the float64 reference), and writes two PNGs (matplotlib, see
+demo_figures.py): the mask, and the Chebyshev rings over the (x, y) grid of each image.
 """
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ from typing import Dict, Optional, TextIO
 
 import torch
 
-from . import _png
-from .config import C2RoPEConfig
-from .layout import VisualLayout
-from .mask import chebyshev_mask
-from .positions import build_position_ids, next_temporal_index
+from c2rope.config import C2RoPEConfig
+from c2rope.layout import VisualLayout
+from c2rope.mask import chebyshev_mask
+from c2rope.positions import build_position_ids, next_temporal_index
+
+from .plotting import require_matplotlib, save
 
 IMAGE_TOKEN_ID = 32000  # LLaVA-1.5's <image>
 GRID = (24, 24)
@@ -97,8 +98,8 @@ def _describe_mask(layout, mask, mask_name: str, out: TextIO) -> None:
 
 
 def _rotate(pos, config, out: TextIO) -> None:
-    from .reference import rotary_ref
-    from .rotary import C2RotaryEmbedding, apply_rotary_pos_emb
+    from c2rope.reference import rotary_ref
+    from c2rope.rotary import C2RotaryEmbedding, apply_rotary_pos_emb
 
     heads, head_dim = 8, 128
     seq = pos.shape[1]
@@ -123,24 +124,13 @@ def _rotate(pos, config, out: TextIO) -> None:
     )
 
 
-def _mask_png(mask: torch.Tensor) -> torch.Tensor:
-    """Grayscale: white = may attend, black = masked."""
-    return mask[0, 0].to(torch.uint8) * 255
-
-
-def _rings_png(layout: VisualLayout, scale: int = 12, gap: int = 1) -> torch.Tensor:
-    """Each image's grid coloured by Chebyshev ring, side by side (y up = row 0 on top)."""
-    panels = []
-    for start, h, w in layout.spans[0]:
-        rings = layout.ring[0, start : start + h * w].view(h, w)
-        panels.append(_png.colorize(rings))
-        panels.append(torch.full((h, gap, 3), 255, dtype=torch.uint8))
-    return _png.upscale(torch.cat(panels[:-1], dim=1), scale)
-
-
 def run_demo(out_dir: str = "c2rope_demo", config: Optional[C2RoPEConfig] = None,
              out: Optional[TextIO] = None, seed: int = 0) -> Dict[str, str]:
-    """Run the demo, printing to `out` (default stdout); returns the PNG paths."""
+    """Run the demo, printing to `out` (default stdout); returns the PNG paths.
+    Raises MissingPlotsExtra (an ImportError) before any work if matplotlib is missing."""
+    require_matplotlib("python -m c2rope demo")
+    from .demo_figures import mask_figure, rings_figure
+
     out = out if out is not None else sys.stdout
     config = config or C2RoPEConfig()
     generator = torch.Generator().manual_seed(seed)
@@ -162,11 +152,28 @@ def run_demo(out_dir: str = "c2rope_demo", config: Optional[C2RoPEConfig] = None
 
     os.makedirs(out_dir, exist_ok=True)
     paths = {
-        "mask": _png.write_png(os.path.join(out_dir, "mask.png"), _mask_png(mask)),
-        "rings": _png.write_png(os.path.join(out_dir, "rings.png"), _rings_png(layout)),
+        "mask": save(mask_figure(layout, mask, config.mask), os.path.join(out_dir, "mask.png")),
+        "rings": save(rings_figure(layout), os.path.join(out_dir, "rings.png")),
     }
     print("\nWrote:", file=out)
-    print(f"  {paths['mask']}  ({layout.seq_len}x{layout.seq_len} mask, white = may attend)", file=out)
+    print(f"  {paths['mask']}  ({layout.seq_len}x{layout.seq_len} mask, white = may attend; "
+          "image 1 sorted by ring beside it)", file=out)
     print(f"  {paths['rings']}  (Chebyshev rings of each image over its (x, y) grid, one colour per ring)",
           file=out)
     return paths
+
+
+def add_arguments(parser) -> None:
+    """The options of `python -m c2rope demo`."""
+    parser.add_argument("--out", default="c2rope_demo", help="directory for the PNGs (default: ./c2rope_demo)")
+    parser.add_argument("--mask", default="outward", choices=("outward", "inward", "causal"),
+                        help="mask inside images (default: outward)")
+    parser.add_argument("--paper-code", action="store_true",
+                        help="use C2RoPEConfig.paper_code() (merged, concentric, inward, blocked)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random text ids and q/k")
+
+
+def run(args) -> int:
+    config = C2RoPEConfig.paper_code() if args.paper_code else C2RoPEConfig(mask=args.mask)
+    run_demo(out_dir=args.out, config=config, seed=args.seed)
+    return 0

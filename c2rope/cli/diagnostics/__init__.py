@@ -1,6 +1,6 @@
-"""Building blocks of `python -m c2rope diagnose` (see c2rope.diagnose): synthetic
-prompts, the compared schemes, pure positional attention, the measurements, heat maps
-and a progress bar."""
+"""Building blocks of `python -m c2rope diagnose` (see c2rope.cli.diagnose): synthetic
+prompts, the compared schemes, pure positional attention, the measurements, the report,
+the heat maps (figures.py, matplotlib) and a progress bar."""
 from .attention import phase_table, positional_attention, positional_scores, qk_weights  # noqa: F401
 from .measures import Probe, continuity, decay, ptd, ring_causality  # noqa: F401
 from .prompt import Prompt  # noqa: F401

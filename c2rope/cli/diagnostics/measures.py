@@ -10,8 +10,9 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
-from ..layout import grid_rings
-from ..metrics import per_token_distance
+from c2rope.layout import grid_rings
+from c2rope.metrics import per_token_distance
+
 from .attention import phase_table, positional_attention, positional_scores
 from .prompt import Prompt
 from .schemes import Scheme
