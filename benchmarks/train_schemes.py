@@ -51,6 +51,11 @@ PRESETS = {
     "gpu": ["--grid", "8", "8", "--num-types", "8", "--objects", "4", "--hidden", "256", "--layers", "4",
             "--heads", "4", "--steps", "4000", "--batch-size", "128", "--eval-every", "100",
             "--eval-size", "2048", "--lr", "1e-3", "--warmup", "200"],
+    # docs/continuity.md: 6x6 grid (2 objects of 3 kinds), hidden 32, 2 layers, 700 steps;
+    # sized for 8 seeds x several schemes, 2 single-threaded runs at a time, on 2 shared cores.
+    "continuity": ["--grid", "6", "6", "--num-types", "3", "--objects", "2", "--hidden", "32", "--layers", "2",
+                   "--heads", "2", "--steps", "700", "--batch-size", "32", "--lr", "5e-3",
+                   "--eval-every", "100", "--eval-size", "512"],
     "quick": ["--hidden", "32", "--layers", "2", "--heads", "2", "--steps", "6", "--batch-size", "8",
               "--eval-every", "3", "--eval-size", "32"],
 }
@@ -63,7 +68,7 @@ def parse_args(argv=None):
     p.add_argument("--baseline", default="rope1d", help="scheme the paired comparison is against")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time, each single-threaded (default 1)")
     p.add_argument("--resume", action="store_true", help="keep the runs already in --out/results.json")
-    p.add_argument("--preset", choices=("cpu", "gpu"), default=None,
+    p.add_argument("--preset", choices=("cpu", "gpu", "continuity"), default=None,
                    help="model size and budget (default: gpu when CUDA is available, else cpu)")
     p.add_argument("--quick", action="store_true", help="a few steps of a tiny model (smoke run)")
     p.add_argument("--device", default="auto")
@@ -105,8 +110,9 @@ def run_all(args) -> list:
             runs = json.load(f)
     done = {(r["scheme"], r["seed"]) for r in runs}
     todo = []
-    for scheme in args.schemes:
-        for seed in args.seeds:
+    # Seed-major: an interrupted study still holds every scheme on the same seeds (paired).
+    for seed in args.seeds:
+        for scheme in args.schemes:
             if (scheme, seed) in done:
                 continue
             argv = PRESETS[preset] + ["--device", args.device, "--log-every", "1000000", "--scheme", scheme,
@@ -130,9 +136,8 @@ def run_all(args) -> list:
             futures = [pool.submit(_one_run, *job, threads=1) for job in todo]
             for future in concurrent.futures.as_completed(futures):
                 record(future.result())
-    order = {(scheme, seed): i for i, (scheme, seed) in enumerate(
-        (sc, se) for sc in dict.fromkeys(r["scheme"] for r in runs) for se in sorted({r["seed"] for r in runs}))}
-    return sorted(runs, key=lambda r: order[(r["scheme"], r["seed"])])
+    schemes = list(dict.fromkeys(list(args.schemes) + [r["scheme"] for r in runs]))
+    return sorted(runs, key=lambda r: (schemes.index(r["scheme"]), r["seed"]))
 
 
 def _fmt(values) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import List, Optional
 
@@ -10,7 +11,13 @@ def _cmd_demo(args) -> int:
     from .config import C2RoPEConfig
     from .demo import run_demo
 
-    config = C2RoPEConfig.paper_code() if args.paper_code else C2RoPEConfig(mask=args.mask)
+    try:
+        config = C2RoPEConfig.from_name("paper" if args.paper_code else args.config)
+    except ValueError as exc:
+        print(f"c2rope demo: error: --config: {exc}", file=sys.stderr)
+        return 2
+    if args.mask is not None:
+        config = dataclasses.replace(config, mask=args.mask)
     run_demo(out_dir=args.out, config=config, seed=args.seed)
     return 0
 
@@ -56,8 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="triplet positions, Chebyshev mask and PNGs on a synthetic prompt")
     demo.add_argument("--out", default="c2rope_demo", help="directory for the PNGs (default: ./c2rope_demo)")
-    demo.add_argument("--mask", default="outward", choices=("outward", "inward", "causal"),
-                      help="mask inside images (default: outward)")
+    demo.add_argument("--config", default="default",
+                      help="C2RoPEConfig.from_name name: default, seed, paper, or <temporal>-<band>[-<mask>] "
+                           "such as shared-spread (default: default)")
+    demo.add_argument("--mask", default=None, choices=("outward", "inward", "causal"),
+                      help="mask inside images (default: the config's)")
     demo.add_argument("--paper-code", action="store_true",
                       help="use C2RoPEConfig.paper_code() (merged, concentric, inward, blocked)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the random text ids and q/k")

@@ -13,6 +13,8 @@ CONFIGS = {
     "seed_defaults": c2rope.C2RoPEConfig(),
     "paper_code": c2rope.C2RoPEConfig.paper_code(),  # concentric: 12 tokens take 2 slots
     "concentric_outward": c2rope.C2RoPEConfig(temporal="concentric"),
+    "shared_high": c2rope.C2RoPEConfig(temporal="shared", spatial_band="high"),  # 3x4 takes 4 slots
+    "shared_spread_causal": c2rope.C2RoPEConfig(temporal="shared", spatial_band="spread", mask="causal"),
 }
 
 
@@ -79,6 +81,33 @@ def test_decode_positions_continue_after_concentric_image():
     torch.testing.assert_close(expected_m, torch.tensor([30.0, 26.0]) - saved)
     # text spatial components follow m (text_spatial="temporal")
     torch.testing.assert_close(decode[:, 0, 1], expected_m)
+
+
+def test_decode_positions_continue_after_shared_image():
+    # One m per image, at its centre: the first decoded token comes right after the
+    # largest component used inside the last image, and is plain text (m, m, m).
+    config = c2rope.C2RoPEConfig(temporal="shared", spatial_band="spread")
+    model = causal_lm("llama", "sdpa")
+    c2rope.patch_model(model, config, image_token_id=IMG, grid=GRIDS)
+    ids, mask, spans = _prompt()
+    adapter = model.model.rotary_emb
+    seen = []
+    original = adapter.rope.forward
+    adapter.rope.forward = lambda x, positions: (seen.append(positions.clone()), original(x, positions))[1]
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True)
+        step_mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], dim=1)
+        model(input_ids=torch.full((2, 1), 5), attention_mask=step_mask, past_key_values=out.past_key_values)
+    prompt, decode = seen[0], seen[-1]
+    layout = c2rope.VisualLayout.from_spans(spans, ids.shape[1], attention_mask=mask)
+    expected = c2rope.next_temporal_index(layout, config).to(torch.float32)
+    assert decode.shape == (2, 1, 3)
+    torch.testing.assert_close(decode[:, 0], expected.unsqueeze(-1).expand(2, 3), rtol=0, atol=0)
+    # rows: 30 tokens minus padding, minus what the shared images save: an HxW image
+    # takes max(H, W) slots (3x4: 4, 2x2: 2, 3x3: 3)
+    torch.testing.assert_close(expected, torch.tensor([30.0 - (12 - 4), 26.0 - (4 - 2) - (9 - 3)]))
+    valid = mask.bool()
+    assert (decode[:, 0, 0] == prompt[..., 1:].masked_fill(~valid.unsqueeze(-1), -1).amax((1, 2)) + 1).all()
 
 
 def test_generate_text_only_matches_unpatched():
