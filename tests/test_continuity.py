@@ -94,6 +94,9 @@ def test_named_presets():
     assert C2RoPEConfig.from_name("seed") == seed
     assert C2RoPEConfig.from_name("paper") == C2RoPEConfig.paper_code()
     assert C2RoPEConfig.from_name("default") == C2RoPEConfig()
+    rec = C2RoPEConfig.recommended()
+    assert (rec.temporal, rec.spatial_band, rec.mask, rec.text_spatial) == ("shared", "spread", "outward", "temporal")
+    assert C2RoPEConfig.from_name("recommended-causal") == C2RoPEConfig.recommended(mask="causal")
     assert C2RoPEConfig.from_name("causal") == C2RoPEConfig(mask="causal")
     assert C2RoPEConfig.from_name("seed-causal") == C2RoPEConfig.seed_code(mask="causal")
     assert C2RoPEConfig.from_name("shared-spread-inward") == C2RoPEConfig(
@@ -163,3 +166,29 @@ def test_mask_does_not_depend_on_the_new_options(mask):
     for temporal, band in itertools.product(TEMPORAL, SPATIAL_BANDS):
         got = chebyshev_mask(layout, C2RoPEConfig(temporal=temporal, spatial_band=band, mask=mask))
         assert torch.equal(got, want)
+
+
+# ------------------------------------------------------------------ the validation test
+
+
+def test_recommended_restores_continuity_and_keeps_centre_outward_rings():
+    # The validation the method asks for (docs/continuity.md): vertical and horizontal
+    # neighbours get comparable attention (ratio in [0.8, 1.25]) on a 24x24 image at
+    # dim 128, while the Chebyshev mask still lets a ring see only itself and inner rings.
+    from c2rope.diagnostics.attention import default_inv_freq, qk_weights
+    from c2rope.diagnostics.measures import Probe, continuity, image_attention, ring_causality
+    from c2rope.diagnostics.schemes import c2rope_scheme
+
+    generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    probe = Probe(default_inv_freq(128), qk_weights(8, 128, generator))
+    grid = (24, 24)
+    measured = {}
+    for name in ("recommended", "seed"):
+        _, start, attn, allowed = image_attention(probe, c2rope_scheme(name), grid, 8, 8)
+        measured[name] = continuity(attn, allowed, start, grid), ring_causality(attn, allowed, start, grid)
+    cont, rings = measured["recommended"]
+    assert 0.8 <= cont["ratio"] <= 1.25
+    assert cont["locality"] > 1  # neighbours still get more than an average patch
+    assert rings["farther"] == 0 and torch.equal(rings["may"], torch.tril(torch.ones_like(rings["may"])))
+    # seed_code() keeps 1-D RoPE's column break: the patch above is 24 raster steps away
+    assert measured["seed"][0]["ratio"] < 0.1
