@@ -192,3 +192,13 @@ def test_recommended_restores_continuity_and_keeps_centre_outward_rings():
     assert rings["farther"] == 0 and torch.equal(rings["may"], torch.tril(torch.ones_like(rings["may"])))
     # seed_code() keeps 1-D RoPE's column break: the patch above is 24 raster steps away
     assert measured["seed"][0]["ratio"] < 0.1
+
+
+@pytest.mark.parametrize("coords", ("centered", "merged"))
+def test_shared_positions_compile_fullgraph(coords):
+    config = C2RoPEConfig(temporal="shared", coords=coords)
+    layout = random_layout(max_side=6, min_tail=0)
+    compiled = torch.compile(lambda lay: build_position_ids(lay, config), fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(layout), build_position_ids(layout, config))
+    nxt = torch.compile(lambda lay: c2rope.next_temporal_index(lay, config), fullgraph=True, backend="aot_eager")
+    assert torch.equal(nxt(layout), c2rope.next_temporal_index(layout, config))
