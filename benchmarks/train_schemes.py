@@ -137,7 +137,10 @@ def run_all(args) -> list:
             for future in concurrent.futures.as_completed(futures):
                 record(future.result())
     schemes = list(dict.fromkeys(list(args.schemes) + [r["scheme"] for r in runs]))
-    return sorted(runs, key=lambda r: (schemes.index(r["scheme"]), r["seed"]))
+    runs.sort(key=lambda r: (schemes.index(r["scheme"]), r["seed"]))
+    with open(path, "w") as f:  # complete: scheme by scheme, seeds in order
+        json.dump(runs, f, indent=1)
+    return runs
 
 
 def _fmt(values) -> str:

@@ -154,11 +154,13 @@ class C2RoPEConfig:
 
     @classmethod
     def recommended(cls, **overrides) -> "C2RoPEConfig":
-        """The configuration docs/continuity.md measured best: one shared m per image
-        (temporal="shared") with (x, y) spread over the whole spectrum
-        (spatial_band="spread"), outward Chebyshev mask. It passes the continuity test
-        (vertical/horizontal neighbour attention 1.03 at dim 128, 24x24) that
-        seed_code() fails (0.014), and text without images is still exactly RoPE."""
+        """One shared m per image (temporal="shared") with (x, y) spread over the whole
+        spectrum (spatial_band="spread"), outward Chebyshev mask: the configuration that
+        passes the continuity validation of docs/continuity.md (vertical/horizontal
+        neighbour attention 1.03 at dim 128 on 24x24, rings still centre-outward), which
+        seed_code() fails (0.014). Text without images is still exactly RoPE. Not the
+        default: in the toy training study (head dim 16) it learned slower than
+        seed_code(); see docs/continuity.md, "The choice"."""
         fields = dict(temporal="shared", spatial_band="spread")
         fields.update(overrides)
         return cls(**fields)

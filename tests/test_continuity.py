@@ -92,6 +92,7 @@ def test_named_presets():
     seed = C2RoPEConfig.seed_code()
     assert (seed.temporal, seed.spatial_band, seed.mask, seed.coords) == ("raster", "low", "outward", "centered")
     assert C2RoPEConfig.from_name("seed") == seed
+    assert C2RoPEConfig() == seed  # the default was not changed (docs/continuity.md, "The choice")
     assert C2RoPEConfig.from_name("paper") == C2RoPEConfig.paper_code()
     assert C2RoPEConfig.from_name("default") == C2RoPEConfig()
     rec = C2RoPEConfig.recommended()
