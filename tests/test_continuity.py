@@ -50,6 +50,8 @@ def test_bands_by_hand():
     assert low == [m] * 6 + [x, y]
     assert high == [x, y] + [m] * 6
     assert spread == [m, m, m, x, y, m, m, m]  # one pair, mid-spectrum
+    for band in SPATIAL_BANDS:  # no spatial slots at all: every band is plain RoPE
+        assert C2RoPEConfig(d_temporal=16, d_spatial=0, spatial_band=band).axis_table(16) == [m] * 8
     # 128: 8 pairs, one in the middle of each stretch of 8 slots
     assert C2RoPEConfig(spatial_band="spread").spatial_slots(128) == [
         s for c in range(4, 64, 8) for s in (c - 1, c)]
