@@ -16,43 +16,75 @@ def _check(layout, config) -> None:
         raise TypeError(f"config must be a c2rope.C2RoPEConfig, got {type(config).__name__}")
 
 
+def _is_last_image_token(layout: VisualLayout, is_image: torch.Tensor) -> torch.Tensor:
+    """bool [B, S]: the last token of each image (its successor is not in the same image)."""
+    same_next = torch.zeros_like(is_image)
+    if layout.seq_len > 1:
+        same_next[:, :-1] = (layout.image_start[:, 1:] == layout.image_start[:, :-1]) & is_image[:, 1:]
+    return is_image & ~same_next
+
+
+def _shared_half_extent2(layout: VisualLayout, config: C2RoPEConfig) -> torch.Tensor:
+    """Twice the largest |coordinate| of each token's image, int64 [B, S] (0 for text):
+    max(H-1, W-1) with centred coordinates, 2 * floor(max(H-1, W-1) / 2) merged. The
+    image's first (top-left) token holds cx2 = -(W-1) and cy2 = H-1."""
+    start = layout.image_start.clamp_min(0)
+    width = -torch.gather(layout.cx2, 1, start).to(torch.int64)
+    height = torch.gather(layout.cy2, 1, start).to(torch.int64)
+    half2 = torch.maximum(width, height)
+    if config.coords == "merged":
+        half2 = half2 // 2 * 2
+    return torch.where(layout.image_id >= 0, half2, torch.zeros_like(half2))
+
+
 def _temporal_steps(layout: VisualLayout, config: C2RoPEConfig) -> torch.Tensor:
     """How far each token advances the temporal index, int64 [B, S].
 
-    Text and raster image tokens advance it by one; padding by zero; a concentric image
-    advances it by its ring count, all at its last token (its earlier tokens share the
-    image's starting index).
+    Text and raster image tokens advance it by one; padding by zero. A concentric image
+    advances it by its ring count, a shared one by 2 * half + 1 (half = its largest
+    |coordinate|), all at its last token, so its earlier tokens share its start index.
     """
     is_image = layout.image_id >= 0
     steps = layout.valid.to(torch.int64)
+    if config.temporal == "raster":
+        return steps
     if config.temporal == "concentric":
-        # The last token of an image is the one whose successor is not in the same image.
-        same_next = torch.zeros_like(is_image)
-        if layout.seq_len > 1:
-            same_next[:, :-1] = (layout.image_start[:, 1:] == layout.image_start[:, :-1]) & is_image[:, 1:]
-        is_last = is_image & ~same_next
-        steps = torch.where(is_image, is_last.to(torch.int64) * layout.num_rings.to(torch.int64), steps)
-    return steps
+        span = layout.num_rings.to(torch.int64)
+    else:
+        span = _shared_half_extent2(layout, config) + 1
+    is_last = _is_last_image_token(layout, is_image)
+    return torch.where(is_image, is_last.to(torch.int64) * span, steps)
 
 
 def _temporal_index(layout: VisualLayout, config: C2RoPEConfig) -> torch.Tensor:
-    """m per token, int64 [B, S]; padding gets 1 as HF fills it."""
+    """m per token, float64 [B, S] (a shared image's m can be a half-integer); padding
+    gets 1 as HF fills it."""
     steps = _temporal_steps(layout, config)
-    m = torch.cumsum(steps, dim=1) - steps  # exclusive: the index where the token starts
+    m = (torch.cumsum(steps, dim=1) - steps).to(torch.float64)  # exclusive: where the token starts
+    is_image = layout.image_id >= 0
     if config.temporal == "concentric":
-        is_image = layout.image_id >= 0
         # Periphery first: the outermost ring takes the image's first slot.
-        m = torch.where(is_image, m + (layout.num_rings - 1 - layout.ring).to(torch.int64), m)
-    return m.masked_fill(~layout.valid, 1)
+        m = torch.where(is_image, m + (layout.num_rings - 1 - layout.ring).to(torch.float64), m)
+    elif config.temporal == "shared":
+        # The image's centre: its coordinates then span [start, start + 2 * half].
+        m = torch.where(is_image, m + _shared_half_extent2(layout, config).to(torch.float64) / 2, m)
+    return m.masked_fill(~layout.valid, 1.0)
 
 
 def build_position_ids(layout: VisualLayout, config: C2RoPEConfig) -> torch.Tensor:
     """Triplet positions (m, x, y), float32 [B, S, 3], on the layout's device.
 
-    m counts valid tokens from 0 (concentric: one slot per ring of each image). Text is
-    (m, m, m) with text_spatial="temporal", (m, 0, 0) with "zero"; an image token is
-    (m, a + x, a + y) resp. (m, x, y) with (x, y) its centred (or merged) coordinates and
-    a the mean m of its image. Padding is (1, 0, 0).
+    m counts valid tokens from 0. Text is (m, m, m) with text_spatial="temporal",
+    (m, 0, 0) with "zero"; an image token is (m, a + x, a + y) resp. (m, x, y) with
+    (x, y) its centred (or merged) coordinates and a the mean m of its image. Padding is
+    (1, 0, 0). An image starting at temporal index s gets, per `config.temporal`:
+
+    - "raster": m = s + its raster index; the next token gets s + H*W;
+    - "concentric": m = s + (R - 1 - ring rank), R rings; the next token gets s + R;
+    - "shared": every token m = s + h, h = the largest |x| or |y| of the image
+      (max(H-1, W-1)/2 centred, its floor when merged); the next token gets s + 2h + 1
+      (max(H, W) centred). With text_spatial="temporal" every component of the image
+      then lies in [s, s + 2h], above the text before it and below the text after it.
     """
     _check(layout, config)
     m = _temporal_index(layout, config)
@@ -63,15 +95,14 @@ def build_position_ids(layout: VisualLayout, config: C2RoPEConfig) -> torch.Tens
     if config.coords == "merged":
         cx, cy = torch.trunc(cx), torch.trunc(cy)
 
-    m64 = m.to(torch.float64)
     if config.text_spatial == "temporal":
-        anchor = _image_mean(layout, m64, is_image)
-        x = torch.where(is_image, anchor + cx, m64)
-        y = torch.where(is_image, anchor + cy, m64)
+        anchor = _image_mean(layout, m, is_image)
+        x = torch.where(is_image, anchor + cx, m)
+        y = torch.where(is_image, anchor + cy, m)
     else:
         x = torch.where(is_image, cx, torch.zeros_like(cx))
         y = torch.where(is_image, cy, torch.zeros_like(cy))
-    pos = torch.stack([m64, x, y], dim=-1)
+    pos = torch.stack([m, x, y], dim=-1)
     pos[..., 1:].masked_fill_(~layout.valid.unsqueeze(-1), 0.0)
     return pos.to(torch.float32)
 

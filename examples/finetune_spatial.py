@@ -14,6 +14,8 @@ the answer is read from the logits of the last token. Schemes:
     c2rope         c2rope.patch_model(lm, C2RoPEConfig()): (m, x, y) positions, outward mask
     c2rope-causal  C2RoPE positions with the ordinary causal mask (separates the two effects)
     c2rope-paper   C2RoPEConfig.paper_code(): merged coords, concentric m, inward mask
+    c2rope-<name>  C2RoPEConfig.from_name(<name>): c2rope-seed, c2rope-shared-high,
+                   c2rope-shared-spread-causal, ... (temporal index, spatial band, mask)
     mrope          Qwen2-VL M-RoPE (t, h, w) positions (c2rope.mrope) on this Llama
     circle         Circle-RoPE positions (c2rope.mrope with a CircleRoPEConfig), all layers
 
@@ -55,6 +57,9 @@ from c2rope.circle import CircleRoPEConfig  # noqa: E402
 from c2rope.mrope import mrope_axis_table, mrope_cos_sin, mrope_position_ids  # noqa: E402
 
 SCHEMES = ("rope1d", "c2rope", "c2rope-causal", "c2rope-paper", "mrope", "circle")
+# Besides SCHEMES, "c2rope-<name>" takes any c2rope.C2RoPEConfig.from_name name, e.g.
+# c2rope-seed, c2rope-shared-high, c2rope-shared-high-causal (docs/continuity.md).
+C2ROPE_PREFIX = "c2rope-"
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
 
 
@@ -139,18 +144,32 @@ def mrope_sections(head_dim: int):
     return (half - 2 * spatial, spatial, spatial)
 
 
+def c2rope_config(scheme: str) -> "c2rope.C2RoPEConfig":
+    """The C2RoPEConfig of a "c2rope" or "c2rope-<name>" scheme (ValueError otherwise)."""
+    if scheme == "c2rope":
+        return c2rope.C2RoPEConfig()
+    if not scheme.startswith(C2ROPE_PREFIX):
+        raise ValueError(f"not a c2rope scheme: {scheme!r}")
+    return c2rope.C2RoPEConfig.from_name(scheme[len(C2ROPE_PREFIX):])
+
+
+def scheme_arg(text: str) -> str:
+    """argparse type of --scheme: one of SCHEMES or any c2rope-<name>."""
+    if text not in SCHEMES:
+        try:
+            c2rope_config(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r} is not in {SCHEMES} nor a c2rope-<name> ({exc})")
+    return text
+
+
 def apply_scheme(model: SpatialVLM, scheme: str) -> None:
     lm = model.lm
     if scheme == "rope1d":
         return
     if scheme.startswith("c2rope"):
-        config = {
-            "c2rope": c2rope.C2RoPEConfig(),
-            "c2rope-causal": c2rope.C2RoPEConfig(mask="causal"),
-            "c2rope-paper": c2rope.C2RoPEConfig.paper_code(),
-        }[scheme]
         # No image_token_id: the spans come with every call as visual_layout=.
-        c2rope.patch_model(lm, config)
+        c2rope.patch_model(lm, c2rope_config(scheme))
         return
     head_dim = lm.config.hidden_size // lm.config.num_attention_heads
     decoder = lm.model
@@ -353,7 +372,9 @@ def emit(env: Dist, record: dict) -> None:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scheme", choices=SCHEMES, default="c2rope")
+    p.add_argument("--scheme", type=scheme_arg, default="c2rope",
+                   help=f"one of {', '.join(SCHEMES)}, or c2rope-<name> for any C2RoPEConfig.from_name "
+                        "name (c2rope-seed, c2rope-shared-high-causal, ...)")
     p.add_argument("--strategy", choices=STRATEGIES, default="auto",
                    help="auto: DDP under torchrun with several processes, else none")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")

@@ -120,3 +120,14 @@ def test_demo_paper_code(tmp_path, capsys):
     assert main(["demo", "--paper-code", "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out
     assert "mask='inward'" in text and "d_temporal=116, d_spatial=12" in text
+
+
+def test_demo_named_config(tmp_path, capsys):
+    # Two 24x24 images after 6 text tokens, shared m: each takes 24 temporal slots.
+    assert main(["demo", "--config", "shared-spread", "--mask", "causal", "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "temporal='shared'" in text and "spatial_band='spread'" in text and "mask='causal'" in text
+    assert "image 1 spans m in [17.5, 17.5], x in [6, 29], y in [6, 29]" in text
+    assert "next generated token gets m = 63 " in text  # 6 + 24 + 24 + 9 text after
+    assert main(["demo", "--config", "shared-middle", "--out", str(tmp_path)]) == 2
+    assert "--config" in capsys.readouterr().err

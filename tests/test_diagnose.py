@@ -97,6 +97,14 @@ def test_continuity_on_known_patterns():
     result = continuity(attn, allowed, start, (h, w))
     assert result["ratio"] == 0 and result["vertical_allowed"] == 0
     assert result["log2_map"].shape == (h, w)
+    # Locality: attention spread evenly over the image prefers no patch (1); all of it
+    # on the 4 neighbours of an interior patch is 30 keys / 4 = 7.5 times the mean key.
+    allowed[:] = True
+    attn[:, start:] = 1.0 / (h * w)
+    assert continuity(attn, allowed, start, (h, w))["locality"] == pytest.approx(1.0)
+    attn[:, start:] = (vertical | horizontal).double()
+    result = continuity(attn, allowed, start, (h, w))
+    assert result["locality"] == pytest.approx(h * w / 4) and result["ratio"] == pytest.approx(1.0)
 
 
 def test_ring_causality_of_the_masks():

@@ -13,6 +13,8 @@ CONFIGS = {
     "seed_defaults": c2rope.C2RoPEConfig(),
     "paper_code": c2rope.C2RoPEConfig.paper_code(),  # concentric: 12 tokens take 2 slots
     "concentric_outward": c2rope.C2RoPEConfig(temporal="concentric"),
+    "shared_high": c2rope.C2RoPEConfig(temporal="shared", spatial_band="high"),  # 3x4 takes 4 slots
+    "shared_spread_causal": c2rope.C2RoPEConfig(temporal="shared", spatial_band="spread", mask="causal"),
 }
 
 
@@ -54,10 +56,9 @@ def test_cached_decode_logits_equal_full_recompute(name):
     torch.testing.assert_close(torch.cat(steps, dim=1), full[:, ids.shape[1]:], atol=1e-5, rtol=1e-5)
 
 
-def test_decode_positions_continue_after_concentric_image():
-    # The rotary adapter receives the triplets of each decode step: the new token's m
-    # must be next_temporal_index of the prompt (fewer slots than tokens when concentric).
-    config = c2rope.C2RoPEConfig.paper_code()
+def _prompt_and_decode_positions(config):
+    """The triplets the rotary adapter receives for the prompt and for one decode step
+    after it (KV cache), plus next_temporal_index of the prompt as float32."""
     model = causal_lm("llama", "sdpa")
     c2rope.patch_model(model, config, image_token_id=IMG, grid=GRIDS)
     ids, mask, spans = _prompt()
@@ -71,14 +72,33 @@ def test_decode_positions_continue_after_concentric_image():
         model(input_ids=torch.full((2, 1), 5), attention_mask=step_mask, **cache_kwargs(model, cache))
     layout = c2rope.VisualLayout.from_spans(spans, ids.shape[1], attention_mask=mask)
     expected_m = c2rope.next_temporal_index(layout, config).to(torch.float32)
-    decode = seen[-1]
-    assert decode.shape == (2, 1, 3)
+    assert seen[-1].shape == (2, 1, 3)
+    return seen[0], seen[-1], expected_m, mask.bool()
+
+
+def test_decode_positions_continue_after_concentric_image():
+    # The new token's m must be next_temporal_index of the prompt (fewer slots than
+    # tokens when concentric).
+    _, decode, expected_m, _ = _prompt_and_decode_positions(c2rope.C2RoPEConfig.paper_code())
     torch.testing.assert_close(decode[:, 0, 0], expected_m)
     # rows: 30 - padding tokens, minus what the concentric images save
     saved = torch.tensor([12 - 3, (4 - 1) + (9 - 2)], dtype=torch.float32)  # 3x4: 3 rings, 2x2: 1, 3x3: 2
     torch.testing.assert_close(expected_m, torch.tensor([30.0, 26.0]) - saved)
     # text spatial components follow m (text_spatial="temporal")
     torch.testing.assert_close(decode[:, 0, 1], expected_m)
+
+
+def test_decode_positions_continue_after_shared_image():
+    # One m per image, at its centre: the first decoded token comes right after the
+    # largest component used inside the last image, and is plain text (m, m, m).
+    config = c2rope.C2RoPEConfig(temporal="shared", spatial_band="spread")
+    prompt, decode, expected, valid = _prompt_and_decode_positions(config)
+    torch.testing.assert_close(decode[:, 0], expected.unsqueeze(-1).expand(2, 3), rtol=0, atol=0)
+    # rows: 30 tokens minus padding, minus what the shared images save: an HxW image
+    # takes max(H, W) slots (3x4: 4, 2x2: 2, 3x3: 3)
+    torch.testing.assert_close(expected, torch.tensor([30.0 - (12 - 4), 26.0 - (4 - 2) - (9 - 3)]))
+    largest = prompt[..., 1:].masked_fill(~valid.unsqueeze(-1), -1).amax((1, 2))
+    assert torch.equal(decode[:, 0, 0], largest + 1)
 
 
 def test_generate_text_only_matches_unpatched():

@@ -64,8 +64,12 @@ def test_images_match_reference(family, implementation):
         c2rope.C2RoPEConfig(mask="inward", spatial_layout="blocked"),
         c2rope.C2RoPEConfig(mask="causal", coords="merged"),
         c2rope.C2RoPEConfig(temporal="concentric", d_spatial=8),
+        c2rope.C2RoPEConfig(temporal="shared", spatial_band="high"),
+        c2rope.C2RoPEConfig(temporal="shared", spatial_band="spread", mask="causal", coords="merged"),
+        c2rope.C2RoPEConfig(temporal="raster", spatial_band="spread", text_spatial="zero"),
     ],
-    ids=["paper_code", "text_zero", "inward_blocked", "causal_merged", "concentric_d8"],
+    ids=["paper_code", "text_zero", "inward_blocked", "causal_merged", "concentric_d8", "shared_high",
+         "shared_spread_causal_merged", "raster_spread_zero"],
 )
 @pytest.mark.parametrize("implementation", ("eager", "sdpa"))
 def test_config_options_match_reference(config, implementation):

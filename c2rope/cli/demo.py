@@ -8,6 +8,8 @@ demo_figures.py): the mask, and the Chebyshev rings over the (x, y) grid of each
 """
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import sys
 import time
@@ -166,14 +168,23 @@ def run_demo(out_dir: str = "c2rope_demo", config: Optional[C2RoPEConfig] = None
 def add_arguments(parser) -> None:
     """The options of `python -m c2rope demo`."""
     parser.add_argument("--out", default="c2rope_demo", help="directory for the PNGs (default: ./c2rope_demo)")
-    parser.add_argument("--mask", default="outward", choices=("outward", "inward", "causal"),
-                        help="mask inside images (default: outward)")
+    parser.add_argument("--config", default="default",
+                        help="C2RoPEConfig.from_name name: default, seed, paper, or <temporal>-<band>[-<mask>] "
+                             "such as shared-spread (default: default)")
+    parser.add_argument("--mask", default=None, choices=("outward", "inward", "causal"),
+                        help="mask inside images (default: the config's)")
     parser.add_argument("--paper-code", action="store_true",
                         help="use C2RoPEConfig.paper_code() (merged, concentric, inward, blocked)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random text ids and q/k")
 
 
 def run(args) -> int:
-    config = C2RoPEConfig.paper_code() if args.paper_code else C2RoPEConfig(mask=args.mask)
+    try:
+        config = C2RoPEConfig.from_name("paper" if args.paper_code else args.config)
+    except ValueError as exc:
+        print(f"c2rope demo: error: --config: {exc}", file=sys.stderr)
+        return 2
+    if args.mask is not None:
+        config = dataclasses.replace(config, mask=args.mask)
     run_demo(out_dir=args.out, config=config, seed=args.seed)
     return 0

@@ -74,7 +74,9 @@ def continuity(attn: torch.Tensor, allowed: torch.Tensor, start: int, grid: Tupl
     ratio = mean over interior patches of their vertical-neighbour attention / the same
     for horizontal neighbours; 1.0 means a patch sees the patch above as much as the one
     beside it (no column discontinuity). Masked neighbours count as 0, so a mask that
-    hides one direction shows up here too. Also the per-patch log2 ratio map [H, W] (all
+    hides one direction shows up here too. locality = mean over interior patches of
+    their neighbour attention over their mean attention per allowed key of the image
+    (1 = neighbours get no more than any other patch). Also the per-patch log2 ratio map [H, W] (all
     patches) and
     which share of interior vertical / horizontal neighbour pairs the mask allows."""
     h, w = grid
@@ -87,8 +89,13 @@ def continuity(attn: torch.Tensor, allowed: torch.Tensor, start: int, grid: Tupl
     # Summaries over interior patches only: an edge patch lacks a neighbour on one side,
     # and under a causal mask a missing "up" or "left" would read as a break.
     inner = (slice(1, h - 1), slice(1, w - 1))
+    # Locality: a ratio near 1 also holds when x and y do not move attention at all, so
+    # compare the neighbours with the mean allowed key of the image (1 = no preference).
+    per_key = (attn[:, img].sum(1) / allowed[:, img].sum(1).clamp_min(1)).view(h, w)
+    neighbours = (vertical + horizontal) / 2
     return {
         "ratio": float(vertical[inner].mean() / horizontal[inner].mean()),
+        "locality": float((neighbours[inner] / per_key[inner]).mean()),
         "vertical": float(vertical[inner].mean()),
         "horizontal": float(horizontal[inner].mean()),
         "vertical_allowed": float(v_allowed[inner].mean()),

@@ -22,7 +22,7 @@ from c2rope.positions import build_position_ids
 
 from .prompt import Prompt
 
-__all__ = ["Scheme", "default_schemes", "scheme_by_key", "SCHEME_KEYS", "mrope_sections"]
+__all__ = ["Scheme", "default_schemes", "scheme_by_key", "c2rope_scheme", "SCHEME_KEYS", "mrope_sections"]
 
 
 def mrope_sections(dim: int) -> List[int]:
@@ -102,9 +102,33 @@ def default_schemes() -> List[Scheme]:
 SCHEME_KEYS = tuple(s.key for s in default_schemes())
 
 
+C2ROPE_PREFIX = "c2rope-"
+
+
+def c2rope_scheme(name: str) -> Scheme:
+    """C2RoPE with C2RoPEConfig.from_name(name), keyed "c2rope-<name>" (ValueError for
+    a bad name)."""
+    return Scheme(C2ROPE_PREFIX + name, f"C2RoPE ({name})", "c2rope", C2RoPEConfig.from_name(name))
+
+
+def _lookup(key: str, table) -> Optional[Scheme]:
+    if key in table:
+        return table[key]
+    if key.startswith(C2ROPE_PREFIX):
+        try:
+            return c2rope_scheme(key[len(C2ROPE_PREFIX):])
+        except ValueError:
+            return None
+    return None
+
+
 def scheme_by_key(keys: Sequence[str]) -> List[Scheme]:
+    """The default schemes by key, plus "c2rope-<name>" for any C2RoPEConfig.from_name
+    name (c2rope-shared-high, c2rope-raster-spread-causal, ...)."""
     table = {s.key: s for s in default_schemes()}
-    unknown = [k for k in keys if k not in table]
+    chosen = [_lookup(key, table) for key in keys]
+    unknown = [key for key, scheme in zip(keys, chosen) if scheme is None]
     if unknown:
-        raise ValueError(f"unknown scheme(s) {unknown}; choose from {list(table)}")
-    return [table[k] for k in keys]
+        raise ValueError(f"unknown scheme(s) {unknown}; choose from {list(table)} or c2rope-<name> "
+                         "with a C2RoPEConfig.from_name name")
+    return chosen
