@@ -26,8 +26,8 @@ except ImportError:  # a source checkout without an install
     sys.path.insert(0, os.path.dirname(_HERE))
 
 from c2rope.config import SPATIAL_BANDS, TEMPORAL  # noqa: E402
-from c2rope.diagnose import DiagnoseSettings, run_diagnose  # noqa: E402
-from c2rope.diagnostics.schemes import scheme_by_key  # noqa: E402
+from c2rope.cli.diagnose import DiagnoseSettings, run_diagnose  # noqa: E402
+from c2rope.cli.diagnostics.schemes import scheme_by_key  # noqa: E402
 
 # The validation test of the issue: vertical/horizontal neighbour attention within
 # [0.8, 1.25], and under the outward mask no mass on rings farther out.

@@ -178,9 +178,9 @@ def test_recommended_restores_continuity_and_keeps_centre_outward_rings():
     # The validation the method asks for (docs/continuity.md): vertical and horizontal
     # neighbours get comparable attention (ratio in [0.8, 1.25]) on a 24x24 image at
     # dim 128, while the Chebyshev mask still lets a ring see only itself and inner rings.
-    from c2rope.diagnostics.attention import default_inv_freq, qk_weights
-    from c2rope.diagnostics.measures import Probe, continuity, image_attention, ring_causality
-    from c2rope.diagnostics.schemes import c2rope_scheme
+    from c2rope.cli.diagnostics.attention import default_inv_freq, qk_weights
+    from c2rope.cli.diagnostics.measures import Probe, continuity, image_attention, ring_causality
+    from c2rope.cli.diagnostics.schemes import c2rope_scheme
 
     generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
     probe = Probe(default_inv_freq(128), qk_weights(8, 128, generator))
