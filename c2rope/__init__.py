@@ -1,7 +1,7 @@
 """c2rope: C2RoPE and Circle-RoPE rotary position encodings for vision-language models.
 
 Importing the package loads the compiled kernels (`c2rope._C`, which registers the
-torch.ops.c2rope.* ops) and their fake/autograd registrations. The public API (SPEC
+torch.ops.c2rope.* ops) and their fake/autograd registrations. The public API (docs/design.md
 section 7) is imported lazily on first use, so `import c2rope` stays cheap and does not
 import transformers.
 """

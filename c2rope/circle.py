@@ -1,4 +1,4 @@
-"""Circle-RoPE positions (SPEC section 6) and the per-layer AGE choice.
+"""Circle-RoPE positions (docs/design.md §6) and the per-layer AGE choice.
 
 Circle-RoPE keeps Qwen2/2.5-VL's three-axis M-RoPE (t, h, w) but moves each image's
 tokens onto a circle lying in the plane perpendicular to the text direction (1, 1, 1).

@@ -1,4 +1,4 @@
-"""C2RoPEConfig: every option of SPEC sections 3-5, validated at construction."""
+"""C2RoPEConfig: every option of docs/design.md §3-5, validated at construction."""
 from __future__ import annotations
 
 import dataclasses
@@ -88,7 +88,7 @@ class C2RoPEConfig:
         return cls(**fields)
 
     def split(self, dim: int) -> Tuple[int, int]:
-        """(d_temporal, d_spatial) for a rotary dim, validated (SPEC section 4)."""
+        """(d_temporal, d_spatial) for a rotary dim, validated (docs/design.md §4)."""
         if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or dim % 2:
             raise ValueError(f"rotary dim must be a positive even int, got {dim!r}")
         d_t, d_s = self.d_temporal, self.d_spatial

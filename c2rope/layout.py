@@ -1,4 +1,4 @@
-"""VisualLayout: where the images sit in each batch row (SPEC section 2).
+"""VisualLayout: where the images sit in each batch row (docs/design.md §2).
 
 A layout is built once per batch, from image-token runs in `input_ids` or from explicit
 spans, and carries the per-token tensors that positions, masks and kernels read:

@@ -1,4 +1,4 @@
-"""The Chebyshev causal mask (SPEC section 5): dense, FlexAttention mask_mod, BlockMask.
+"""The Chebyshev causal mask (docs/design.md §5): dense, FlexAttention mask_mod, BlockMask.
 
 Inside an image a token sees its own Chebyshev ring and the rings nearer the centre
 (mask="outward"), or its ring and those farther out ("inward"), or the usual causal

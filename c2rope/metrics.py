@@ -1,4 +1,4 @@
-"""Per-Token Distance (PTD, SPEC section 6): how unevenly a text token's position sits
+"""Per-Token Distance (PTD, docs/design.md §6): how unevenly a text token's position sits
 relative to the image tokens' positions.
 
 For every text token t, take the Euclidean distances d(t, i) to all image tokens i and

@@ -3,7 +3,7 @@
 - `mrope_position_ids`: the 3-axis (t, h, w) positions of a whole prompt (text before,
   between and after images/videos, several of them, left or right padding), equal to
   transformers' Qwen2-VL / Qwen2.5-VL `get_rope_index` when `circle` is None and the
-  Circle-RoPE positions (SPEC section 6) when `circle` is a CircleRoPEConfig; plus the
+  Circle-RoPE positions (docs/design.md §6) when `circle` is a CircleRoPEConfig; plus the
   decode offset `rope_deltas`.
 - `mrope_decode_position_ids`: positions of generated tokens from those deltas.
 - `mrope_axis_table` (Qwen2/2.5-VL chunked sections, [16, 24, 24] for d = 128) and
@@ -171,7 +171,7 @@ def mrope_position_ids(
         (p + trunc(f * interval), p + row, p + col); text after it continues at
         p + max(h', w') (max + 1 for images).
     circle CircleRoPEConfig: vision tokens take `circle_position_ids` + p and the
-        following text continues at their max + 1 (SPEC section 6).
+        following text continues at their max + 1 (docs/design.md §6).
     Videos: interval = tokens_per_second * second_per_grid_ts[v] when tokens_per_second is
         given (Qwen2.5-VL), else 1 (Qwen2-VL); images always use 1.
     rope_deltas = max position + 1 - number of valid tokens, per row: a generated token

@@ -1,4 +1,4 @@
-"""Triplet positions (m, x, y) of SPEC section 3, vectorised over the batch."""
+"""Triplet positions (m, x, y) of docs/design.md §3, vectorised over the batch."""
 from __future__ import annotations
 
 import torch

@@ -8,7 +8,7 @@
   supported, no copies of strided q/k views).
 - `rotary_cos_sin(positions, inv_freq, axis, ...)` is the table builder underneath.
 
-Who checks what (SPEC section 8): the ops (csrc/torch/, the one authority for tensor
+Who checks what (docs/design.md §8): the ops (csrc/torch/, the one authority for tensor
 shapes, dtypes and devices) refuse bad tensors with a TypeError/ValueError naming the
 argument. This module checks only what the ops cannot see: Python argument types,
 layouts (unsqueeze_dim, HF's old position_ids indexing), the conversions it makes
@@ -181,7 +181,7 @@ def _default_inv_freq(dim: int, base: float) -> torch.Tensor:
 
 
 class C2RotaryEmbedding(nn.Module):
-    """HF-compatible rotary embedding with C2RoPE's multi-axis positions (SPEC 4, 7).
+    """HF-compatible rotary embedding with C2RoPE's multi-axis positions (docs/design.md §4, §7).
 
     forward(x, position_ids) -> (cos, sin), each [B, S, dim] in x.dtype:
       - position_ids [B, S] (integer or float): plain RoPE, identical to HF's module;

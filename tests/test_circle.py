@@ -1,4 +1,4 @@
-"""Circle-RoPE positions (c2rope.circle) against a per-token transcription of SPEC
+"""Circle-RoPE positions (c2rope.circle) against a per-token transcription of docs/design.md
 section 6, geometric properties, AGE layer plans and argument validation."""
 import math
 import random
@@ -20,7 +20,7 @@ def _unit(v):
 
 
 def reference_circle(t, h, w, alpha, radius, move_to_origin, time_interval=1.0):
-    """SPEC section 6, one token at a time with the math module."""
+    """docs/design.md §6, one token at a time with the math module."""
     tokens = [(int(f * time_interval), r, c) for f in range(t) for r in range(h) for c in range(w)]
     xs = [float(c) for _, _, c in tokens]
     ys = [float(r) for _, r, _ in tokens]

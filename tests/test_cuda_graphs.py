@@ -138,7 +138,7 @@ if CUDA_DEVICES:
             eager = torch.ops.c2rope.cos_sin(positions, inv_freq, axis, 1.0, dtype)
             for got, want in zip(static_out, eager):
                 torch.testing.assert_close(got, want, rtol=0, atol=0)
-            # HF's own float32 formula on the same GPU: equal bit for bit (SPEC section 4).
+            # HF's own float32 formula on the same GPU: equal bit for bit (docs/design.md §4).
             angle = positions.gather(2, axis.long().view(1, 1, -1).expand(batch, seq, -1)) * inv_freq
             emb = torch.cat((angle, angle), dim=-1)
             torch.testing.assert_close(static_out[0], emb.cos().to(dtype), rtol=0, atol=0)

@@ -81,7 +81,7 @@ def test_config_options_match_reference(config, implementation):
 
 
 def test_text_zero_differs_from_rope_on_text():
-    # text_spatial="zero" stops the spatial slots on text: not plain RoPE (SPEC 3).
+    # text_spatial="zero" stops the spatial slots on text: not plain RoPE (docs/design.md §3).
     model = causal_lm("llama")
     ids, mask, _ = batch_with_images(2, 120, [])  # long enough for the slow slots to turn
     expected = _logits(model, ids, mask)

@@ -16,6 +16,15 @@ from c2rope.hf.qwen2_vl import patch_qwen2_vl, unpatch_qwen2_vl
 from c2rope.mrope import mrope_position_ids
 
 transformers = pytest.importorskip("transformers")
+if not hasattr(transformers, "Qwen2VLForConditionalGeneration"):
+    pytest.skip("this transformers has no Qwen2-VL", allow_module_level=True)
+# The Circle patch needs the 5.x get_rope_index protocol (mm_token_type_ids); older releases
+# (4.57, 5.0; CI lanes) are refused, and only that refusal is tested there.
+_SUPPORTED = "mm_token_type_ids" in inspect.signature(
+    transformers.Qwen2VLModel.get_rope_index).parameters
+needs_circle_support = pytest.mark.skipif(
+    not _SUPPORTED, reason=f"transformers {transformers.__version__}: Circle-RoPE on Qwen2-VL is refused here "
+                           "(test_older_release_is_refused checks the refusal)")
 
 IMAGE_ID, VIDEO_ID, VISION_START = 60, 61, 62
 MERGE, PATCH, TEMPORAL = 2, 2, 2
@@ -117,6 +126,7 @@ def reference_logits(model, inputs, config):
         inner.rope_deltas = None
 
 
+@needs_circle_support
 @pytest.mark.parametrize("strategy", AGE_STRATEGIES)
 def test_prefill_matches_reference(strategy):
     model = make_model()
@@ -132,6 +142,7 @@ def test_prefill_matches_reference(strategy):
     assert (got - plain).abs().max() > 1e-4  # the patch changes image prompts
 
 
+@needs_circle_support
 def test_text_only_logits_unchanged():
     model = make_model()
     ids = torch.randint(3, 50, (2, random.randint(2, 9)))
@@ -150,6 +161,7 @@ def test_text_only_logits_unchanged():
     assert torch.equal(out, model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False))
 
 
+@needs_circle_support
 @pytest.mark.parametrize("strategy", ["all", "alternate", "second_half"])
 @pytest.mark.parametrize("kind", ["qwen2_vl", "qwen2_5_vl"])
 def test_generate_with_and_without_cache_matches_reference(strategy, kind):
@@ -182,6 +194,7 @@ def test_generate_with_and_without_cache_matches_reference(strategy, kind):
         torch.testing.assert_close(logits.double(), want[:, seq - 1 + step], rtol=1e-4, atol=1e-4)
 
 
+@needs_circle_support
 def test_forward_backward_and_gradient_checkpointing():
     model = make_model()
     config = CircleRoPEConfig(age_strategy="alternate")
@@ -213,6 +226,7 @@ def test_forward_backward_and_gradient_checkpointing():
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-7, atol=1e-9)
 
 
+@needs_circle_support
 def test_unpatch_restores_model():
     model = make_model()
     inputs = make_prompt()
@@ -231,6 +245,7 @@ def test_unpatch_restores_model():
         assert torch.equal(model(**inputs).logits, want)
 
 
+@needs_circle_support
 def test_registered_patcher():
     # What c2rope.patch_model calls for config.model_type "qwen2_vl" / "qwen2_5_vl".
     from types import SimpleNamespace
@@ -255,6 +270,7 @@ def test_registered_patcher():
         assert torch.equal(model(**inputs).logits, plain)
 
 
+@needs_circle_support
 def test_bad_arguments():
     model = make_model()
     with pytest.raises(TypeError, match="CircleRoPEConfig"):
@@ -272,6 +288,7 @@ def test_bad_arguments():
         patch_qwen2_vl(llama)
 
 
+@needs_circle_support
 def test_public_patch_model_and_config_kinds():
     # c2rope.patch_model routes Qwen2-VL to the Circle-RoPE patcher, defaults to
     # CircleRoPEConfig() and refuses a C2RoPEConfig (and vice versa for Llama).
@@ -301,3 +318,11 @@ def test_public_patch_model_and_config_kinds():
                                          num_key_value_heads=1))
     with pytest.raises(TypeError, match="C2RoPEConfig"):
         c2rope.patch_model(llama, CircleRoPEConfig())
+
+
+@pytest.mark.skipif(_SUPPORTED, reason="a supported release: the tests above cover it")
+def test_older_release_is_refused():
+    model = make_model()
+    with pytest.raises(TypeError, match="mm_token_type_ids"):
+        c2rope.patch_model(model, CircleRoPEConfig())
+    assert not c2rope.hf.is_patched(model)

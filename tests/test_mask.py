@@ -1,4 +1,4 @@
-"""torch.ops.c2rope.chebyshev_mask and c2rope.chebyshev_mask (SPEC section 5)."""
+"""torch.ops.c2rope.chebyshev_mask and c2rope.chebyshev_mask (docs/design.md §5)."""
 import random
 
 import pytest

@@ -282,7 +282,7 @@ def test_axis_tables():
 
 
 def _cos_sin_from_axis(position_ids, inv_freq, axis, scaling, dtype):
-    """SPEC section 4 in plain torch: angle = pos[axis[k]] * inv_freq[k] (float32)."""
+    """docs/design.md §4 in plain torch: angle = pos[axis[k]] * inv_freq[k] (float32)."""
     pos = position_ids.permute(1, 2, 0).float()[..., torch.as_tensor(axis)]
     angle = pos * inv_freq.float()
     emb = torch.cat([angle, angle], dim=-1)

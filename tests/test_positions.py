@@ -1,5 +1,5 @@
 """build_position_ids / next_temporal_index against the token-by-token reference and
-hand-computed values (SPEC section 3)."""
+hand-computed values (docs/design.md §3)."""
 import itertools
 import random
 

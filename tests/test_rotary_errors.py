@@ -1,5 +1,5 @@
 """Bad input to the rotary entry points: a clear ValueError/TypeError naming the argument
-(SPEC section 8), from the public functions and, one level down, from the ops' C checks."""
+(docs/design.md §8), from the public functions and, one level down, from the ops' C checks."""
 import pytest
 import torch
 

@@ -70,6 +70,16 @@ def _find_parts(model: nn.Module):
             f"{type(model).__name__} does not look like a transformers 5.x Qwen2-VL / Qwen2.5-VL model "
             "(expected .model.get_rope_index and .model.language_model.layers)"
         )
+    if "mm_token_type_ids" not in inspect.signature(inner.get_rope_index).parameters:
+        # Older releases (4.57, 5.0) recompute decode positions in ways this patch does not
+        # follow: cached generate() diverged from the reference there. Refuse, don't guess.
+        import transformers
+
+        raise TypeError(
+            f"c2rope: Circle-RoPE on {type(model).__name__} needs a transformers whose Qwen2-VL "
+            "get_rope_index takes mm_token_type_ids (tested: 5.23, 5.24); found transformers "
+            f"{transformers.__version__}. `python -m c2rope check MODEL` tells for a given release."
+        )
     return inner, text
 
 

@@ -1,4 +1,4 @@
-"""Plain-PyTorch Chebyshev mask (SPEC section 5): the readable definition the C and
+"""Plain-PyTorch Chebyshev mask (docs/design.md §5): the readable definition the C and
 CUDA kernels are tested against."""
 import torch
 

@@ -1,4 +1,4 @@
-"""Triplet positions (SPEC section 3) token by token from the spans: slow, independent
+"""Triplet positions (docs/design.md §3) token by token from the spans: slow, independent
 of the vectorised c2rope.positions, for tests."""
 import torch
 

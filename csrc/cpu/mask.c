@@ -1,5 +1,5 @@
 /*
- * mask.c -- the Chebyshev causal mask on the CPU (c2rope.h, SPEC section 5).
+ * mask.c -- the Chebyshev causal mask on the CPU (c2rope.h, docs/design.md §5).
  *
  * Rows (b, qi) are independent; OpenMP splits them statically so each thread walks a
  * contiguous block of query rows and can reuse what it learnt about the previous row

@@ -53,7 +53,7 @@ typedef enum c2rope_status {
 const char *c2rope_status_string(c2rope_status status);
 
 /* ------------------------------------------------------------------------------
- * cos/sin tables (SPEC section 4)
+ * cos/sin tables (docs/design.md §4)
  *
  * For every token (b, s) and frequency slot k in [0, half_dim):
  *     angle = positions[b, s, axis[k]] * inv_freq[k]          (float32 arithmetic)
@@ -84,7 +84,7 @@ c2rope_status c2rope_cos_sin_cpu(const c2rope_cos_sin_params *p);
 c2rope_status c2rope_cos_sin_cuda(const c2rope_cos_sin_params *p, void *stream);
 
 /* ------------------------------------------------------------------------------
- * Rotary rotation of q and k in one call (SPEC section 4; HF's apply_rotary_pos_emb)
+ * Rotary rotation of q and k in one call (docs/design.md §4; HF's apply_rotary_pos_emb)
  *
  * q is [B, Hq, S, D] and k is [B, Hk, S, D] (GQA: Hq != Hk is fine). cos/sin are
  * [Bc, S, R] with Bc == B or Bc == 1 (then cs_stride[0] is 0 and they broadcast), and
@@ -138,7 +138,7 @@ c2rope_status c2rope_rotary_cpu(const c2rope_rotary_params *p);
 c2rope_status c2rope_rotary_cuda(const c2rope_rotary_params *p, void *stream);
 
 /* ------------------------------------------------------------------------------
- * Chebyshev causal mask (SPEC section 5)
+ * Chebyshev causal mask (docs/design.md §5)
  *
  * Per batch row the caller describes the K key positions with three arrays:
  *   valid[b, j]    1 for a real token, 0 for padding;

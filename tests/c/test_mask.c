@@ -40,7 +40,7 @@ static int failures = 0;
         }                                                                             \
     } while (0)
 
-/* SPEC section 5, one element at a time. */
+/* docs/design.md §5, one element at a time. */
 static int ref_allowed(const uint8_t *valid, const int32_t *image_id, const int32_t *ring, int64_t i,
                        int64_t j, c2rope_mask_mode mode) {
     if (!valid[i]) return j == i;
