@@ -64,6 +64,29 @@ def batch_with_images(batch, seq, grids, left_pad=(), vocab=VOCAB - 1):
     return ids, mask, spans
 
 
+def in_fresh_process(request) -> bool:
+    """Run the calling test alone in a new Python process, with the same seed; True in the
+    parent once the child passed (the parent then returns), False inside the child.
+
+    For flex_attention on CPU: transformers compiles flex once per process, and torch
+    2.13's CPU inductor returns wrong values (even NaN) or fails to compile once it sees a
+    second sequence length, with or without c2rope (docs/hf.md, Caveats)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import _SEED
+
+    node = request.node.nodeid
+    if os.environ.get("C2ROPE_ISOLATED_TEST") == node:
+        return False
+    env = dict(os.environ, C2ROPE_ISOLATED_TEST=node, C2ROPE_TEST_SEED=str(_SEED))
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", node],
+                          cwd=str(request.config.rootpath), env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"{node} in a fresh process:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}"
+    return True
+
+
 def cache_of(output):
     """The KV cache a forward returned (`.cache` from 5.24, `.past_key_values` before)."""
     from c2rope.hf.introspect import output_cache
