@@ -11,6 +11,8 @@ import pytest
 import torch
 
 _SEED = int(os.environ.get("C2ROPE_TEST_SEED", random.SystemRandom().randrange(2**31)))
+# Tests that re-run themselves in a fresh process (test_hf_common.in_fresh_process) inherit it.
+os.environ["C2ROPE_TEST_SEED"] = str(_SEED)
 
 import c2rope  # noqa: E402,F401  (registers torch.ops.c2rope)
 

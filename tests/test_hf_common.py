@@ -75,12 +75,10 @@ def in_fresh_process(request) -> bool:
     import subprocess
     import sys
 
-    from conftest import _SEED
-
     node = request.node.nodeid
     if os.environ.get("C2ROPE_ISOLATED_TEST") == node:
         return False
-    env = dict(os.environ, C2ROPE_ISOLATED_TEST=node, C2ROPE_TEST_SEED=str(_SEED))
+    env = dict(os.environ, C2ROPE_ISOLATED_TEST=node)  # the conftest put the run's seed in C2ROPE_TEST_SEED
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", node],
                           cwd=str(request.config.rootpath), env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"{node} in a fresh process:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}"
