@@ -254,16 +254,16 @@ def test_bad_arguments():
 
 
 def test_public_patch_model_and_config_kinds():
-    # c2rope.patch_model routes Qwen2-VL to the Circle-RoPE patcher, defaults to
-    # CircleRoPEConfig() and refuses a C2RoPEConfig (and vice versa for Llama).
+    # c2rope.patch_model routes Qwen2-VL with a CircleRoPEConfig to the Circle-RoPE patcher
+    # and defaults to CircleRoPEConfig(); Llama refuses a CircleRoPEConfig.
     model = make_model()
     inputs = make_prompt()
     config = CircleRoPEConfig(age_strategy="alternate")
     want = reference_logits(model, inputs, config)
     with torch.no_grad():
         plain = model(**inputs).logits
-    with pytest.raises(TypeError, match="CircleRoPEConfig"):
-        c2rope.patch_model(model, c2rope.C2RoPEConfig())
+    with pytest.raises(TypeError, match="options"):  # Circle-RoPE takes no options
+        c2rope.patch_model(model, config, options={"frequencies": "c2rope"})
     assert not c2rope.hf.is_patched(model)
     c2rope.patch_model(model, config)
     with torch.no_grad():

@@ -31,8 +31,8 @@ from ..circle import CircleRoPEConfig
 from ..mrope import mm_token_type_ids_from_input_ids, mrope_position_ids
 from . import context
 from .introspect import parameter_names
+from .qwen_c2rope import call_arguments, find_parts
 from .record import PatchRecord
-from .registry import register_patcher
 
 MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 _ALT_ATTR = "_c2rope_mrope_cos_sin"  # set on the Circle cos tensor: the M-RoPE (cos, sin)
@@ -60,22 +60,17 @@ class _CircleState:
         return not all(self.plan)
 
 
-def _find_parts(model: nn.Module):
-    """(inner Qwen2VLModel, text model) of a *ForConditionalGeneration or *Model."""
-    inner = model.model if hasattr(model, "model") and hasattr(model.model, "get_rope_index") else model
-    text = getattr(inner, "language_model", None)
-    if not hasattr(inner, "get_rope_index") or text is None or not hasattr(text, "layers"):
-        raise TypeError(
-            f"{type(model).__name__} does not look like a transformers 5.x Qwen2-VL / Qwen2.5-VL model "
-            "(expected .model.get_rope_index and .model.language_model.layers)"
-        )
-    return inner, text
-
-
-def _get_rope_index(original: Callable, inner: nn.Module, state: _CircleState, input_ids=None,
-                    mm_token_type_ids=None, image_grid_thw=None, video_grid_thw=None, attention_mask=None,
-                    second_per_grid_ts=None, **kwargs):
+def _get_rope_index(original: Callable, inner: nn.Module, state: _CircleState, *args, **kwargs):
+    arguments = call_arguments(original, args, kwargs)
+    input_ids, mm_token_type_ids = arguments.get("input_ids"), arguments.get("mm_token_type_ids")
+    image_grid_thw, video_grid_thw = arguments.get("image_grid_thw"), arguments.get("video_grid_thw")
+    attention_mask, second_per_grid_ts = arguments.get("attention_mask"), arguments.get("second_per_grid_ts")
     config = inner.config
+    frames_grid_thw = video_grid_thw
+    if video_grid_thw is not None and config.model_type == "qwen3_vl":
+        # Qwen3-VL puts timestamp text between frames: each frame is its own grid.
+        frames_grid_thw = torch.repeat_interleave(video_grid_thw, video_grid_thw[:, 0], dim=0)
+        frames_grid_thw[:, 0] = 1
     vision = config.vision_config
     tokens_per_second = getattr(vision, "tokens_per_second", None)
     mask = attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 else None
@@ -84,7 +79,7 @@ def _get_rope_index(original: Callable, inner: nn.Module, state: _CircleState, i
             input_ids, config.image_token_id, getattr(config, "video_token_id", None)
         )
     positions, deltas = mrope_position_ids(
-        input_ids, image_grid_thw, video_grid_thw, mask,
+        input_ids, image_grid_thw, frames_grid_thw, mask,
         mm_token_type_ids=mm_token_type_ids, spatial_merge_size=vision.spatial_merge_size,
         second_per_grid_ts=second_per_grid_ts if tokens_per_second is not None else None,
         tokens_per_second=tokens_per_second,
@@ -202,7 +197,7 @@ def apply_circle_patch(model: nn.Module, record: PatchRecord, config: CircleRoPE
             "Qwen2-VL / Qwen2.5-VL are patched with a c2rope.CircleRoPEConfig (Circle-RoPE on their "
             f"M-RoPE), got {type(config).__name__}"
         )
-    inner, text = _find_parts(model)
+    inner, text = find_parts(model)
     state = _CircleState(config, inner, len(text.layers))
     record.wrap_forward(inner, _get_rope_index, inner, state, attribute="get_rope_index")
     # Deltas left from earlier unpatched calls would shift our decode positions.
@@ -217,12 +212,6 @@ def apply_circle_patch(model: nn.Module, record: PatchRecord, config: CircleRoPE
                 record.wrap_forward(layer, _mrope_layer_forward, slot)
     record.set_attr(inner, "_c2rope_circle_state", state)
     return state
-
-
-@register_patcher(*MODEL_TYPES, config_types=(CircleRoPEConfig,))
-def _patch_qwen2_vl(model, record, state):
-    """The registry's entry: patch_model(model, CircleRoPEConfig(...))."""
-    apply_circle_patch(model, record, state.config)
 
 
 def patch_qwen2_vl(model: nn.Module, config: Optional[CircleRoPEConfig] = None) -> nn.Module:
