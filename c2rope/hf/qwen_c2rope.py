@@ -29,6 +29,7 @@ What changes, on this model instance only (undone exactly by unpatching):
 from __future__ import annotations
 
 import inspect
+import threading
 from typing import Callable, Optional
 
 import torch
@@ -86,6 +87,7 @@ class QwenC2RoPE:
         self.merge = int(vision.spatial_merge_size)
         self.image_token_id = inner.config.image_token_id
         self.video_token_id = getattr(inner.config, "video_token_id", None)
+        self._local = threading.local()  # the last prompt's spans, per thread
 
     def vision_types(self, input_ids, mm_token_type_ids) -> Optional[torch.Tensor]:
         """0 / 1 / 2 (text / image / video) per token: from the ids when given (what
@@ -97,11 +99,45 @@ class QwenC2RoPE:
         return None
 
     def spans(self, types, arguments):
+        """Where the images and frames of `types` lie (`qwen_vision_spans`), and the
+        padding mask used. Without grids in the arguments (transformers 5.24's generate()
+        encodes the images first and calls forward without them), the spans recorded by
+        the get_rope_index call of the same prompt are reused."""
         mask = _padding_mask(arguments.get("attention_mask"))
         if mask is not None and mask.shape != types.shape:
             mask = None  # a mask over cache + chunk: the chunk's images lie on its valid tokens anyway
-        return qwen_vision_spans(types, arguments.get("image_grid_thw"), arguments.get("video_grid_thw"), mask,
-                                 spatial_merge_size=self.merge), mask
+        images, videos = arguments.get("image_grid_thw"), arguments.get("video_grid_thw")
+        if images is None and videos is None:
+            recalled = self._recall(types, arguments.get("position_ids"))
+            if recalled is not None:
+                return recalled, mask
+        spans = qwen_vision_spans(types, images, videos, mask, spatial_merge_size=self.merge)
+        return spans, mask
+
+    def remember(self, types, spans, positions) -> None:
+        self._local.last = (types.detach().cpu(), spans, positions.detach().cpu())
+
+    def _recall(self, types, position_ids):
+        """Spans of the last prompt get_rope_index placed, if `types` is that prompt
+        (rows possibly repeated for beams / samples) followed by text only, and the
+        given position_ids begin with the positions it returned."""
+        last = getattr(self._local, "last", None)
+        if last is None or not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 3:
+            return None
+        known, spans, positions = last
+        types = types.detach().cpu()
+        batch, seq = types.shape
+        if known.shape[0] == 0 or batch % known.shape[0] or seq < known.shape[1]:
+            return None
+        repeat = batch // known.shape[0]
+        if not torch.equal(types[:, :known.shape[1]], known.repeat_interleave(repeat, dim=0)) \
+                or _has_vision(types[:, known.shape[1]:]):
+            return None
+        given = position_ids[-3:, :, :known.shape[1]].detach().cpu().to(positions.dtype)
+        if given.shape[1:] != (batch, known.shape[1]) or not torch.equal(
+                given, positions.repeat_interleave(repeat, dim=1)):
+            return None
+        return [row for row in spans for _ in range(repeat)]
 
 
 def _padding_mask(attention_mask) -> Optional[torch.Tensor]:
@@ -131,7 +167,10 @@ def _get_rope_index(original: Callable, qwen: QwenC2RoPE, *args, **kwargs):
     if not _has_vision(types):
         return original(*args, **kwargs)
     spans, mask = qwen.spans(types, arguments)
-    return c2rope_mrope_position_ids(spans, types.shape[1], qwen.state.config, mask, device=types.device)
+    positions, deltas = c2rope_mrope_position_ids(spans, types.shape[1], qwen.state.config, mask,
+                                                  device=types.device)
+    qwen.remember(types, spans, positions)
+    return positions, deltas
 
 
 def _inner_forward(original: Callable, qwen: QwenC2RoPE, *args, **kwargs):
