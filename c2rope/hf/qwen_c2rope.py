@@ -172,6 +172,10 @@ def _get_rope_index(original: Callable, qwen: QwenC2RoPE, *args, **kwargs):
     positions, deltas = c2rope_mrope_position_ids(spans, types.shape[1], qwen.state.config, mask,
                                                   device=types.device)
     qwen.remember(types, spans, positions)
+    if "mm_token_type_ids" not in inspect.signature(original).parameters and mask is not None:
+        # Releases before mm_token_type_ids (4.57 - 5.0) decode at past length (padding
+        # included) + rope_deltas, not at the count of valid tokens + rope_deltas.
+        deltas = deltas + mask.sum(dim=1, keepdim=True).to(deltas) - mask.shape[1]
     return positions, deltas
 
 
