@@ -15,6 +15,9 @@ from c2rope.hf.qwen2_vl import patch_qwen2_vl, unpatch_qwen2_vl
 from c2rope.mrope import mrope_position_ids
 
 transformers = pytest.importorskip("transformers")
+# Releases whose Qwen-VL forward has no mm_token_type_ids (4.57, 5.0).
+OLD_RELEASE = "mm_token_type_ids" not in __import__("inspect").signature(
+    transformers.Qwen2VLForConditionalGeneration.forward).parameters
 
 IMAGE_ID, VIDEO_ID, VISION_START = 60, 61, 62
 MERGE, PATCH, TEMPORAL = 2, 2, 2
@@ -25,7 +28,9 @@ LAYERS = 4
 def _text_config():
     return dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=LAYERS,
                 num_attention_heads=2, num_key_value_heads=1, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                rope_parameters={"rope_type": "default", "rope_theta": 100.0, "mrope_section": [2, 3, 3]})
+                **({"rope_theta": 100.0, "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}}
+                   if transformers.__version__.startswith("4.") else
+                   {"rope_parameters": {"rope_type": "default", "rope_theta": 100.0, "mrope_section": [2, 3, 3]}}))
 
 
 def make_model(kind="qwen2_vl"):
@@ -75,6 +80,8 @@ def make_prompt(batch=1, padded=False):
                   image_grid_thw=grid)
     if padded:
         inputs["attention_mask"] = mask
+    if OLD_RELEASE:
+        inputs.pop("mm_token_type_ids")  # 4.57 / 5.0 find vision tokens by their ids
     return inputs
 
 
@@ -83,9 +90,10 @@ def reference_logits(model, inputs, config):
     inner, text = model.model, model.model.language_model
     mask = inputs.get("attention_mask")
     circle, _ = mrope_position_ids(inputs["input_ids"], inputs["image_grid_thw"], None, mask,
-                                   mm_token_type_ids=inputs["mm_token_type_ids"], spatial_merge_size=MERGE,
+                                   mm_token_type_ids=(inputs["input_ids"] == IMAGE_ID).long(), spatial_merge_size=MERGE,
                                    circle=config)
-    mrope, _ = inner.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
+    types = {} if OLD_RELEASE else {"mm_token_type_ids": inputs["mm_token_type_ids"]}
+    mrope, _ = inner.get_rope_index(inputs["input_ids"], **types,
                                     image_grid_thw=inputs["image_grid_thw"], attention_mask=mask)
     handles = []
     for layer, use_circle in zip(text.layers, config.layer_plan(LAYERS)):
@@ -156,8 +164,9 @@ def test_generate_with_and_without_cache_matches_reference(strategy, kind):
     sequences = runs[True].sequences
     seq = inputs["input_ids"].shape[1]
     full = dict(inputs, input_ids=sequences,
-                mm_token_type_ids=torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(sequences[:, seq:])], dim=1),
                 attention_mask=torch.cat([inputs["attention_mask"], torch.ones_like(sequences[:, seq:])], dim=1))
+    if not OLD_RELEASE:
+        full["mm_token_type_ids"] = (sequences == IMAGE_ID).long()
     unpatch_qwen2_vl(model)
     want = reference_logits(model, full, config)
     for step, logits in enumerate(runs[True].logits):
@@ -180,7 +189,11 @@ def test_forward_backward_and_gradient_checkpointing():
     model.model.language_model.layers[1].self_attn.register_forward_hook(lambda *a: calls.append(1))
     for checkpointing in (False, True):
         if checkpointing:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:  # before 5.x's rename
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.zero_grad()
         calls.clear()
         loss = model(**inputs, labels=labels).loss

@@ -31,7 +31,7 @@ from ..circle import CircleRoPEConfig
 from ..mrope import mm_token_type_ids_from_input_ids, mrope_position_ids
 from . import context
 from .introspect import parameter_names
-from .qwen_c2rope import call_arguments, find_parts
+from .qwen_c2rope import call_arguments, find_parts, release_deltas
 from .record import PatchRecord
 
 MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
@@ -85,6 +85,7 @@ def _get_rope_index(original: Callable, inner: nn.Module, state: _CircleState, *
         tokens_per_second=tokens_per_second,
         circle=state.config,
     )
+    deltas = release_deltas(original, deltas, mask)
     if state.needs_mrope:
         # The model's own M-RoPE positions for the layers AGE leaves on M-RoPE.
         extra = {} if second_per_grid_ts is None else {"second_per_grid_ts": second_per_grid_ts}

@@ -156,6 +156,16 @@ def call_arguments(original: Callable, args, kwargs) -> dict:
     return {**extra, **bound}
 
 
+def release_deltas(get_rope_index: Callable, deltas: torch.Tensor, mask) -> torch.Tensor:
+    """rope_deltas (counted from the valid tokens, as c2rope.mrope builds them) in the
+    convention of the release's decoding: releases whose get_rope_index takes no
+    mm_token_type_ids (4.57 - 5.0) decode at the past length, padding included, plus
+    rope_deltas; later ones at the count of valid tokens plus rope_deltas."""
+    if mask is None or "mm_token_type_ids" in inspect.signature(get_rope_index).parameters:
+        return deltas
+    return deltas + mask.sum(dim=1, keepdim=True).to(deltas) - mask.shape[1]
+
+
 def _has_vision(types) -> bool:
     return types is not None and bool(((types == IMAGE) | (types == VIDEO)).any())
 
@@ -172,11 +182,7 @@ def _get_rope_index(original: Callable, qwen: QwenC2RoPE, *args, **kwargs):
     positions, deltas = c2rope_mrope_position_ids(spans, types.shape[1], qwen.state.config, mask,
                                                   device=types.device)
     qwen.remember(types, spans, positions)
-    if "mm_token_type_ids" not in inspect.signature(original).parameters and mask is not None:
-        # Releases before mm_token_type_ids (4.57 - 5.0) decode at past length (padding
-        # included) + rope_deltas, not at the count of valid tokens + rope_deltas.
-        deltas = deltas + mask.sum(dim=1, keepdim=True).to(deltas) - mask.shape[1]
-    return positions, deltas
+    return positions, release_deltas(original, deltas, mask)
 
 
 def _inner_forward(original: Callable, qwen: QwenC2RoPE, *args, **kwargs):
