@@ -115,3 +115,24 @@ def make_prompt(kind, batch=2, videos=True, dtype=torch.float64):
     if transformers.__version__.startswith(("4.", "5.0.")):
         inputs.pop("mm_token_type_ids")  # older releases find vision tokens by their ids
     return inputs, all_spans
+
+
+def text_prompt():
+    """(input_ids, attention_mask): two rows of random text, the first left-padded."""
+    ids = torch.randint(3, 50, (2, random.randint(2, 9)))
+    mask = torch.ones_like(ids)
+    mask[0, 0] = 0
+    return ids, mask
+
+
+def age_hooks(text_model, plan, mrope):
+    """Pre-hooks that hand the layers AGE leaves on M-RoPE (plan[i] False) the cos/sin of
+    the model's own M-RoPE positions `mrope`; returns the handles."""
+    handles = []
+    for layer, use_circle in zip(text_model.layers, plan):
+        if not use_circle:
+            def hook(module, args, kwargs):
+                kwargs["position_embeddings"] = text_model.rotary_emb(args[0], mrope)
+                return args, kwargs
+            handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+    return handles

@@ -15,6 +15,7 @@ from c2rope.hf.qwen2_vl import patch_qwen2_vl, unpatch_qwen2_vl
 from c2rope.mrope import mrope_position_ids
 
 transformers = pytest.importorskip("transformers")
+from qwen_tiny import age_hooks  # noqa: E402
 # Releases whose Qwen-VL forward has no mm_token_type_ids (4.57, 5.0).
 OLD_RELEASE = "mm_token_type_ids" not in __import__("inspect").signature(
     transformers.Qwen2VLForConditionalGeneration.forward).parameters
@@ -95,13 +96,7 @@ def reference_logits(model, inputs, config):
     types = {} if OLD_RELEASE else {"mm_token_type_ids": inputs["mm_token_type_ids"]}
     mrope, _ = inner.get_rope_index(inputs["input_ids"], **types,
                                     image_grid_thw=inputs["image_grid_thw"], attention_mask=mask)
-    handles = []
-    for layer, use_circle in zip(text.layers, config.layer_plan(LAYERS)):
-        if not use_circle:
-            def hook(module, args, kwargs):
-                kwargs["position_embeddings"] = text.rotary_emb(args[0], mrope)
-                return args, kwargs
-            handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+    handles = age_hooks(text, config.layer_plan(LAYERS), mrope)
     try:
         with torch.no_grad():
             return model(**inputs, position_ids=circle).logits

@@ -17,7 +17,7 @@ from c2rope.reference import chebyshev_mask_ref, cos_sin_ref, position_ids_ref
 from c2rope.reference.positions import _ring_ranks
 
 transformers = pytest.importorskip("transformers")
-from qwen_tiny import KINDS, LAYERS, SUPPRESS, make_model, make_prompt  # noqa: E402
+from qwen_tiny import KINDS, LAYERS, SUPPRESS, make_model, make_prompt, text_prompt  # noqa: E402
 
 CONFIGS = [C2RoPEConfig(), C2RoPEConfig.paper_code(), C2RoPEConfig(mask="inward", coords="merged")]
 
@@ -120,9 +120,7 @@ def test_other_attention_implementations(implementation):
 @pytest.mark.parametrize("kind", KINDS)
 def test_text_only_logits_unchanged(kind, frequencies):
     model = make_model(kind)
-    ids = torch.randint(3, 50, (2, random.randint(2, 9)))
-    mask = torch.ones_like(ids)
-    mask[1, 0] = 0
+    ids, mask = text_prompt()
     with torch.no_grad():
         want = model(input_ids=ids, attention_mask=mask).logits
     want_tokens = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False)

@@ -15,7 +15,7 @@ from c2rope.circle import AGE_STRATEGIES, CircleRoPEConfig
 from c2rope.mrope import mrope_position_ids
 
 transformers = pytest.importorskip("transformers")
-from qwen_tiny import IMAGE_ID, LAYERS, MERGE, SUPPRESS, VIDEO_ID, make_model, make_prompt  # noqa: E402
+from qwen_tiny import IMAGE_ID, LAYERS, MERGE, SUPPRESS, VIDEO_ID, age_hooks, make_model, make_prompt, text_prompt  # noqa: E402
 
 KINDS = ("qwen2_5_vl", "qwen3_vl")
 
@@ -46,12 +46,7 @@ def reference_logits(model, inputs, config):
         if "mm_token_type_ids" in inputs:
             arguments["mm_token_type_ids"] = inputs["mm_token_type_ids"]
         mrope, _ = inner.get_rope_index(ids, attention_mask=mask, **arguments)
-        for layer, use_circle in zip(text.layers, plan):
-            if not use_circle:
-                def hook(module, args, kwargs):
-                    kwargs["position_embeddings"] = text.rotary_emb(args[0], mrope)
-                    return args, kwargs
-                handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+        handles = age_hooks(text, plan, mrope)
     try:
         with torch.no_grad():
             return model(**inputs, position_ids=circle).logits
@@ -100,9 +95,7 @@ def test_generate_cached_equals_uncached(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_text_only_logits_unchanged(kind):
     model = make_model(kind)
-    ids = torch.randint(3, 50, (2, random.randint(2, 9)))
-    mask = torch.ones_like(ids)
-    mask[0, 0] = 0
+    ids, mask = text_prompt()
     with torch.no_grad():
         want = model(input_ids=ids, attention_mask=mask).logits
     c2rope.patch_model(model, CircleRoPEConfig(age_strategy=random.choice(AGE_STRATEGIES)))
