@@ -154,7 +154,9 @@ def test_generate_with_and_without_cache_matches_reference(strategy, kind):
         runs[use_cache] = out
     assert torch.equal(runs[True].sequences, runs[False].sequences)
     for a, b in zip(runs[True].logits, runs[False].logits):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+        # 4.57 decodes float32 Circle positions as past + rope_deltas, which can round an
+        # ulp away from the prompt-time positions of the uncached run (~1e-7 in logits).
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     # Every step's logits equal the reference on the whole generated sequence.
     sequences = runs[True].sequences
     seq = inputs["input_ids"].shape[1]
