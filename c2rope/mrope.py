@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import numbers
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -278,6 +278,110 @@ def _mrope_grid(t_index: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return torch.stack([tt, hh, ww]).reshape(3, -1)
 
 
+class VisionSpan(NamedTuple):
+    """One image, or one frame of a video, in a Qwen-VL prompt: `h * w` consecutive
+    tokens from `start` (merged grid, raster order). `video` / `frame`: which video
+    (counted over the batch) and which of its frames; None for images."""
+
+    start: int
+    h: int
+    w: int
+    video: Optional[int] = None
+    frame: Optional[int] = None
+
+
+def qwen_vision_spans(mm_token_type_ids, image_grid_thw=None, video_grid_thw=None, attention_mask=None, *,
+                      spatial_merge_size: int = 2) -> List[List[VisionSpan]]:
+    """Where every image and every video frame of a Qwen-VL prompt lies, per batch row.
+
+    Grids are taken in order over the batch, as transformers takes them: an image row
+    (t, h, w) of `image_grid_thw` is one span of (h/m) x (w/m) tokens (t is 1 for
+    images), a video row is t frames of that size. A frame's tokens are consecutive;
+    frames may follow each other directly (Qwen2/2.5-VL) or have text between them
+    (Qwen3-VL's timestamps). Starts index the padded sequence.
+    """
+    _check_int_2d("mm_token_type_ids", mm_token_type_ids)
+    if attention_mask is not None:
+        _check_int_2d("attention_mask", attention_mask, mm_token_type_ids.shape)
+    if not isinstance(spatial_merge_size, numbers.Integral) or isinstance(spatial_merge_size, bool) \
+            or spatial_merge_size < 1:
+        raise ValueError(f"spatial_merge_size must be a positive int, got {spatial_merge_size!r}")
+    queues = {IMAGE: [], VIDEO: []}
+    for kind, name, grids in ((IMAGE, "image_grid_thw", image_grid_thw), (VIDEO, "video_grid_thw", video_grid_thw)):
+        for index, (t, h, w) in enumerate(_check_grids(name, grids) or ()):
+            if h % spatial_merge_size or w % spatial_merge_size:
+                raise ValueError(f"{name} rows must have h and w divisible by spatial_merge_size "
+                                 f"{spatial_merge_size}, got {(t, h, w)}")
+            h, w = h // spatial_merge_size, w // spatial_merge_size
+            video = index if kind == VIDEO else None
+            queues[kind].extend((h, w, video, f if video is not None else None) for f in range(t))
+    queues = {kind: list(reversed(q)) for kind, q in queues.items()}  # pop() from the front
+    types_cpu = mm_token_type_ids.detach().cpu()
+    if bool(((types_cpu < 0) | (types_cpu > 2)).any()):
+        raise ValueError("mm_token_type_ids must hold 0 (text), 1 (image) or 2 (video)")
+    valid = None if attention_mask is None else attention_mask.detach().cpu().bool()
+    rows = []
+    for b in range(types_cpu.shape[0]):
+        index = torch.arange(types_cpu.shape[1]) if valid is None else valid[b].nonzero().flatten()
+        types = types_cpu[b][index].tolist()
+        row, at = [], 0
+        for kind, run in itertools.groupby(types):
+            length = len(list(run))
+            end = at + length
+            while kind != TEXT and at < end:
+                what = "image" if kind == IMAGE else "video"
+                if not queues[kind]:
+                    raise ValueError(f"{what}_grid_thw has fewer grids than the prompt has {what} tokens for")
+                h, w, video, frame = queues[kind].pop()
+                if at + h * w > end:
+                    raise ValueError(f"a run of {what} tokens in batch row {b} is shorter than its merged grid "
+                                     f"{h}x{w} needs")
+                start = int(index[at])
+                if int(index[at + h * w - 1]) != start + h * w - 1:
+                    raise ValueError(f"the {what} at token {start} of batch row {b} has padding inside it")
+                row.append(VisionSpan(start, h, w, video, frame))
+                at += h * w
+            at = end
+        rows.append(row)
+    for kind, name in ((IMAGE, "image_grid_thw"), (VIDEO, "video_grid_thw")):
+        if queues[kind]:
+            raise ValueError(f"{name} has more grids than the prompt has tokens for ({len(queues[kind])} frames "
+                             "or images left)")
+    return rows
+
+
+def c2rope_mrope_position_ids(spans: Sequence[Sequence[VisionSpan]], seq_len: int, config, attention_mask=None,
+                              device=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """C2RoPE positions of a Qwen-VL prompt in the model's M-RoPE layout:
+    (position_ids float32 [3, B, S], rope_deltas float32 [B, 1]).
+
+    Every image and video frame in `spans` (`qwen_vision_spans`) is a C2RoPE image, so
+    a token's triplet (m, x, y) is `c2rope.build_position_ids`'s; the rows are
+    (t, h, w) = (m, y, x): m on the temporal section, the row coordinate y on the
+    height section and the column coordinate x on the width section. Text is
+    (m, m, m) as in the unpatched model (text_spatial="temporal"). rope_deltas makes
+    transformers' decoding (text index + rope_deltas on all three rows) continue at
+    the next m.
+    """
+    from .config import C2RoPEConfig
+    from .layout import VisualLayout
+    from .positions import build_position_ids, next_temporal_index
+
+    if not isinstance(config, C2RoPEConfig):
+        raise TypeError(f"config must be a c2rope.C2RoPEConfig, got {type(config).__name__}")
+    if config.text_spatial != "temporal":
+        raise ValueError(
+            "Qwen-VL decodes text at (p, p, p) on its three M-RoPE rows, so C2RoPEConfig(text_spatial="
+            f"{config.text_spatial!r}) cannot be delivered through it; use text_spatial='temporal'"
+        )
+    layout = VisualLayout.from_spans([[tuple(s[:3]) for s in row] for row in spans], seq_len,
+                                     attention_mask=attention_mask, device=device)
+    triplets = build_position_ids(layout, config)  # [B, S, 3] (m, x, y)
+    positions = triplets[..., [0, 2, 1]].permute(2, 0, 1).contiguous()
+    deltas = (next_temporal_index(layout, config) - layout.valid.sum(dim=1)).to(torch.float32).unsqueeze(1)
+    return positions, deltas
+
+
 def mrope_decode_position_ids(rope_deltas, seq_len: int, past_length: int = 0, attention_mask=None) -> torch.Tensor:
     """Positions float32 [3, B, seq_len] of `seq_len` new text tokens after `past_length`
     cached ones: text index + rope_deltas on all three axes.
@@ -303,6 +407,9 @@ def mrope_decode_position_ids(rope_deltas, seq_len: int, past_length: int = 0, a
 
 
 __all__ = [
+    "VisionSpan",
+    "c2rope_mrope_position_ids",
+    "qwen_vision_spans",
     "interleaved_mrope_axis_table",
     "mm_token_type_ids_from_input_ids",
     "mrope_axis_table",

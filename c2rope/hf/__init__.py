@@ -46,7 +46,7 @@ from ..circle import CircleRoPEConfig
 from ..config import C2RoPEConfig
 from .introspect import SUPPORTED_RANGE, transformers_line
 from .record import PatchRecord
-from .registry import check_config, default_config, get_patcher, register_patcher, supported_model_types
+from .registry import check_config, check_options, default_config, get_patcher, register_patcher, supported_model_types
 from .state import C2RoPEState
 
 __all__ = [
@@ -64,7 +64,7 @@ _RECORD_ATTR = "_c2rope_record"
 
 # Model-family modules that register patchers; per transformers line.
 _FAMILY_MODULES = {
-    "modern": ("modern", "qwen2_vl"),
+    "modern": ("modern", "qwen_vl"),
     "legacy": ("legacy",),
 }
 _loaded = False
@@ -95,6 +95,7 @@ def patch_model(
     image_token_id: Optional[int] = None,
     grid: Union[Tuple[int, int], Sequence[Tuple[int, int]], None] = None,
     verify: bool = True,
+    options: Optional[dict] = None,
 ):
     """Give `model` C2RoPE positions, the fused rotary kernel and the Chebyshev mask.
 
@@ -109,6 +110,9 @@ def patch_model(
         attention layer really rotates by c2rope's positions and receives its mask;
         RuntimeError (and the model left unpatched) if not. Skipped with a warning for
         weights on the meta device.
+    options: family-specific settings, e.g. Qwen-VL with a C2RoPEConfig:
+        {"frequencies": "model" | "c2rope"} (docs/qwen.md); TypeError for a family
+        that takes none.
     Returns the model (patched in place). Raises TypeError for unsupported models,
     ValueError if it is already patched, ImportError for an unsupported transformers.
     """
@@ -138,7 +142,9 @@ def patch_model(
     if config is None:  # the family's own default: C2RoPEConfig(), or CircleRoPEConfig()
         config = default_config(model_type)
     check_config(model_type, config)
+    check_options(model_type, options)
     state = C2RoPEState(config, image_token_id, grid, model_type)
+    state.options = dict(options or {})
     record = PatchRecord(base, model_type)
     try:
         patcher(base, record, state)

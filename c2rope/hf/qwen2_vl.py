@@ -22,7 +22,6 @@ model's own.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from typing import Callable, Optional
 
 import torch
@@ -32,8 +31,8 @@ from ..circle import CircleRoPEConfig
 from ..mrope import mm_token_type_ids_from_input_ids, mrope_position_ids
 from . import context
 from .introspect import parameter_names
+from .qwen_c2rope import call_arguments, find_parts, release_deltas
 from .record import PatchRecord
-from .registry import register_patcher
 
 MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 _ALT_ATTR = "_c2rope_mrope_cos_sin"  # set on the Circle cos tensor: the M-RoPE (cos, sin)
@@ -61,55 +60,40 @@ class _CircleState:
         return not all(self.plan)
 
 
-def _find_parts(model: nn.Module):
-    """(inner Qwen2VLModel, text model) of a *ForConditionalGeneration or *Model."""
-    inner = model.model if hasattr(model, "model") and hasattr(model.model, "get_rope_index") else model
-    text = getattr(inner, "language_model", None)
-    if not hasattr(inner, "get_rope_index") or text is None or not hasattr(text, "layers"):
-        raise TypeError(
-            f"{type(model).__name__} does not look like a transformers 5.x Qwen2-VL / Qwen2.5-VL model "
-            "(expected .model.get_rope_index and .model.language_model.layers)"
-        )
-    if "mm_token_type_ids" not in inspect.signature(inner.get_rope_index).parameters:
-        # Older releases (4.57, 5.0) recompute decode positions in ways this patch does not
-        # follow: cached generate() diverged from the reference there. Refuse, don't guess.
-        import transformers
-
-        raise TypeError(
-            f"c2rope: Circle-RoPE on {type(model).__name__} needs a transformers whose Qwen2-VL "
-            "get_rope_index takes mm_token_type_ids (tested: 5.23, 5.24); found transformers "
-            f"{transformers.__version__}. `python -m c2rope check MODEL` tells for a given release."
-        )
-    return inner, text
-
-
 def _get_rope_index(original: Callable, inner: nn.Module, state: _CircleState, *args, **kwargs):
-    # Arguments by name whatever the release passes positionally (4.57: input_ids,
-    # image_grid_thw, video_grid_thw, ...; 5.x adds mm_token_type_ids).
-    named = inspect.signature(original).bind(*args, **kwargs).arguments
-    named.update(named.pop("kwargs", {}))
-    input_ids = named.get("input_ids")
-    attention_mask = named.get("attention_mask")
-    second_per_grid_ts = named.get("second_per_grid_ts")
+    arguments = call_arguments(original, args, kwargs)
+    input_ids, mm_token_type_ids = arguments.get("input_ids"), arguments.get("mm_token_type_ids")
+    image_grid_thw, video_grid_thw = arguments.get("image_grid_thw"), arguments.get("video_grid_thw")
+    attention_mask, second_per_grid_ts = arguments.get("attention_mask"), arguments.get("second_per_grid_ts")
     config = inner.config
+    frames_grid_thw = video_grid_thw
+    if video_grid_thw is not None and config.model_type == "qwen3_vl":
+        # Qwen3-VL puts timestamp text between frames: each frame is its own grid.
+        frames_grid_thw = torch.repeat_interleave(video_grid_thw, video_grid_thw[:, 0], dim=0)
+        frames_grid_thw[:, 0] = 1
     vision = config.vision_config
     tokens_per_second = getattr(vision, "tokens_per_second", None)
     mask = attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 else None
-    mm_token_type_ids = named.get("mm_token_type_ids")
     if mm_token_type_ids is None:
         mm_token_type_ids = mm_token_type_ids_from_input_ids(
             input_ids, config.image_token_id, getattr(config, "video_token_id", None)
         )
     positions, deltas = mrope_position_ids(
-        input_ids, named.get("image_grid_thw"), named.get("video_grid_thw"), mask,
+        input_ids, image_grid_thw, frames_grid_thw, mask,
         mm_token_type_ids=mm_token_type_ids, spatial_merge_size=vision.spatial_merge_size,
         second_per_grid_ts=second_per_grid_ts if tokens_per_second is not None else None,
         tokens_per_second=tokens_per_second,
         circle=state.config,
     )
+    deltas = release_deltas(original, deltas, mask)
     if state.needs_mrope:
         # The model's own M-RoPE positions for the layers AGE leaves on M-RoPE.
-        mrope, mrope_deltas = original(*args, **kwargs)
+        extra = {} if second_per_grid_ts is None else {"second_per_grid_ts": second_per_grid_ts}
+        if "mm_token_type_ids" in parameter_names(original):
+            extra["mm_token_type_ids"] = mm_token_type_ids
+        mrope, mrope_deltas = original(
+            input_ids, image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw, attention_mask=mask, **extra,
+        )
         state.prompt = _Prompt(positions, mrope.to(torch.float32), deltas, mrope_deltas.to(torch.float32))
     return positions, deltas
 
@@ -214,7 +198,7 @@ def apply_circle_patch(model: nn.Module, record: PatchRecord, config: CircleRoPE
             "Qwen2-VL / Qwen2.5-VL are patched with a c2rope.CircleRoPEConfig (Circle-RoPE on their "
             f"M-RoPE), got {type(config).__name__}"
         )
-    inner, text = _find_parts(model)
+    inner, text = find_parts(model)
     state = _CircleState(config, inner, len(text.layers))
     record.wrap_forward(inner, _get_rope_index, inner, state, attribute="get_rope_index")
     # Deltas left from earlier unpatched calls would shift our decode positions.
@@ -229,12 +213,6 @@ def apply_circle_patch(model: nn.Module, record: PatchRecord, config: CircleRoPE
                 record.wrap_forward(layer, _mrope_layer_forward, slot)
     record.set_attr(inner, "_c2rope_circle_state", state)
     return state
-
-
-@register_patcher(*MODEL_TYPES, config_types=(CircleRoPEConfig,))
-def _patch_qwen2_vl(model, record, state):
-    """The registry's entry: patch_model(model, CircleRoPEConfig(...))."""
-    apply_circle_patch(model, record, state.config)
 
 
 def patch_qwen2_vl(model: nn.Module, config: Optional[CircleRoPEConfig] = None) -> nn.Module:

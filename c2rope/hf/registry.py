@@ -26,13 +26,17 @@ _PATCHERS: Dict[str, Callable] = {}
 # The config classes each model type's patcher accepts (C2RoPEConfig unless registered
 # otherwise: Qwen2-VL takes a CircleRoPEConfig).
 _CONFIG_TYPES: Dict[str, Tuple[type, ...]] = {}
+# Whether a model type's patcher reads `patch_model(..., options=)` (state.options).
+_TAKES_OPTIONS: Dict[str, bool] = {}
 
 
 def register_patcher(
-    *model_types: str, replace: bool = False, config_types: Tuple[type, ...] = (C2RoPEConfig,)
+    *model_types: str, replace: bool = False, config_types: Tuple[type, ...] = (C2RoPEConfig,),
+    takes_options: bool = False,
 ) -> Callable[[Callable], Callable]:
     """Decorator: register `patcher` for each of `model_types` (config.model_type), for
-    configs that are instances of `config_types`."""
+    configs that are instances of `config_types`. `takes_options`: the patcher reads
+    and checks `state.options` (the dict given to `patch_model(..., options=)`)."""
     if not model_types or not all(isinstance(t, str) and t for t in model_types):
         raise ValueError("register_patcher needs one or more non-empty model_type strings")
     if not config_types or not all(isinstance(t, type) for t in config_types):
@@ -47,6 +51,7 @@ def register_patcher(
         for model_type in model_types:
             _PATCHERS[model_type] = patcher
             _CONFIG_TYPES[model_type] = tuple(config_types)
+            _TAKES_OPTIONS[model_type] = bool(takes_options)
         return patcher
 
     return decorator
@@ -74,6 +79,16 @@ def check_config(model_type: str, config) -> None:
     if not isinstance(config, accepted):
         names = " or ".join(f"c2rope.{t.__name__}" for t in accepted)
         raise TypeError(f"model_type {model_type!r} is patched with a {names}, got {type(config).__name__}")
+
+
+def check_options(model_type: str, options) -> None:
+    """TypeError unless `options` is None, or a dict for a patcher that reads options."""
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        raise TypeError(f"options must be a dict or None, got {type(options).__name__}")
+    if options and not _TAKES_OPTIONS.get(model_type, False):
+        raise TypeError(f"model_type {model_type!r} takes no options, got {sorted(options)}")
 
 
 def supported_model_types():

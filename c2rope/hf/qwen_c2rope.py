@@ -1,0 +1,282 @@
+"""C2RoPE for the Qwen-VL family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL), images and video.
+
+    c2rope.patch_model(model, c2rope.C2RoPEConfig())
+    c2rope.patch_model(model, c2rope.C2RoPEConfig(), options={"frequencies": "c2rope"})
+
+Every image, and every frame of a video, is a C2RoPE image: its merged grid
+(image_grid_thw / video_grid_thw after spatial_merge_size) gives its tokens triplets
+(m, x, y) and the Chebyshev mask inside it; frames of one video attend to each other
+causally (a frame is an image that follows the previous one). Text, Qwen3-VL's
+timestamp tokens included, is (m, m, m): exactly the unpatched model's positions.
+
+What changes, on this model instance only (undone exactly by unpatching):
+- `get_rope_index` of the inner Qwen*VLModel returns the triplets as its three M-RoPE
+  rows (t, h, w) = (m, y, x), with rope_deltas that make transformers' own decoding
+  continue at the next m. transformers calls it from forward and from generate(), so
+  its own machinery carries the positions through prefill and decoding, with or
+  without the KV cache. Prompts without vision tokens get the original's result.
+- The inner model's forward notes where the current chunk's images and frames are
+  (from its input_ids and grids; a thread-local call frame, `context.py`), and the text
+  model's forward hands its layers the Chebyshev mask for that chunk (eager / sdpa: a
+  4-D mask, flex_attention: a BlockMask). Chunks without vision tokens (text prompts,
+  KV-cache decoding steps) keep the model's own mask.
+- options={"frequencies": "model"} (default) rotates by the model's own M-RoPE sections,
+  the split the checkpoint was trained with: m on the temporal section, y on height,
+  x on width. "c2rope" rotates by the config's split instead (`C2RoPEConfig.axis_table`:
+  d_temporal slots for m, then x/y interleaved or blocked), replacing the text model's
+  rotary output; text positions (p, p, p) give plain RoPE under either split.
+"""
+from __future__ import annotations
+
+import inspect
+import threading
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from ..config import AXIS_M, AXIS_X, AXIS_Y, C2RoPEConfig
+from ..mrope import IMAGE, VIDEO, c2rope_mrope_position_ids, mm_token_type_ids_from_input_ids, mrope_cos_sin
+from ..mrope import qwen_vision_spans
+from . import context
+from .introspect import cache_argument, parameter_names, past_length
+from .masks import decoder_mask
+from .pipeline import to_kwargs
+from .record import PatchRecord
+from .state import C2RoPEState, CallPlan
+
+FREQUENCIES = ("model", "c2rope")
+OPTIONS = ("frequencies",)
+# Row of the [3, B, S] (t, h, w) positions each C2RoPE axis is delivered on.
+_ROW_OF_AXIS = {AXIS_M: 0, AXIS_Y: 1, AXIS_X: 2}
+
+
+def find_parts(model: nn.Module):
+    """(inner Qwen*VLModel, text model) of a *ForConditionalGeneration or *Model."""
+    inner = model.model if hasattr(model, "model") and hasattr(model.model, "get_rope_index") else model
+    text = getattr(inner, "language_model", None)
+    if not hasattr(inner, "get_rope_index") or text is None or not hasattr(text, "layers") \
+            or not isinstance(getattr(text, "rotary_emb", None), nn.Module):
+        raise TypeError(
+            f"{type(model).__name__} does not look like a transformers Qwen2-VL / Qwen2.5-VL / Qwen3-VL model "
+            "(expected .model.get_rope_index and .model.language_model with layers and rotary_emb)"
+        )
+    return inner, text
+
+
+def check_options(options) -> dict:
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise TypeError(f"options: unknown key(s) {unknown} for Qwen-VL with a C2RoPEConfig; accepted: {list(OPTIONS)}")
+    frequencies = options.setdefault("frequencies", "model")
+    if frequencies not in FREQUENCIES:
+        raise ValueError(f"options['frequencies'] must be one of {FREQUENCIES}, got {frequencies!r}")
+    return options
+
+
+class QwenC2RoPE:
+    """What the patched Qwen model needs between calls."""
+
+    def __init__(self, state: C2RoPEState, inner: nn.Module, text: nn.Module, frequencies: str):
+        self.state = state
+        self.inner = inner
+        self.text = text
+        self.frequencies = frequencies
+        vision = inner.config.vision_config
+        self.merge = int(vision.spatial_merge_size)
+        self.image_token_id = inner.config.image_token_id
+        self.video_token_id = getattr(inner.config, "video_token_id", None)
+        self._local = threading.local()  # the last prompt's spans, per thread
+
+    def vision_types(self, input_ids, mm_token_type_ids) -> Optional[torch.Tensor]:
+        """0 / 1 / 2 (text / image / video) per token: from the ids when given (what
+        the tokens really are), else the processor's mm_token_type_ids."""
+        if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2:
+            return mm_token_type_ids_from_input_ids(input_ids, self.image_token_id, self.video_token_id)
+        if isinstance(mm_token_type_ids, torch.Tensor) and mm_token_type_ids.dim() == 2:
+            return mm_token_type_ids
+        return None
+
+    def spans(self, types, arguments):
+        """Where the images and frames of `types` lie (`qwen_vision_spans`; None: no
+        grids to place them by), and the padding mask used. Without grids in the arguments (transformers 5.24's generate()
+        encodes the images first and calls forward without them), the spans recorded by
+        the get_rope_index call of the same prompt are reused."""
+        mask = _padding_mask(arguments.get("attention_mask"))
+        if mask is not None and mask.shape != types.shape:
+            mask = None  # a mask over cache + chunk: the chunk's images lie on its valid tokens anyway
+        images, videos = arguments.get("image_grid_thw"), arguments.get("video_grid_thw")
+        if images is None and videos is None:
+            # Placeholder ids with no grid anywhere (e.g. generated by a text prompt) are
+            # embedded as text by the model, so they are text here too.
+            return self._recall(types, arguments.get("position_ids")), mask
+        spans = qwen_vision_spans(types, images, videos, mask, spatial_merge_size=self.merge)
+        return spans, mask
+
+    def remember(self, types, spans, positions) -> None:
+        self._local.last = (types.detach().cpu(), spans, positions.detach().cpu())
+
+    def _recall(self, types, position_ids):
+        """Spans of the last prompt get_rope_index placed, if `types` begins with that
+        prompt (rows possibly repeated for beams / samples; what follows was generated:
+        text to the model, whatever its ids), and the
+        given position_ids begin with the positions it returned."""
+        last = getattr(self._local, "last", None)
+        if last is None or not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 3:
+            return None
+        known, spans, positions = last
+        types = types.detach().cpu()
+        batch, seq = types.shape
+        if known.shape[0] == 0 or batch % known.shape[0] or seq < known.shape[1]:
+            return None
+        repeat = batch // known.shape[0]
+        if not torch.equal(types[:, :known.shape[1]], known.repeat_interleave(repeat, dim=0)):
+            return None
+        given = position_ids[-3:, :, :known.shape[1]].detach().cpu().to(positions.dtype)
+        if given.shape[1:] != (batch, known.shape[1]) or not torch.equal(
+                given, positions.repeat_interleave(repeat, dim=1)):
+            return None
+        return [row for row in spans for _ in range(repeat)]
+
+
+def _padding_mask(attention_mask) -> Optional[torch.Tensor]:
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+        return attention_mask
+    return None
+
+
+def call_arguments(original: Callable, args, kwargs) -> dict:
+    """The call's arguments by name, as `original` would bind them."""
+    bound = inspect.signature(original).bind_partial(*args, **kwargs).arguments
+    extra = {}
+    for name, parameter in inspect.signature(original).parameters.items():
+        if parameter.kind is parameter.VAR_KEYWORD and name in bound:
+            extra = bound.pop(name)
+    return {**extra, **bound}
+
+
+def release_deltas(get_rope_index: Callable, deltas: torch.Tensor, mask) -> torch.Tensor:
+    """rope_deltas (counted from the valid tokens, as c2rope.mrope builds them) in the
+    convention of the release's decoding: releases whose get_rope_index takes no
+    mm_token_type_ids (4.57 - 5.0) decode at the past length, padding included, plus
+    rope_deltas; later ones at the count of valid tokens plus rope_deltas."""
+    if mask is None or "mm_token_type_ids" in inspect.signature(get_rope_index).parameters:
+        return deltas
+    return deltas + mask.sum(dim=1, keepdim=True).to(deltas) - mask.shape[1]
+
+
+def _has_vision(types) -> bool:
+    return types is not None and bool(((types == IMAGE) | (types == VIDEO)).any())
+
+
+def _get_rope_index(original: Callable, qwen: QwenC2RoPE, *args, **kwargs):
+    arguments = call_arguments(original, args, kwargs)
+    ids = arguments.get("input_ids")
+    types = qwen.vision_types(ids, arguments.get("mm_token_type_ids"))
+    if not _has_vision(types):
+        return original(*args, **kwargs)
+    spans, mask = qwen.spans(types, arguments)
+    if spans is None:
+        return original(*args, **kwargs)
+    positions, deltas = c2rope_mrope_position_ids(spans, types.shape[1], qwen.state.config, mask,
+                                                  device=types.device)
+    qwen.remember(types, spans, positions)
+    return positions, release_deltas(original, deltas, mask)
+
+
+def _inner_forward(original: Callable, qwen: QwenC2RoPE, *args, **kwargs):
+    """Note the chunk's images and frames for the text model (a call frame)."""
+    from ..layout import VisualLayout
+
+    arguments = call_arguments(original, args, kwargs)
+    types = qwen.vision_types(arguments.get("input_ids"), arguments.get("mm_token_type_ids"))
+    layout = spans = None
+    if _has_vision(types) and qwen.state.config.mask != "causal":
+        spans, _ = qwen.spans(types, arguments)
+    if spans is not None:
+        layout = VisualLayout.from_spans([[tuple(s[:3]) for s in row] for row in spans], types.shape[1],
+                                         device=types.device)
+    with context.call_frame(qwen.state, visual_layout=layout):
+        return original(*args, **kwargs)
+
+
+def _text_forward(original: Callable, qwen: QwenC2RoPE, names, cache_name, *args, **kwargs):
+    frame = context.current(qwen.state)
+    if frame is None or frame.visual_layout is None:
+        return original(*args, **kwargs)
+    bound = to_kwargs(names, args, kwargs)
+    embeds = bound.get("inputs_embeds")
+    reference = embeds if embeds is not None else bound.get("input_ids")
+    chunk = frame.visual_layout
+    frame.visual_layout = None  # one text-model call per chunk
+    if reference is None or reference.shape[1] != chunk.seq_len:
+        raise ValueError(
+            f"c2rope: the text model got {None if reference is None else reference.shape[1]} tokens but the "
+            f"input_ids that located the images had {chunk.seq_len}"
+        )
+    attention_mask = bound.get("attention_mask")
+    if attention_mask is not None and _padding_mask(attention_mask) is None:
+        raise ValueError(
+            "c2rope: with images in the input the patched Qwen-VL model needs the 2-D padding attention_mask "
+            "[batch, past + new tokens] (or None), not a prepared mask"
+        )
+    cache = bound.get(cache_name) if cache_name else None
+    q_len = chunk.seq_len
+    past = past_length(cache)
+    spans = tuple(tuple((start + past, h, w) for start, h, w in row) for row in chunk.spans)
+    plan = CallPlan(spans=spans, total_len=past + q_len)
+    plan.layout = C2RoPEState._layout(spans, past + q_len, attention_mask, reference.device)
+    dtype = embeds.dtype if embeds is not None else qwen.text.get_input_embeddings().weight.dtype
+    bound["attention_mask"] = decoder_mask(qwen.state, plan, qwen.text.config, cache, q_len, dtype,
+                                           reference.device)
+    return original(**bound)
+
+
+class C2RoPEAxisTable:
+    """The text rotary's output for `frequencies="c2rope"`: cos/sin of the (t, h, w)
+    rows by the config's axis table, in the layout the model's attention expects
+    ([B, S, d], or [3, B, S, d] where the release splits sections in attention)."""
+
+    def __init__(self, rotary: nn.Module, config: C2RoPEConfig):
+        dim = 2 * rotary.inv_freq.shape[-1]
+        self.rows = [_ROW_OF_AXIS[axis] for axis in config.axis_table(dim)]
+        probe = torch.zeros(1, 1, 1, dtype=torch.long, device=rotary.inv_freq.device).expand(3, 1, 1)
+        with torch.no_grad():
+            cos, _ = rotary(torch.zeros(1, dtype=torch.float32, device=rotary.inv_freq.device), probe)
+        self.per_row = cos.dim() == 4
+
+    def __call__(self, original: Callable, rotary: nn.Module, x, position_ids, *args, **kwargs):
+        if position_ids.dim() == 3 and position_ids.shape[0] == 4:
+            position_ids = position_ids[1:]
+        axis = torch.tensor(self.rows, dtype=torch.int32, device=x.device)
+        cos, sin = mrope_cos_sin(position_ids, rotary.inv_freq.to(x.device), axis,
+                                 float(getattr(rotary, "attention_scaling", 1.0)), x.dtype)
+        if self.per_row:
+            cos, sin = cos.unsqueeze(0).expand(3, -1, -1, -1), sin.unsqueeze(0).expand(3, -1, -1, -1)
+        return cos, sin
+
+
+def apply_c2rope_patch(model: nn.Module, record: PatchRecord, state: C2RoPEState, options=None) -> QwenC2RoPE:
+    """Make every change through `record` (so it can be undone)."""
+    options = check_options(options)
+    if state.config.text_spatial != "temporal":
+        raise ValueError(
+            "Qwen-VL decodes text at (p, p, p) on its three M-RoPE rows, so C2RoPEConfig(text_spatial="
+            f"{state.config.text_spatial!r}) cannot be delivered through it; use text_spatial='temporal'"
+        )
+    inner, text = find_parts(model)
+    qwen = QwenC2RoPE(state, inner, text, options["frequencies"])
+    if options["frequencies"] == "c2rope":
+        state.config.split(2 * text.rotary_emb.inv_freq.shape[-1])  # ValueError early for a bad split
+    record.wrap_forward(inner, _get_rope_index, qwen, attribute="get_rope_index")
+    # Deltas left from earlier unpatched calls would shift our decode positions.
+    record.set_attr(inner, "rope_deltas", None)
+    record.wrap_forward(inner, _inner_forward, qwen)
+    record.wrap_forward(text, _text_forward, qwen, parameter_names(text.forward), cache_argument(text.forward))
+    if options["frequencies"] == "c2rope":
+        record.wrap_forward(text.rotary_emb, C2RoPEAxisTable(text.rotary_emb, state.config), text.rotary_emb)
+    return qwen
+
+
+__all__ = ["FREQUENCIES", "apply_c2rope_patch", "find_parts"]
