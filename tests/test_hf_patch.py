@@ -57,6 +57,12 @@ def test_images_match_reference(family, implementation, request):
         # second call on the same input; docs/hf.md "Caveats"). Warm it up unpatched.
         _logits(model, ids, mask)
     c2rope.patch_model(model, config, image_token_id=IMG, grid=GRIDS)
+    if implementation == "flex_attention" and not torch.cuda.is_available():
+        # Images on CPU flex are refused: torch's compiled CPU flex kernel returned NaN rows
+        # with this BlockMask for 2 of 3 random inputs (docs/hf.md). GPUs run the comparison.
+        with pytest.raises(ValueError, match="flex_attention with images is not supported on CPU"):
+            _logits(model, ids, mask)
+        return
     assert_close_valid(_logits(model, ids, mask), expected, mask)
 
 

@@ -90,6 +90,15 @@ def decoder_mask(state: C2RoPEState, plan: CallPlan, config, cache, q_len: int, 
     models that mix full and sliding-window layers (as transformers itself passes)."""
     implementation = config._attn_implementation
     state.check_implementation(implementation)
+    if implementation == "flex_attention" and torch.device(device).type == "cpu":
+        # Measured (torch 2.13 CPU, transformers 5.24): the compiled flex_attention kernel
+        # returned NaN rows for 2 of 3 random inputs with this mask, where the dense mask and
+        # uncompiled flex agree with the reference. Refuse rather than return garbage.
+        raise ValueError(
+            "c2rope: flex_attention with images is not supported on CPU (torch's compiled CPU "
+            "flex_attention returned NaN for c2rope's BlockMask on some inputs); use "
+            "attn_implementation='sdpa' or 'eager' on CPU, flex_attention on GPUs"
+        )
     kv_len, kv_offset = mask_sizes(cache, plan.total_len - q_len, q_len, device)
     if kv_offset:
         raise NotImplementedError("c2rope: sliding-window KV caches (kv_offset > 0) are not supported with images")
