@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 import re
 import types
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 
@@ -154,7 +154,3 @@ def _filled(cell) -> bool:
     except ValueError:
         return False
     return True
-
-
-def globals_of(method: Callable) -> Dict[str, Any]:
-    return real_function(method).__globals__
