@@ -2,6 +2,7 @@
 position scheme, on one process or many (DDP or FSDP2), with checkpoints and resume.
 
     python examples/finetune_spatial.py --scheme c2rope            # 800 steps, ~30 s on a free CPU core
+    python examples/finetune_spatial.py --scheme c2rope --packed   # one padding-free row per batch
     torchrun --nproc_per_node 2 examples/finetune_spatial.py --scheme c2rope --strategy fsdp \\
         --ckpt-dir /tmp/ck --save-every 200                    # add --resume to continue
 
@@ -96,21 +97,33 @@ class SpatialVLM(nn.Module):
         self.img_id = img_id
         self.multi_axis: Optional[MultiAxisRotary] = None  # set for mrope / circle
 
-    def forward(self, input_ids, features, visual_layout=None, mrope_positions=None):
+    def forward(self, input_ids, features, visual_layout=None, mrope_positions=None, packed=False):
+        """Answer logits [B, vocab] (from each sample's last token). With `packed`, the B
+        samples run as ONE row back to back, position_ids restarting at 0 for each
+        (DataCollatorWithFlattening's layout): the result must equal the batched run."""
         embeds = self.lm.get_input_embeddings()(input_ids)
         image = (input_ids == self.img_id).unsqueeze(-1)
         projected = self.projector(features).to(embeds.dtype)
         # Every row holds exactly H*W image tokens in raster order: one scatter suffices.
         embeds = embeds.masked_scatter(image, projected)
         kwargs = {} if visual_layout is None else {"visual_layout": visual_layout}
+        rows, length = input_ids.shape
+        if packed:
+            embeds = embeds.reshape(1, rows * length, embeds.shape[-1])
+            kwargs["position_ids"] = torch.arange(length, device=embeds.device).repeat(rows).unsqueeze(0)
+            kwargs["logits_to_keep"] = torch.arange(1, rows + 1, device=embeds.device) * length - 1
+        else:
+            kwargs["logits_to_keep"] = 1
         if self.multi_axis is not None:
             self.multi_axis.pending = mrope_positions
         try:
-            out = self.lm(inputs_embeds=embeds, logits_to_keep=1, use_cache=False, **kwargs)
+            # No attention_mask and no cache: that is how transformers (and c2rope) recognise
+            # packed rows from restarting position_ids and keep the samples apart.
+            out = self.lm(inputs_embeds=embeds, use_cache=False, **kwargs)
         finally:
             if self.multi_axis is not None:
                 self.multi_axis.pending = None
-        return out.logits[:, -1].float()
+        return (out.logits[0] if packed else out.logits[:, -1]).float()
 
 
 def build_model(args, task: SpatialTask) -> SpatialVLM:
@@ -177,13 +190,20 @@ def apply_scheme(model: SpatialVLM, scheme: str) -> None:
     decoder.rotary_emb = model.multi_axis
 
 
-def position_inputs(batch: Batch, task: SpatialTask, scheme: str) -> Dict[str, object]:
-    """The per-batch extra forward arguments a scheme needs."""
+def position_inputs(batch: Batch, task: SpatialTask, scheme: str, packed: bool = False) -> Dict[str, object]:
+    """The per-batch extra forward arguments a scheme needs (for one packed row of all
+    samples when `packed`)."""
     h, w = task.grid
+    rows, length = batch.input_ids.shape
+    extra: Dict[str, object] = {"packed": True} if packed else {}
     if scheme.startswith("c2rope"):
-        spans = [[(int(s), h, w)] for s in batch.image_start.tolist()]
-        layout = c2rope.VisualLayout.from_spans(spans, batch.input_ids.shape[1], device=batch.input_ids.device)
-        return {"visual_layout": layout}
+        if packed:  # every image span, offset to where its sample sits in the packed row
+            spans = [[(b * length + int(s), h, w) for b, s in enumerate(batch.image_start.tolist())]]
+            layout = c2rope.VisualLayout.from_spans(spans, rows * length, device=batch.input_ids.device)
+        else:
+            spans = [[(int(s), h, w)] for s in batch.image_start.tolist()]
+            layout = c2rope.VisualLayout.from_spans(spans, length, device=batch.input_ids.device)
+        return {"visual_layout": layout, **extra}
     if scheme in ("mrope", "circle"):
         types = (batch.input_ids == task.img_id).long()
         positions, _ = mrope_position_ids(
@@ -192,8 +212,10 @@ def position_inputs(batch: Batch, task: SpatialTask, scheme: str) -> Dict[str, o
             spatial_merge_size=1,
             circle=CircleRoPEConfig() if scheme == "circle" else None,
         )
-        return {"mrope_positions": positions}
-    return {}
+        if packed:  # [3, B, S] -> [3, 1, B*S]: each sample keeps the positions it has alone
+            positions = positions.reshape(3, 1, rows * length)
+        return {"mrope_positions": positions, **extra}
+    return extra
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -351,7 +373,7 @@ def evaluate(model, task: SpatialTask, args, env: Dist, eval_set: Batch) -> Dict
         end = min(per_rank, begin + args.eval_batch)
         chunk = Batch(*(getattr(mine, f)[begin:end] for f in Batch.__dataclass_fields__)).to(env.device)
         with autocast(args, env):
-            logits = model(chunk.input_ids, chunk.features, **position_inputs(chunk, task, args.scheme))
+            logits = model(chunk.input_ids, chunk.features, **position_inputs(chunk, task, args.scheme, args.packed))
         hit = (logits.argmax(-1) == chunk.answer).double().cpu()
         rel = chunk.relation.cpu()
         correct.index_add_(0, rel, hit)
@@ -402,6 +424,9 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue from --ckpt-dir/latest if present")
     p.add_argument("--resume-from", default=None, help="a step_N checkpoint directory to continue from")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPUs)")
+    p.add_argument("--packed", action="store_true",
+                   help="run each batch as one padding-free row (samples back to back, position_ids "
+                        "restarting per sample); gives the batched run's losses")
     args = p.parse_args(argv)
     args.grid = tuple(args.grid)
     for name in ("steps", "batch_size", "eval_size", "eval_batch", "eval_every", "log_every"):
@@ -448,7 +473,7 @@ def train(args, env: Dist) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args)
         with autocast(args, env):
-            logits = model(batch.input_ids, batch.features, **position_inputs(batch, task, args.scheme))
+            logits = model(batch.input_ids, batch.features, **position_inputs(batch, task, args.scheme, args.packed))
         loss = F.cross_entropy(logits.float(), batch.answer)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
