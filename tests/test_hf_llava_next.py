@@ -249,3 +249,17 @@ def test_unpatch_restores(kind):
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     after = {name: vars(m).get("forward") for name, m in model.named_modules()}
     assert after.keys() == before.keys() and all(after[n] is before[n] for n in before)
+
+
+@pytest.mark.parametrize("kind", ["next", "onevision"])
+def test_check_command_builds_anyres_inputs(kind, tmp_path, capsys):
+    from c2rope.hf.check import main as check_main
+
+    config = tiny_model(kind).config
+    config.architectures = [{"next": "LlavaNextForConditionalGeneration",
+                             "onevision": "LlavaOnevisionForConditionalGeneration"}[kind]]
+    config.to_json_file(str(tmp_path / "config.json"))
+    code = check_main(str(tmp_path))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.count("PASS") == 3 and "FAIL" not in out and out.strip().endswith("supported")

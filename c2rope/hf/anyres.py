@@ -98,14 +98,19 @@ class AnyresGeometry:
         base = (self.side, self.side)
         if not tiled:
             return ImageTokens((base,), self.newline)
-        rows, cols = self._grid_shape([height, width], self.pinpoints, self.tile)
-        stitched = torch.empty(0, int(rows) * self.side, int(cols) * self.side)
+        rows, cols = self.tile_grid(height, width)
+        stitched = torch.empty(0, rows * self.side, cols * self.side)
         high_h, high_w = (int(v) for v in self._unpad(stitched, [height, width]).shape[1:])
         if self.max_tiles is not None:
             ratio = math.sqrt(high_h * high_w / (self.max_tiles * self.side ** 2))
             if ratio > _SHRINK_THRESHOLD:
                 high_h, high_w = int(high_h // ratio), int(high_w // ratio)
         return ImageTokens((base, (high_h, high_w + self.newline)))
+
+    def tile_grid(self, height: int, width: int) -> Grid:
+        """(rows, columns) of tiles transformers cuts the image into (its best pinpoint)."""
+        rows, cols = self._grid_shape([height, width], self.pinpoints, self.tile)
+        return int(rows), int(cols)
 
     def video(self, frames: int) -> ImageTokens:
         """OneVision: every frame pooled 2x2 (rounded up), one newline after the last."""

@@ -14,6 +14,8 @@ from __future__ import annotations
 import weakref
 from typing import Optional
 
+import torch
+
 from . import context
 from .anyres import AnyresGeometry, Spans, merge_rows, placeholder_spans
 from .introspect import parameter_names
@@ -117,3 +119,18 @@ def _patch_anyres(model, record, state):
     names = parameter_names(model.forward)
     record.wrap_forward(model, anyres_forward, state, geometry, names, state.image_token_id, video_token_id)
     patch_decoder(model, record, state)  # its top-level wrapper opens the frame around ours
+
+
+def check_image(model, generator: torch.Generator):
+    """`python -m c2rope check`: one image shaped like the smallest grid pinpoint with 30%
+    of its height cut (so the high-res part is unpadded). Returns (placeholder tokens,
+    {"pixel_values", "image_sizes"})."""
+    geometry = AnyresGeometry(model)
+    height, width = min(geometry.pinpoints, key=lambda p: p[0] * p[1])
+    height = max(1, round(height * 0.7))
+    rows, cols = geometry.tile_grid(height, width)
+    tiles = 1 + rows * cols  # the base view, then the tiles
+    channels = getattr(model.config.vision_config, "num_channels", 3)
+    pixels = torch.randn(1, tiles, channels, geometry.tile, geometry.tile, generator=generator)
+    return geometry.image(height, width).num_tokens, {"pixel_values": pixels,
+                                                      "image_sizes": torch.tensor([[height, width]])}
