@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from test_hf_common import (  # noqa: F401  (skips under transformers < 4.57)
-    IMG, VOCAB, assert_close_valid, batch_with_images, reference_logits, text_config, transformers,
+    IMG, VOCAB, assert_close_valid, assert_text_only_unchanged, batch_with_images, reference_logits, text_config,
+    transformers,
 )
 
 import c2rope
@@ -134,13 +135,7 @@ def test_matches_reference(kind, name, implementation):
 
 @pytest.mark.parametrize("kind", ["next", "onevision"])
 def test_text_only_matches_unpatched(kind):
-    model = tiny_model(kind)
-    ids, mask, _ = batch_with_images(2, 24, [], left_pad=(5, 0))
-    with torch.no_grad():
-        expected = model(input_ids=ids, attention_mask=mask).logits
-        c2rope.patch_model(model, c2rope.C2RoPEConfig())
-        got = model(input_ids=ids, attention_mask=mask).logits
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert_text_only_unchanged(tiny_model(kind), left_pad=(5, 0))
 
 
 @pytest.mark.parametrize("name", ["seed_defaults", "paper_code"])
@@ -160,6 +155,21 @@ def test_generate_cached_equals_uncached(kind, name):
                            image_sizes=kwargs["image_sizes"][1:], max_new_tokens=5, do_sample=False, pad_token_id=0,
                            suppress_tokens=[IMG, VIDEO])
     torch.testing.assert_close(cached[1:, -5:], alone[:, -5:], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["next", "onevision"])
+def test_beam_search_with_images(kind):
+    """generate() repeats every row (and, from 5.24, the encoded image features) per beam:
+    each copy must keep its image's grids."""
+    model = tiny_model(kind)
+    c2rope.patch_model(model, c2rope.C2RoPEConfig())
+    sizes = list(_grids(kind))
+    ids, mask, _, kwargs = prompt(kind, [[(3, sizes[0])], [(2, sizes[1])]], 50, left_pad=(0, 4))
+    common = dict(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0,
+                  suppress_tokens=[IMG, VIDEO], num_beams=2, num_return_sequences=2, **kwargs)
+    cached = model.generate(**common)
+    assert cached.shape[0] == 4
+    torch.testing.assert_close(cached, model.generate(**common, use_cache=False), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("kind", ["next", "onevision"])
