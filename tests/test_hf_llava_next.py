@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from test_hf_common import (  # noqa: F401  (skips under transformers < 4.57)
-    IMG, VOCAB, assert_close_valid, assert_text_only_unchanged, batch_with_images, reference_logits, text_config,
-    transformers,
+    IMG, VOCAB, assert_close_valid, assert_text_only_unchanged, batch_with_images, cache_kwargs, cache_of,
+    reference_logits, text_config, transformers,
 )
 
 import c2rope
@@ -155,6 +155,22 @@ def test_generate_cached_equals_uncached(kind, name):
                            image_sizes=kwargs["image_sizes"][1:], max_new_tokens=5, do_sample=False, pad_token_id=0,
                            suppress_tokens=[IMG, VIDEO])
     torch.testing.assert_close(cached[1:, -5:], alone[:, -5:], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["next", "onevision"])
+def test_image_after_a_cached_prefix(kind):
+    """An image in a chunk that follows a KV cache: its grids are placed after the cached
+    tokens, as in one full forward."""
+    model = tiny_model(kind)
+    c2rope.patch_model(model, c2rope.C2RoPEConfig())
+    sizes = list(_grids(kind))
+    ids, mask, _, kwargs = prompt(kind, [[(6, sizes[1])]], 56)
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask, **kwargs).logits
+        prefix = model(input_ids=ids[:, :4], attention_mask=mask[:, :4], use_cache=True)
+        rest = model(input_ids=ids[:, 4:], attention_mask=mask, **cache_kwargs(model, cache_of(prefix)),
+                     **kwargs).logits
+    torch.testing.assert_close(rest, full[:, 4:], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["next", "onevision"])
