@@ -134,6 +134,19 @@ def test_matches_reference(kind, name, implementation):
 
 
 @pytest.mark.parametrize("kind", ["next", "onevision"])
+def test_bare_model_matches_reference(kind):
+    """LlavaNextModel / LlavaOnevisionModel (no LM head) patched on their own."""
+    config = c2rope.C2RoPEConfig()
+    model = tiny_model(kind, "eager")
+    ids, mask, spans, kwargs = _two_rows(kind)
+    expected = reference_logits(model, config, ids, mask, spans, **kwargs)
+    c2rope.patch_model(model.model, config)
+    with torch.no_grad():
+        got = model.lm_head(model.model(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state)
+    assert_close_valid(got, expected, mask)
+
+
+@pytest.mark.parametrize("kind", ["next", "onevision"])
 def test_text_only_matches_unpatched(kind):
     assert_text_only_unchanged(tiny_model(kind), left_pad=(5, 0))
 
