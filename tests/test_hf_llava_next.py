@@ -163,11 +163,13 @@ def test_generate_cached_equals_uncached(kind, name):
     cached = model.generate(**common)
     uncached = model.generate(**common, use_cache=False)
     torch.testing.assert_close(cached, uncached, rtol=0, atol=0)
-    # the left-padded row generates what it generates alone
-    alone = model.generate(input_ids=ids[1:, 9:], attention_mask=mask[1:, 9:], pixel_values=kwargs["pixel_values"][1:],
-                           image_sizes=kwargs["image_sizes"][1:], max_new_tokens=5, do_sample=False, pad_token_id=0,
-                           suppress_tokens=[IMG, VIDEO])
-    torch.testing.assert_close(cached[1:, -5:], alone[:, -5:], rtol=0, atol=0)
+    # the left-padded row computes what it computes alone (logits, not greedy tokens: a
+    # random model's near-tied top logits could flip on float rounding)
+    with torch.no_grad():
+        batched = model(input_ids=ids, attention_mask=mask, **kwargs).logits[1, 9:]
+        alone = model(input_ids=ids[1:, 9:], attention_mask=mask[1:, 9:], pixel_values=kwargs["pixel_values"][1:],
+                      image_sizes=kwargs["image_sizes"][1:]).logits[0]
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["next", "onevision"])
