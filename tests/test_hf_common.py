@@ -130,3 +130,13 @@ def assert_close_valid(actual, expected, attention_mask, atol=1e-5, rtol=1e-5):
     """Compare logits on non-padding positions (padding rows are garbage by design)."""
     valid = attention_mask.bool()
     torch.testing.assert_close(actual[valid], expected[valid], atol=atol, rtol=rtol)
+
+
+def assert_text_only_unchanged(model, left_pad=(4, 0), config=None):
+    """Patching `model` leaves its text-only logits (2 rows, left padding) as they were."""
+    ids, mask, _ = batch_with_images(2, 20, [], left_pad=left_pad)
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask).logits
+        c2rope.patch_model(model, config or c2rope.C2RoPEConfig())
+        got = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

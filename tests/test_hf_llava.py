@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from test_hf_common import (  # noqa: F401  (skips under transformers < 5)
-    IMG, assert_close_valid, batch_with_images, reference_logits, text_config, transformers,
+    IMG, assert_close_valid, assert_text_only_unchanged, batch_with_images, reference_logits, text_config,
+    transformers,
 )
 
 import c2rope
@@ -43,13 +44,7 @@ def test_llava_matches_reference(implementation, name):
 
 
 def test_llava_text_only_matches_unpatched():
-    model = tiny_llava("sdpa", family="mistral")
-    ids, mask, _ = batch_with_images(2, 20, [], left_pad=(4, 0))
-    with torch.no_grad():
-        expected = model(input_ids=ids, attention_mask=mask).logits
-        c2rope.patch_model(model, c2rope.C2RoPEConfig())
-        got = model(input_ids=ids, attention_mask=mask).logits
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert_text_only_unchanged(tiny_llava("sdpa", family="mistral"))
 
 
 @pytest.mark.parametrize("name", ["seed_defaults", "paper_code"])

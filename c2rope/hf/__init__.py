@@ -64,7 +64,7 @@ _RECORD_ATTR = "_c2rope_record"
 
 # Model-family modules that register patchers; per transformers line.
 _FAMILY_MODULES = {
-    "modern": ("modern", "qwen_vl"),
+    "modern": ("modern", "qwen_vl", "llava_next"),
     "legacy": ("legacy",),
 }
 _loaded = False

@@ -95,15 +95,22 @@ def _inputs(model, image_token_id, grid, seq_text=6):
     before = torch.randint(3, vocab, (1, seq_text), generator=generator)
     after = torch.randint(3, vocab, (1, seq_text), generator=generator)
     text_ids = torch.cat([before, after], dim=1)
-    image_ids = torch.cat([before, torch.full((1, h * w), image_token_id), after], dim=1)
+    tokens, pixels = h * w, None
+    if getattr(config, "image_grid_pinpoints", None) is not None:  # anyres: LLaVA-NeXT / OneVision
+        from .llava_next import check_image
+
+        tokens, pixels = check_image(model, generator)
+    image_ids = torch.cat([before, torch.full((1, tokens), image_token_id), after], dim=1)
     with_image = {"input_ids": image_ids, "attention_mask": torch.ones_like(image_ids)}
     vision = getattr(config, "vision_config", None)
-    if vision is not None:
+    if pixels is not None:
+        with_image.update(pixels)
+    elif vision is not None:
         size = vision.image_size
         with_image["pixel_values"] = torch.randn(1, getattr(vision, "num_channels", 3), size, size,
                                                  generator=generator)
     text = {"input_ids": text_ids, "attention_mask": torch.ones_like(text_ids)}
-    return with_image, text, slice(seq_text, seq_text + h * w + seq_text)
+    return with_image, text, slice(seq_text, seq_text + tokens + seq_text)
 
 
 def run_check(path: str, config_override=None) -> List[CheckResult]:

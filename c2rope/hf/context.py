@@ -25,12 +25,15 @@ _local = threading.local()
 class CallFrame:
     """One call of one patched model."""
 
-    __slots__ = ("state", "input_ids", "visual_layout", "positions", "mask")
+    __slots__ = ("state", "input_ids", "visual_layout", "chunk_spans", "positions", "mask")
 
     def __init__(self, state, input_ids=None, visual_layout=None):
         self.state = state
         self.input_ids = input_ids  # raw ids seen by the top-level forward
         self.visual_layout = visual_layout  # `visual_layout=` given to the top-level forward
+        # Image spans of this call's input_ids (relative to its first token) that a family
+        # derived itself (anyres: from image_sizes); None = search input_ids with the grid.
+        self.chunk_spans = None
         self.positions: Optional[torch.Tensor] = None  # float32 [B, q, 3] while the decoder runs
         self.mask: Any = None  # the mask handed to the decoder (read by verify_patch)
 

@@ -183,6 +183,8 @@ class C2RoPEState:
             spans = self._layout_spans(layout_arg, batch, past, total)
         else:
             chunk = self._take_splice(embeds)
+            if chunk is None and frame is not None:
+                chunk = frame.chunk_spans
             if chunk is None:
                 ids = input_ids if input_ids is not None else (frame.input_ids if frame is not None else None)
                 chunk = self._chunk_spans(ids, attention_mask, batch, q_len)

@@ -1,0 +1,136 @@
+"""Patcher for transformers' LLaVA-NeXT and LLaVA-OneVision (`LlavaNextForConditionalGeneration`,
+`LlavaOnevisionForConditionalGeneration`, and their bare `...Model`s), 4.57 and 5.x.
+
+The decoder is patched as for plain LLaVA (modern.patch_decoder). What differs is where
+the images are: an anyres image is not one grid of `image_token_id`s but a base view and
+an unpadded high-resolution grid with newline tokens (anyres.py), whose sizes depend on
+the call's `image_sizes`. So the top-level forward gets one more wrapper, inside
+pipeline.top_forward's call frame: it derives the grids of every image of the call and
+hands them to the plan as the chunk's spans (`CallFrame.chunk_spans`); decoding steps
+then find them on the KV cache as usual. An explicit `visual_layout=` wins.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Optional
+
+import torch
+
+from . import context
+from .anyres import AnyresGeometry, Spans, merge_rows, placeholder_spans
+from .introspect import parameter_names
+from .modern import patch_decoder
+from .pipeline import to_kwargs
+from .registry import register_patcher
+
+
+def call_spans(geometry: AnyresGeometry, image_token_id: int, video_token_id: Optional[int], arguments: dict):
+    """Grid spans of the images (and OneVision videos) in this call's input_ids, relative
+    to its first token; None when it holds none."""
+    ids = arguments.get("input_ids")
+    if ids is None:
+        if arguments.get("pixel_values") is not None or arguments.get("pixel_values_videos") is not None:
+            raise ValueError("c2rope: anyres images given with inputs_embeds: c2rope finds them in input_ids; "
+                             "pass input_ids, or the layout as visual_layout=c2rope.VisualLayout.from_spans(...)")
+        return None
+    images = videos = None
+    if bool((ids == image_token_id).any()):
+        sizes = arguments.get("image_sizes")
+        if sizes is not None:
+            items = geometry.images(sizes, arguments.get("batch_num_images"))
+        else:
+            items = _encoded_images(arguments.get("mm_encoder_outputs"))
+        images = placeholder_spans(ids, image_token_id, items, "image")
+    if video_token_id is not None and bool((ids == video_token_id).any()):
+        pixels = arguments.get("pixel_values_videos")
+        if pixels is None or pixels.dim() != 5:
+            raise ValueError("c2rope: input_ids hold video tokens but no pixel_values_videos [videos, frames, C, H, W] "
+                             "were given (or pass visual_layout=)")
+        items = [geometry.video(int(pixels.shape[1]))] * int(pixels.shape[0])
+        videos = placeholder_spans(ids, video_token_id, items, "video")
+    spans: Optional[Spans] = merge_rows(images, videos)
+    return spans
+
+
+# Image features computed before the forward call (5.24+ generate() encodes the images
+# once, then passes `mm_encoder_outputs` without image_sizes): the tokens of every
+# feature tensor, recorded when get_image_features made it. Keyed by the tensor's id,
+# kept only while the tensor lives (generate() may repeat the same tensors for beams).
+_ENCODED: dict = {}
+
+
+def _remember_encoded(features, items) -> None:
+    for feature, item in zip(features, items):
+        key = id(feature)
+        _ENCODED[key] = (weakref.ref(feature), item)
+        weakref.finalize(feature, _ENCODED.pop, key, None)
+
+
+def _encoded_images(mm_encoder_outputs):
+    features = getattr((mm_encoder_outputs or {}).get("image"), "pooler_output", None)
+    if features is None:
+        raise ValueError("c2rope: input_ids hold image tokens but no image_sizes were given; the anyres grids "
+                         "of an image follow from its size (or pass visual_layout=)")
+    items = []
+    for index, feature in enumerate(features):
+        entry = _ENCODED.get(id(feature))
+        if entry is None or entry[0]() is not feature:
+            raise ValueError(f"c2rope: image {index} of mm_encoder_outputs was not encoded by this patched model's "
+                             "get_image_features, so its anyres grids are unknown; pass image_sizes (or "
+                             "visual_layout=)")
+        items.append(entry[1])
+    return items
+
+
+def encode_images(original, geometry, names, *args, **kwargs):
+    """The model's get_image_features, recording the tokens of every image it encodes."""
+    arguments = to_kwargs(names, args, kwargs)
+    items = geometry.images(arguments.get("image_sizes"), arguments.get("batch_num_images"))
+    out = original(*args, **kwargs)
+    features = getattr(out, "pooler_output", out)
+    if isinstance(features, (list, tuple)) and len(features) == len(items):
+        _remember_encoded(features, items)
+    return out
+
+
+def anyres_forward(original, state, geometry, names, image_token_id, video_token_id, *args, **kwargs):
+    frame = context.current(state)
+    if frame is not None and frame.visual_layout is None:
+        frame.chunk_spans = call_spans(geometry, image_token_id, video_token_id, to_kwargs(names, args, kwargs))
+    return original(*args, **kwargs)
+
+
+@register_patcher("llava_next", "llava_onevision")
+def _patch_anyres(model, record, state):
+    config = model.config
+    if state.grid is not None:
+        raise ValueError(f"c2rope: {config.model_type} derives every image's grids from its image_sizes; grid= is not "
+                         "taken (pass visual_layout= to a forward call to override)")
+    if state.image_token_id is None:
+        state.image_token_id = getattr(config, "image_token_id", None)
+        if state.image_token_id is None:
+            state.image_token_id = getattr(config, "image_token_index", None)
+    geometry = AnyresGeometry(model)
+    state.grid = (geometry.side, geometry.side)  # a lone image token in a decoding step: the base view
+    video_token_id = getattr(config, "video_token_id", None) if geometry.onevision else None
+    encoder = model.model if callable(getattr(getattr(model, "model", None), "get_image_features", None)) else model
+    record.wrap_forward(encoder, encode_images, geometry, parameter_names(encoder.get_image_features),
+                        attribute="get_image_features")
+    names = parameter_names(model.forward)
+    record.wrap_forward(model, anyres_forward, state, geometry, names, state.image_token_id, video_token_id)
+    patch_decoder(model, record, state)  # its top-level wrapper opens the frame around ours
+
+
+def check_image(model, generator: torch.Generator):
+    """`python -m c2rope check`: one image shaped like the smallest grid pinpoint with 30%
+    of its height cut (so the high-res part is unpadded). Returns (placeholder tokens,
+    {"pixel_values", "image_sizes"})."""
+    geometry = AnyresGeometry(model)
+    height, width = min(geometry.pinpoints, key=lambda p: p[0] * p[1])
+    height = max(1, round(height * 0.7))
+    rows, cols = geometry.tile_grid(height, width)
+    tiles = 1 + rows * cols  # the base view, then the tiles
+    channels = getattr(model.config.vision_config, "num_channels", 3)
+    pixels = torch.randn(1, tiles, channels, geometry.tile, geometry.tile, generator=generator)
+    return geometry.image(height, width).num_tokens, {"pixel_values": pixels,
+                                                      "image_sizes": torch.tensor([[height, width]])}
