@@ -57,8 +57,8 @@ PRESETS = {
                    "--heads", "2", "--steps", "700", "--batch-size", "32", "--lr", "5e-3",
                    "--eval-every", "100", "--eval-size", "512"],
     # docs/continuity.md, second study: head dim 64 (hidden 64, 1 head), 6x6 grid, 500 steps
-    # at lr 2e-3: ~0.15 s/step on a shared core, so 5 schemes x 8 seeds ~ 1 h (lr 4e-3 and
-    # 5e-3 stuck rope1d on the 55 % plateau). Not converged: see docs/continuity.md.
+    # at lr 2e-3: ~85 s a run on one shared core (load 5-9), so 5 schemes x 8 seeds ~ 1 h
+    # (lr 4e-3 and 5e-3 left rope1d on the 55 % plateau). Not converged: docs/continuity.md.
     "continuity64": ["--grid", "6", "6", "--num-types", "3", "--objects", "2", "--hidden", "64", "--layers", "2",
                      "--heads", "1", "--steps", "500", "--batch-size", "32", "--lr", "2e-3",
                      "--eval-every", "100", "--eval-size", "512"],
