@@ -12,7 +12,7 @@ import math
 import statistics
 from typing import Dict, Sequence
 
-__all__ = ["t_quantile_975", "mean_ci", "paired"]
+__all__ = ["t_quantile_975", "mean_ci", "paired", "tail_slope"]
 
 # Student t 97.5 % quantiles (two-sided 95 %) for 1 ... 30 degrees of freedom.
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
@@ -65,3 +65,18 @@ def _sign_flip_p(diffs: Sequence[float]) -> float:
     hits = sum(abs(sum(s * d for s, d in zip(signs, diffs))) >= observed
                for signs in itertools.product((1, -1), repeat=n))
     return hits / 2 ** n
+
+
+def tail_slope(values: Sequence[float], fraction: float = 0.25) -> float:
+    """Least-squares slope per step of the last `fraction` of a per-step series (a loss
+    curve). Whether a run has converged: near 0 on a plateau, negative while it still
+    learns. nan with fewer than 2 points in the tail."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    tail = [float(v) for v in values[len(values) - int(len(values) * fraction):]]
+    n = len(tail)
+    if n < 2:
+        return math.nan
+    x_mean, y_mean = (n - 1) / 2, statistics.fmean(tail)
+    num = sum((i - x_mean) * (y - y_mean) for i, y in enumerate(tail))
+    return num / sum((i - x_mean) ** 2 for i in range(n))

@@ -39,7 +39,7 @@ except ImportError:  # a source checkout without an install
     sys.path.insert(0, _ROOT)
 
 import finetune_spatial as fs  # noqa: E402
-from seed_stats import mean_ci, paired  # noqa: E402
+from seed_stats import mean_ci, paired, tail_slope  # noqa: E402
 from spatial_data import RELATIONS  # noqa: E402
 
 PRESETS = {
@@ -56,6 +56,12 @@ PRESETS = {
     "continuity": ["--grid", "6", "6", "--num-types", "3", "--objects", "2", "--hidden", "32", "--layers", "2",
                    "--heads", "2", "--steps", "700", "--batch-size", "32", "--lr", "5e-3",
                    "--eval-every", "100", "--eval-size", "512"],
+    # docs/continuity.md, second study: head dim 64 (hidden 64, 1 head), 6x6 grid, 500 steps
+    # at lr 2e-3: ~85 s a run on one shared core (load 5-9), so 5 schemes x 8 seeds ~ 1 h
+    # (lr 4e-3 and 5e-3 left rope1d on the 55 % plateau). Not converged: docs/continuity.md.
+    "continuity64": ["--grid", "6", "6", "--num-types", "3", "--objects", "2", "--hidden", "64", "--layers", "2",
+                     "--heads", "1", "--steps", "500", "--batch-size", "32", "--lr", "2e-3",
+                     "--eval-every", "100", "--eval-size", "512"],
     "quick": ["--hidden", "32", "--layers", "2", "--heads", "2", "--steps", "6", "--batch-size", "8",
               "--eval-every", "3", "--eval-size", "32"],
 }
@@ -68,7 +74,7 @@ def parse_args(argv=None):
     p.add_argument("--baseline", default="rope1d", help="scheme the paired comparison is against")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time, each single-threaded (default 1)")
     p.add_argument("--resume", action="store_true", help="keep the runs already in --out/results.json")
-    p.add_argument("--preset", choices=("cpu", "gpu", "continuity"), default=None,
+    p.add_argument("--preset", choices=("cpu", "gpu", "continuity", "continuity64"), default=None,
                    help="model size and budget (default: gpu when CUDA is available, else cpu)")
     p.add_argument("--quick", action="store_true", help="a few steps of a tiny model (smoke run)")
     p.add_argument("--device", default="auto")
@@ -150,6 +156,14 @@ def _fmt(values) -> str:
     return f"{100 * stats['mean']:.1f} ± {100 * stats['half']:.1f}"
 
 
+def _fmt_plain(values, spec: str) -> str:
+    """mean ± 95 % CI half-width of unscaled values (the loss slope)."""
+    stats = mean_ci(values)
+    if stats["n"] < 2:
+        return format(stats["mean"], spec)
+    return f"{format(stats['mean'], spec)} ± {stats['half']:.3f}"
+
+
 def _by_seed(runs: list, scheme: str, key) -> dict:
     return {r["seed"]: key(r) for r in runs if r["scheme"] == scheme}
 
@@ -172,7 +186,8 @@ def table(runs: list, baseline: str = "rope1d") -> str:
     seeds, overall and per question kind, the paired difference to the baseline, the
     mean accuracy over the curve (learning speed) and the final loss."""
     schemes = list(dict.fromkeys(r["scheme"] for r in runs))
-    head = ["scheme", "accuracy", f"Δ vs {baseline} (paired)", *RELATIONS, "mean acc. over curve", "final loss"]
+    head = ["scheme", "accuracy", f"Δ vs {baseline} (paired)", *RELATIONS, "mean acc. over curve", "final loss",
+            "loss slope /100 steps, last 25 %", "acc. gain, last eval interval"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for scheme in schemes:
         mine = [r for r in runs if r["scheme"] == scheme]
@@ -180,6 +195,8 @@ def table(runs: list, baseline: str = "rope1d") -> str:
         cells += [_fmt([r["per_relation"][name] for r in mine]) for name in RELATIONS]
         cells.append(_fmt([statistics.fmean(a for _, a in r["curve"]) for r in mine]))
         cells.append(f"{mean_ci([r['last_loss_avg'] for r in mine])['mean']:.3f}")
+        cells.append(_fmt_plain([100 * tail_slope(r["losses"]) for r in mine], "+.3f"))
+        cells.append(_fmt([r["curve"][-1][1] - r["curve"][-2][1] for r in mine if len(r["curve"]) > 1]))
         lines.append("| " + " | ".join(cells) + " |")
     first = runs[0]
     seeds = sorted({r["seed"] for r in runs})
@@ -188,7 +205,9 @@ def table(runs: list, baseline: str = "rope1d") -> str:
                  f"{first['device']}; options: `{' '.join(first['argv'])}` (scheme and seed vary). "
                  "Accuracy in %, mean ± 95 % CI half-width (Student t). Δ: accuracy minus the "
                  f"baseline's on the same seed, mean [95 % CI], wins-losses, exact sign-flip p. "
-                 "Chance on `quadrant` is 25 %.")
+                 "Chance on `quadrant` is 25 %. Convergence: the loss slope is the least-squares "
+                 "slope of the per-step training loss over the last 25 % of steps (per 100 steps; "
+                 "0 on a plateau), the last column the accuracy change between the last two evals.")
     return "\n".join(lines) + "\n"
 
 

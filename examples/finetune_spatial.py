@@ -136,6 +136,7 @@ def build_model(args, task: SpatialTask) -> SpatialVLM:
         num_hidden_layers=args.layers,
         num_attention_heads=args.heads,
         num_key_value_heads=args.heads,
+        head_dim=args.head_dim,
         max_position_embeddings=max(256, 2 * task.seq_len),
         rope_theta=args.rope_theta,
         tie_word_embeddings=False,
@@ -184,7 +185,7 @@ def apply_scheme(model: SpatialVLM, scheme: str) -> None:
         # No image_token_id: the spans come with every call as visual_layout=.
         c2rope.patch_model(lm, c2rope_config(scheme))
         return
-    head_dim = lm.config.hidden_size // lm.config.num_attention_heads
+    head_dim = lm.config.head_dim
     decoder = lm.model
     model.multi_axis = MultiAxisRotary(decoder.rotary_emb, mrope_axis_table(mrope_sections(head_dim), head_dim))
     decoder.rotary_emb = model.multi_axis
@@ -307,7 +308,7 @@ def _single_process_dcp():
 
 def run_signature(args) -> dict:
     """What must match between a checkpoint and the run resuming from it."""
-    keys = ("scheme", "hidden", "layers", "heads", "grid", "num_types", "feature_dim", "rope_theta")
+    keys = ("scheme", "hidden", "layers", "heads", "head_dim", "grid", "num_types", "feature_dim", "rope_theta")
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in ((k, getattr(args, k)) for k in keys)}
 
 
@@ -409,6 +410,8 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--head-dim", type=int, default=None,
+                   help="per-head dim (default hidden/heads); lets a narrow model keep a wide rotary dim")
     p.add_argument("--rope-theta", type=float, default=10000.0)
     p.add_argument("--grid", type=int, nargs=2, default=(4, 4), metavar=("H", "W"))
     p.add_argument("--num-types", type=int, default=6)
@@ -432,8 +435,12 @@ def parse_args(argv=None):
     for name in ("steps", "batch_size", "eval_size", "eval_batch", "eval_every", "log_every"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.hidden % args.heads:
-        p.error("--hidden must be divisible by --heads")
+    if args.head_dim is None:
+        if args.hidden % args.heads:
+            p.error("--hidden must be divisible by --heads (or give --head-dim)")
+        args.head_dim = args.hidden // args.heads
+    elif args.head_dim < 2 or args.head_dim % 2:
+        p.error("--head-dim must be an even int >= 2")
     return args
 
 

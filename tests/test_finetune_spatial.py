@@ -141,6 +141,27 @@ def test_packed_samples_see_only_themselves():
     assert not torch.allclose(moved[1], packed[1], atol=1e-4)
 
 
+def test_head_dim_option_widens_heads_of_a_narrow_model():
+    """--head-dim decouples the rotary dim from hidden/heads (the continuity study's head
+    dim 64 at hidden 32): the model, c2rope's split and M-RoPE's sections all use it."""
+    args = fs.parse_args(TINY + ["--scheme", "c2rope-recommended", "--head-dim", "24"])
+    assert args.head_dim == 24 and fs.parse_args(TINY).head_dim == 16  # default: hidden / heads
+    task = SpatialTask(grid=args.grid, num_types=args.num_types, objects_per_image=args.objects)
+    batch = task.sample(3, seed=int(torch.randint(1 << 30, (1,))))
+    for scheme in ("c2rope-recommended", "mrope"):
+        args.scheme = scheme
+        model = fs.build_model(args, task)
+        assert model.lm.config.head_dim == 24
+        assert model.lm.model.layers[0].self_attn.q_proj.out_features == 2 * 24
+        logits = model(batch.input_ids, batch.features, **fs.position_inputs(batch, task, scheme))
+        assert logits.shape == (3, task.vocab_size) and torch.isfinite(logits).all()
+    for bad in ("15", "0"):
+        with pytest.raises(SystemExit):
+            fs.parse_args(TINY + ["--head-dim", bad])
+    with pytest.raises(SystemExit):  # hidden 30 is not divisible by 4 heads, and no --head-dim
+        fs.parse_args(["--hidden", "30", "--heads", "4"])
+
+
 def test_single_process_resume_is_exact(tmp_path):
     common = TINY + ["--scheme", "c2rope-paper", "--steps", "4", "--eval-every", "4"]
     full = fs.main(common + ["--ckpt-dir", str(tmp_path / "a"), "--save-every", "2"])

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-from seed_stats import mean_ci, paired, t_quantile_975  # noqa: E402
+from seed_stats import mean_ci, paired, t_quantile_975, tail_slope  # noqa: E402
 
 
 def test_t_quantiles_match_scipy():
@@ -45,3 +45,14 @@ def test_sign_flip_p_by_hand():
     assert paired([1.0, -2.0], [0.0, 0.0])["p"] == pytest.approx(1.0)
     assert paired([0.2] * 8, [0.1] * 8)["p"] == pytest.approx(2 / 256)
     assert math.isnan(paired([1.0] * 17, [0.0] * 17)["p"])  # beyond the exact enumeration
+
+
+def test_tail_slope_by_hand():
+    # the last quarter of 0..99 is 75..99, slope 1; of a flat tail, 0
+    assert tail_slope([float(i) for i in range(100)]) == pytest.approx(1.0)
+    assert tail_slope([5.0] * 40 + [2.0] * 40, fraction=0.5) == pytest.approx(0.0)
+    # only the tail counts: a falling start then a rising tail of slope 0.5
+    assert tail_slope([9.0, 5.0, 1.0, 1.0, 1.5, 2.0], fraction=0.5) == pytest.approx(0.5)
+    assert math.isnan(tail_slope([1.0, 2.0, 3.0]))  # a quarter of 3 is no points
+    with pytest.raises(ValueError, match="fraction"):
+        tail_slope([1.0, 2.0], fraction=0.0)
