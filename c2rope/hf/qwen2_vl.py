@@ -32,6 +32,7 @@ from ..mrope import mm_token_type_ids_from_input_ids, mrope_position_ids
 from . import context
 from .introspect import parameter_names
 from .qwen_c2rope import call_arguments, find_parts, release_deltas
+from .qwen_probe import CircleProbe
 from .record import PatchRecord
 
 MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
@@ -212,6 +213,7 @@ def apply_circle_patch(model: nn.Module, record: PatchRecord, config: CircleRoPE
                 slot = names.index("position_embeddings") if "position_embeddings" in names else None
                 record.wrap_forward(layer, _mrope_layer_forward, slot)
     record.set_attr(inner, "_c2rope_circle_state", state)
+    record.probe = CircleProbe(state, text)
     return state
 
 

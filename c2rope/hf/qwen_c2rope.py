@@ -28,6 +28,7 @@ What changes, on this model instance only (undone exactly by unpatching):
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import threading
 from typing import Callable, Optional
@@ -35,20 +36,18 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ..config import AXIS_M, AXIS_X, AXIS_Y, C2RoPEConfig
-from ..mrope import IMAGE, VIDEO, c2rope_mrope_position_ids, mm_token_type_ids_from_input_ids, mrope_cos_sin
-from ..mrope import qwen_vision_spans
+from ..mrope import IMAGE, VIDEO, c2rope_mrope_position_ids, mm_token_type_ids_from_input_ids, qwen_vision_spans
 from . import context
 from .introspect import cache_argument, parameter_names, past_length
 from .masks import decoder_mask
 from .pipeline import to_kwargs
 from .record import PatchRecord
+from .qwen_tables import C2RoPEAxisTable, FrameAxisTable, c2rope_row_table, model_row_table
 from .state import C2RoPEState, CallPlan
 
 FREQUENCIES = ("model", "c2rope")
-OPTIONS = ("frequencies",)
-# Row of the [3, B, S] (t, h, w) positions each C2RoPE axis is delivered on.
-_ROW_OF_AXIS = {AXIS_M: 0, AXIS_Y: 1, AXIS_X: 2}
+FRAME_AXES = ("temporal", "separate")
+OPTIONS = ("frequencies", "frame_axis")
 
 
 def find_parts(model: nn.Module):
@@ -72,17 +71,22 @@ def check_options(options) -> dict:
     frequencies = options.setdefault("frequencies", "model")
     if frequencies not in FREQUENCIES:
         raise ValueError(f"options['frequencies'] must be one of {FREQUENCIES}, got {frequencies!r}")
+    frame_axis = options.setdefault("frame_axis", "temporal")
+    if frame_axis not in FRAME_AXES:
+        raise ValueError(f"options['frame_axis'] must be one of {FRAME_AXES}, got {frame_axis!r}")
     return options
 
 
 class QwenC2RoPE:
     """What the patched Qwen model needs between calls."""
 
-    def __init__(self, state: C2RoPEState, inner: nn.Module, text: nn.Module, frequencies: str):
+    def __init__(self, state: C2RoPEState, inner: nn.Module, text: nn.Module, options: dict):
         self.state = state
         self.inner = inner
         self.text = text
-        self.frequencies = frequencies
+        self.frequencies = options["frequencies"]
+        self.frame_axis = options["frame_axis"]
+        self.decodes_by_valid_count = decodes_by_valid_count(inner.get_rope_index)
         vision = inner.config.vision_config
         self.merge = int(vision.spatial_merge_size)
         self.image_token_id = inner.config.image_token_id
@@ -113,6 +117,20 @@ class QwenC2RoPE:
             return self._recall(types, arguments.get("position_ids")), mask
         spans = qwen_vision_spans(types, images, videos, mask, spatial_merge_size=self.merge)
         return spans, mask
+
+    @contextlib.contextmanager
+    def chunk_frames(self, spans):
+        """While the inner model runs: the chunk's images and frames, for the rotary
+        (`frames()`); per thread, restored after (calls may nest)."""
+        previous = getattr(self._local, "frames", None)
+        self._local.frames = spans
+        try:
+            yield
+        finally:
+            self._local.frames = previous
+
+    def frames(self):
+        return getattr(self._local, "frames", None)
 
     def remember(self, types, spans, positions) -> None:
         self._local.last = (types.detach().cpu(), spans, positions.detach().cpu())
@@ -156,12 +174,17 @@ def call_arguments(original: Callable, args, kwargs) -> dict:
     return {**extra, **bound}
 
 
+def decodes_by_valid_count(get_rope_index: Callable) -> bool:
+    """Whether the release decodes a text token at its count of valid tokens plus
+    rope_deltas (releases whose get_rope_index takes mm_token_type_ids), rather than at
+    the past length, padding included, plus rope_deltas (4.57 - 5.0)."""
+    return "mm_token_type_ids" in inspect.signature(get_rope_index).parameters
+
+
 def release_deltas(get_rope_index: Callable, deltas: torch.Tensor, mask) -> torch.Tensor:
     """rope_deltas (counted from the valid tokens, as c2rope.mrope builds them) in the
-    convention of the release's decoding: releases whose get_rope_index takes no
-    mm_token_type_ids (4.57 - 5.0) decode at the past length, padding included, plus
-    rope_deltas; later ones at the count of valid tokens plus rope_deltas."""
-    if mask is None or "mm_token_type_ids" in inspect.signature(get_rope_index).parameters:
+    convention of the release's decoding (`decodes_by_valid_count`)."""
+    if mask is None or decodes_by_valid_count(get_rope_index):
         return deltas
     return deltas + mask.sum(dim=1, keepdim=True).to(deltas) - mask.shape[1]
 
@@ -185,20 +208,59 @@ def _get_rope_index(original: Callable, qwen: QwenC2RoPE, *args, **kwargs):
     return positions, release_deltas(original, deltas, mask)
 
 
-def _inner_forward(original: Callable, qwen: QwenC2RoPE, *args, **kwargs):
-    """Note the chunk's images and frames for the text model (a call frame)."""
+def _inner_forward(original: Callable, qwen: QwenC2RoPE, cache_name, *args, **kwargs):
+    """Note the chunk's images and frames for the text model (a call frame) and the
+    rotary; a chunk with images after a KV cache gets its positions here."""
     from ..layout import VisualLayout
 
     arguments = call_arguments(original, args, kwargs)
     types = qwen.vision_types(arguments.get("input_ids"), arguments.get("mm_token_type_ids"))
     layout = spans = None
-    if _has_vision(types) and qwen.state.config.mask != "causal":
+    if _has_vision(types):
         spans, _ = qwen.spans(types, arguments)
     if spans is not None:
-        layout = VisualLayout.from_spans([[tuple(s[:3]) for s in row] for row in spans], types.shape[1],
-                                         device=types.device)
-    with context.call_frame(qwen.state, visual_layout=layout):
+        past = past_length(arguments.get(cache_name)) if cache_name else 0
+        if past and arguments.get("position_ids") is None:
+            bound = inspect.signature(original).bind_partial(*args, **kwargs)
+            bound.arguments["position_ids"] = continuation_positions(qwen, spans, types, arguments, past)
+            args, kwargs = bound.args, bound.kwargs
+        if qwen.state.config.mask != "causal":
+            layout = VisualLayout.from_spans([[tuple(s[:3]) for s in row] for row in spans], types.shape[1],
+                                             device=types.device)
+    with context.call_frame(qwen.state, visual_layout=layout), qwen.chunk_frames(spans):
         return original(*args, **kwargs)
+
+
+def continuation_positions(qwen: QwenC2RoPE, spans, types, arguments, past: int) -> torch.Tensor:
+    """[3, B, q] positions of a chunk with images that follows `past` cached tokens (a
+    second turn), and the model's rope_deltas moved past it.
+
+    C2RoPE positions are shift-invariant (text counts on, an image's (x, y) are centred on
+    its own mean m), so the chunk's positions are those of the chunk alone plus the m its
+    first token would get as text: the release's decode position (text index + the
+    rope_deltas left by the cached turn). The whole conversation in one uncached call
+    gives the same numbers."""
+    inner = qwen.inner
+    q_len = types.shape[1]
+    mask = _padding_mask(arguments.get("attention_mask"))
+    if mask is not None and mask.shape[1] != past + q_len:
+        raise ValueError(f"c2rope: attention_mask covers {mask.shape[1]} tokens but the KV cache holds {past} and "
+                         f"the input {q_len}; pass the 2-D mask of the whole conversation")
+    local = None if mask is None else mask[:, past:]
+    positions, deltas = c2rope_mrope_position_ids(spans, q_len, qwen.state.config, local, device=types.device)
+    batch = types.shape[0]
+    previous = inner.rope_deltas
+    if previous is None:
+        previous = torch.zeros(batch, 1, device=types.device)
+    previous = previous.to(types.device, torch.float32)
+    previous = previous.repeat_interleave(batch // previous.shape[0], dim=0)
+    # The release's text index of the chunk's first token, and the count it adds per chunk.
+    by_valid = mask is not None and qwen.decodes_by_valid_count
+    start = mask[:, :past].sum(dim=1, keepdim=True) if by_valid else torch.full_like(previous, past)
+    local_valid = torch.full_like(previous, q_len) if local is None else local.sum(dim=1, keepdim=True)
+    counted = local_valid if by_valid else torch.full_like(previous, q_len)
+    inner.rope_deltas = previous + deltas + local_valid.to(previous) - counted.to(previous)
+    return positions + (start.to(previous) + previous).view(1, batch, 1)
 
 
 def _text_forward(original: Callable, qwen: QwenC2RoPE, names, cache_name, *args, **kwargs):
@@ -233,32 +295,10 @@ def _text_forward(original: Callable, qwen: QwenC2RoPE, names, cache_name, *args
     return original(**bound)
 
 
-class C2RoPEAxisTable:
-    """The text rotary's output for `frequencies="c2rope"`: cos/sin of the (t, h, w)
-    rows by the config's axis table, in the layout the model's attention expects
-    ([B, S, d], or [3, B, S, d] where the release splits sections in attention)."""
-
-    def __init__(self, rotary: nn.Module, config: C2RoPEConfig):
-        dim = 2 * rotary.inv_freq.shape[-1]
-        self.rows = [_ROW_OF_AXIS[axis] for axis in config.axis_table(dim)]
-        probe = torch.zeros(1, 1, 1, dtype=torch.long, device=rotary.inv_freq.device).expand(3, 1, 1)
-        with torch.no_grad():
-            cos, _ = rotary(torch.zeros(1, dtype=torch.float32, device=rotary.inv_freq.device), probe)
-        self.per_row = cos.dim() == 4
-
-    def __call__(self, original: Callable, rotary: nn.Module, x, position_ids, *args, **kwargs):
-        if position_ids.dim() == 3 and position_ids.shape[0] == 4:
-            position_ids = position_ids[1:]
-        axis = torch.tensor(self.rows, dtype=torch.int32, device=x.device)
-        cos, sin = mrope_cos_sin(position_ids, rotary.inv_freq.to(x.device), axis,
-                                 float(getattr(rotary, "attention_scaling", 1.0)), x.dtype)
-        if self.per_row:
-            cos, sin = cos.unsqueeze(0).expand(3, -1, -1, -1), sin.unsqueeze(0).expand(3, -1, -1, -1)
-        return cos, sin
-
-
 def apply_c2rope_patch(model: nn.Module, record: PatchRecord, state: C2RoPEState, options=None) -> QwenC2RoPE:
     """Make every change through `record` (so it can be undone)."""
+    from .qwen_probe import C2RoPEProbe
+
     options = check_options(options)
     if state.config.text_spatial != "temporal":
         raise ValueError(
@@ -266,17 +306,23 @@ def apply_c2rope_patch(model: nn.Module, record: PatchRecord, state: C2RoPEState
             f"{state.config.text_spatial!r}) cannot be delivered through it; use text_spatial='temporal'"
         )
     inner, text = find_parts(model)
-    qwen = QwenC2RoPE(state, inner, text, options["frequencies"])
-    if options["frequencies"] == "c2rope":
-        state.config.split(2 * text.rotary_emb.inv_freq.shape[-1])  # ValueError early for a bad split
+    qwen = QwenC2RoPE(state, inner, text, options)
+    rotary = text.rotary_emb
+    # Tables and splits are checked before anything changes (ValueError early).
+    rows = c2rope_row_table(rotary, state.config) if qwen.frequencies == "c2rope" else \
+        model_row_table(rotary, text.config)
+    frames = FrameAxisTable(rotary, rows, qwen.frames) if qwen.frame_axis == "separate" else None
     record.wrap_forward(inner, _get_rope_index, qwen, attribute="get_rope_index")
     # Deltas left from earlier unpatched calls would shift our decode positions.
     record.set_attr(inner, "rope_deltas", None)
-    record.wrap_forward(inner, _inner_forward, qwen)
+    record.wrap_forward(inner, _inner_forward, qwen, cache_argument(inner.forward))
     record.wrap_forward(text, _text_forward, qwen, parameter_names(text.forward), cache_argument(text.forward))
-    if options["frequencies"] == "c2rope":
-        record.wrap_forward(text.rotary_emb, C2RoPEAxisTable(text.rotary_emb, state.config), text.rotary_emb)
+    if qwen.frequencies == "c2rope":
+        record.wrap_forward(rotary, C2RoPEAxisTable(rotary, state.config), rotary)
+    if frames is not None:
+        record.wrap_forward(rotary, frames, rotary)
+    record.probe = C2RoPEProbe(qwen)
     return qwen
 
 
-__all__ = ["FREQUENCIES", "apply_c2rope_patch", "find_parts"]
+__all__ = ["FRAME_AXES", "FREQUENCIES", "apply_c2rope_patch", "continuation_positions", "find_parts"]
