@@ -136,3 +136,38 @@ def age_hooks(text_model, plan, mrope):
                 return args, kwargs
             handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
     return handles
+
+
+def _per_row(inputs, grid_key, pixel_key, token_id):
+    """The grids and pixel rows of `inputs` split by batch row (transformers takes them
+    in row order; a run of `token_id` per image, one video per row at most)."""
+    grids = inputs.get(grid_key)
+    if grids is None:
+        return [([], []) for _ in inputs["input_ids"]]
+    pixels = list(torch.split(inputs[pixel_key], grids.prod(-1).tolist()))
+    rows, at = [], 0
+    for ids in inputs["input_ids"]:
+        present = (ids == token_id).long()
+        count = int(((present[1:] - present[:-1]) == 1).sum()) + int(present[0])
+        if token_id == VIDEO_ID:
+            count = min(count, 1)  # Qwen3-VL frames are separate runs of one video
+        rows.append((grids[at:at + count].tolist(), pixels[at:at + count]))
+        at += count
+    return rows
+
+
+def join_turns(first, second):
+    """The inputs of a whole conversation, `first` then `second` in every row."""
+    joined = {k: torch.cat([first[k], second[k]], dim=1)
+              for k in ("input_ids", "attention_mask", "mm_token_type_ids") if k in first}
+    for grid_key, pixel_key, token_id in (("image_grid_thw", "pixel_values", IMAGE_ID),
+                                          ("video_grid_thw", "pixel_values_videos", VIDEO_ID)):
+        grids, pixels = [], []
+        for (g1, p1), (g2, p2) in zip(_per_row(first, grid_key, pixel_key, token_id),
+                                      _per_row(second, grid_key, pixel_key, token_id)):
+            grids += g1 + g2
+            pixels += p1 + p2
+        if grids:
+            joined[grid_key] = torch.tensor(grids)
+            joined[pixel_key] = torch.cat(pixels)
+    return joined
