@@ -47,18 +47,24 @@ def model_axis_table(model):
     return [2 if k % 3 == 1 and k < 3 * h else 1 if k % 3 == 2 and k < 3 * w else 0 for k in range(t + h + w)]
 
 
-def frame_rows(inputs, spans, triplets):
+def video_frames(inputs, spans):
+    """Per row, the videos of a prompt from make_prompt (one at most), each as the
+    (start, tokens) of its frames: the spans that hold video tokens."""
+    return [[frames] if frames else [] for frames in (
+        [(start, h * w) for start, h, w in row if inputs["input_ids"][b, start] == VIDEO_ID]
+        for b, row in enumerate(spans))]
+
+
+def frame_rows(videos, triplets):
     """The frame axis of docs/qwen.md, token by token: a frame k of T gets the mean m of
     its video's tokens + k - (T - 1) / 2; every other token its m."""
     frame = triplets[..., 0].double().clone()
-    for b, row in enumerate(spans):
-        frames = [(start, h * w) for start, h, w in row if inputs["input_ids"][b, start] == VIDEO_ID]
-        if not frames:
-            continue
-        tokens = torch.cat([torch.arange(start, start + n) for start, n in frames])
-        mean = triplets[b, tokens, 0].double().mean()
-        for k, (start, n) in enumerate(frames):
-            frame[b, start:start + n] = mean + k - (len(frames) - 1) / 2
+    for b, row in enumerate(videos):
+        for frames in row:
+            tokens = torch.cat([torch.arange(start, start + n) for start, n in frames])
+            mean = triplets[b, tokens, 0].double().mean()
+            for k, (start, n) in enumerate(frames):
+                frame[b, start:start + n] = mean + k - (len(frames) - 1) / 2
     return frame.float()
 
 
@@ -68,7 +74,8 @@ def with_frame_axis(table):
     return [3 if k in slots[len(slots) - len(slots) // 2:] else axis for k, axis in enumerate(table)]
 
 
-def reference_logits(model, inputs, spans, config, frequencies="model", frame_axis="temporal"):
+def reference_logits(model, inputs, spans, config, frequencies="model", frame_axis="temporal", videos=None):
+    """videos: per row, each video's frames as (start, tokens) (default `video_frames`)."""
     valid = inputs["attention_mask"].bool()
     seq = valid.shape[1]
     triplets = position_ids_ref(spans, valid, config)  # [B, S, 3] (m, x, y)
@@ -86,7 +93,8 @@ def reference_logits(model, inputs, spans, config, frequencies="model", frame_ax
         positions = triplets
         if frame_axis == "separate":
             table = with_frame_axis(table)
-            positions = torch.cat([triplets, frame_rows(inputs, spans, triplets).unsqueeze(-1)], dim=-1)
+            videos = video_frames(inputs, spans) if videos is None else videos
+            positions = torch.cat([triplets, frame_rows(videos, triplets).unsqueeze(-1)], dim=-1)
         cos, sin = cos_sin_ref(positions, rotary.inv_freq, table, rotary.attention_scaling, torch.float64)
         probe, _ = rotary(cos, torch.zeros(3, 1, 1, dtype=torch.long))
         if probe.dim() == 4:  # releases that split the sections inside attention

@@ -29,6 +29,7 @@ What changes, on this model instance only (undone exactly by unpatching):
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import threading
 from typing import Callable, Optional
@@ -36,7 +37,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ..mrope import IMAGE, VIDEO, c2rope_mrope_position_ids, mm_token_type_ids_from_input_ids, qwen_vision_spans
+from ..mrope import IMAGE, VIDEO, c2rope_mrope_position_ids, mm_token_type_ids_from_input_ids, mrope_decode_position_ids
+from ..mrope import qwen_vision_spans
 from . import context
 from .introspect import cache_argument, parameter_names, past_length
 from .masks import decoder_mask
@@ -99,6 +101,7 @@ class QwenC2RoPE:
         self.merge = int(vision.spatial_merge_size)
         self.image_token_id = inner.config.image_token_id
         self.video_token_id = getattr(inner.config, "video_token_id", None)
+        self.tables = []  # rotary wrappers (qwen_tables.py), innermost first
         self._local = threading.local()  # the last prompt's spans, per thread
 
     def vision_types(self, input_ids, mm_token_type_ids) -> Optional[torch.Tensor]:
@@ -142,6 +145,16 @@ class QwenC2RoPE:
 
     def frames(self):
         return getattr(self._local, "frames", None)
+
+    def rotary_tables(self, x, position_ids):
+        """cos, sin the patched text rotary should return for these positions (built from
+        the model's class forward and the tables the patch installed, whatever the
+        rotary's forward is now: the probe's expectation)."""
+        rotary = self.text.rotary_emb
+        forward = functools.partial(type(rotary).forward, rotary)
+        for table in self.tables:
+            forward = functools.partial(table, forward, rotary)
+        return forward(x, position_ids)
 
     def remember(self, types, spans, positions) -> None:
         self._local.last = (types.detach().cpu(), spans, positions.detach().cpu())
@@ -221,27 +234,45 @@ def _get_rope_index(original: Callable, qwen: QwenC2RoPE, *args, **kwargs):
 
 def _inner_forward(original: Callable, qwen: QwenC2RoPE, cache_name, *args, **kwargs):
     """Note the chunk's images and frames for the text model (a call frame) and the
-    rotary; a chunk with images after a KV cache gets its positions here."""
+    rotary; a chunk after a KV cache gets its positions here when transformers' forward
+    would get them wrong (`continuation_positions`, `_decode_positions`)."""
     from ..layout import VisualLayout
 
     arguments = call_arguments(original, args, kwargs)
     types = qwen.vision_types(arguments.get("input_ids"), arguments.get("mm_token_type_ids"))
-    layout = spans = None
+    past = past_length(arguments.get(cache_name)) if cache_name else 0
+    layout = spans = position_ids = None
     if _has_vision(types):
         spans, _ = qwen.spans(types, arguments)
     if spans is not None:
-        past = past_length(arguments.get(cache_name)) if cache_name else 0
         if past:
             _check_continuation(arguments, types)
-        if past and arguments.get("position_ids") is None:
-            bound = inspect.signature(original).bind_partial(*args, **kwargs)
-            bound.arguments["position_ids"] = continuation_positions(qwen, spans, types, arguments, past)
-            args, kwargs = bound.args, bound.kwargs
+            if arguments.get("position_ids") is None:
+                position_ids = continuation_positions(qwen, spans, types, arguments, past)
         if qwen.state.config.mask != "causal":
             layout = VisualLayout.from_spans([[tuple(s[:3]) for s in row] for row in spans], types.shape[1],
                                              device=types.device)
+    elif past and types is not None and arguments.get("position_ids") is None:
+        position_ids = _decode_positions(qwen, arguments, past, types.shape[1])
+    if position_ids is not None:
+        bound = inspect.signature(original).bind_partial(*args, **kwargs)
+        bound.arguments["position_ids"] = position_ids
+        args, kwargs = bound.args, bound.kwargs
     with context.call_frame(qwen.state, visual_layout=layout), qwen.chunk_frames(spans):
         return original(*args, **kwargs)
+
+
+def _decode_positions(qwen: QwenC2RoPE, arguments, past: int, q_len: int) -> Optional[torch.Tensor]:
+    """Text after a KV cache, called through forward with the 2-D mask of the whole
+    conversation: releases that decode by the count of valid tokens (5.24) build
+    positions for every token of that mask instead of this chunk's (generate() hands
+    its own); the decode positions of the chunk, or None to leave it to the release."""
+    mask = _padding_mask(arguments.get("attention_mask"))
+    deltas = qwen.inner.rope_deltas
+    if not qwen.decodes_by_valid_count or deltas is None or mask is None or mask.shape[1] != past + q_len:
+        return None
+    deltas = deltas.repeat_interleave(mask.shape[0] // deltas.shape[0], dim=0)
+    return mrope_decode_position_ids(deltas, q_len, past, mask)
 
 
 def _check_continuation(arguments, types) -> None:
@@ -347,9 +378,11 @@ def apply_c2rope_patch(model: nn.Module, record: PatchRecord, state: C2RoPEState
     record.wrap_forward(inner, _inner_forward, qwen, cache_argument(inner.forward))
     record.wrap_forward(text, _text_forward, qwen, parameter_names(text.forward), cache_argument(text.forward))
     if qwen.frequencies == "c2rope":
-        record.wrap_forward(rotary, C2RoPEAxisTable(rotary, state.config), rotary)
+        qwen.tables.append(C2RoPEAxisTable(rotary, state.config))
     if frames is not None:
-        record.wrap_forward(rotary, frames, rotary)
+        qwen.tables.append(frames)
+    for table in qwen.tables:
+        record.wrap_forward(rotary, table, rotary)
     record.probe = C2RoPEProbe(qwen)
     return qwen
 

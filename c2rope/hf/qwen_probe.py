@@ -137,7 +137,7 @@ class C2RoPEProbe:
         positions, _ = c2rope_mrope_position_ids(spans, seq, qwen.state.config, device=weight.device)
         x = torch.zeros(1, dtype=weight.dtype, device=weight.device)
         with torch.no_grad(), qwen.chunk_frames(spans):
-            want, _ = text.rotary_emb(x, positions)
+            want, _ = qwen.rotary_tables(x, positions)
         mask = None
         if qwen.state.config.mask != "causal":
             plan = CallPlan(spans=tuple(tuple(s[:3] for s in row) for row in spans), total_len=seq)
