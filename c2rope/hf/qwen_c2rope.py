@@ -44,7 +44,7 @@ from .introspect import cache_argument, parameter_names, past_length
 from .masks import decoder_mask
 from .pipeline import to_kwargs
 from .record import PatchRecord
-from .qwen_tables import C2RoPEAxisTable, FrameAxisTable, c2rope_row_table, model_row_table
+from .qwen_tables import C2RoPEAxisTable, FrameAxisTable, c2rope_row_table, model_row_table, three_rows
 from .state import C2RoPEState, CallPlan
 
 # Said with every refusal of grids that do not fit the tokens: the usual cause is a
@@ -246,14 +246,14 @@ def _inner_forward(original: Callable, qwen: QwenC2RoPE, cache_name, *args, **kw
         spans, _ = qwen.spans(types, arguments)
     if spans is not None:
         if past:
-            _check_continuation(arguments, types)
+            _check_continuation(arguments, types, spans)
             if arguments.get("position_ids") is None:
                 position_ids = continuation_positions(qwen, spans, types, arguments, past)
         if qwen.state.config.mask != "causal":
             layout = VisualLayout.from_spans([[tuple(s[:3]) for s in row] for row in spans], types.shape[1],
                                              device=types.device)
     elif past and types is not None and arguments.get("position_ids") is None:
-        position_ids = _decode_positions(qwen, arguments, past, types.shape[1])
+        position_ids = _decode_positions(qwen, arguments, past, *types.shape)
     if position_ids is not None:
         bound = inspect.signature(original).bind_partial(*args, **kwargs)
         bound.arguments["position_ids"] = position_ids
@@ -262,29 +262,44 @@ def _inner_forward(original: Callable, qwen: QwenC2RoPE, cache_name, *args, **kw
         return original(*args, **kwargs)
 
 
-def _decode_positions(qwen: QwenC2RoPE, arguments, past: int, q_len: int) -> Optional[torch.Tensor]:
-    """Text after a KV cache, called through forward with the 2-D mask of the whole
-    conversation: releases that decode by the count of valid tokens (5.24) build
-    positions for every token of that mask instead of this chunk's (generate() hands
-    its own); the decode positions of the chunk, or None to leave it to the release."""
-    mask = _padding_mask(arguments.get("attention_mask"))
+def _decode_positions(qwen: QwenC2RoPE, arguments, past: int, batch: int, q_len: int) -> Optional[torch.Tensor]:
+    """Text after a KV cache called through forward (not generate(), which hands its own
+    positions): the chunk's decode positions, text index + rope_deltas in the release's
+    convention, where the release's forward gets them wrong. 4.57 / 5.0 restart at 0
+    without a cache_position; 5.24 builds one position per token of a 2-D mask that
+    covers the cache too. None: the release places the chunk itself."""
     deltas = qwen.inner.rope_deltas
-    if not qwen.decodes_by_valid_count or deltas is None or mask is None or mask.shape[1] != past + q_len:
+    if deltas is None:
         return None
-    deltas = deltas.repeat_interleave(mask.shape[0] // deltas.shape[0], dim=0)
+    mask = _padding_mask(arguments.get("attention_mask"))
+    if qwen.decodes_by_valid_count:
+        if mask is None or mask.shape[1] != past + q_len:
+            return None
+    elif arguments.get("cache_position") is not None:
+        return None
+    else:
+        mask = None  # these releases count padding too: past + index
+    deltas = deltas.repeat_interleave(batch // deltas.shape[0], dim=0)
     return mrope_decode_position_ids(deltas, q_len, past, mask)
 
 
-def _check_continuation(arguments, types) -> None:
+def _check_continuation(arguments, types, spans) -> None:
     """A chunk with image or video tokens after a KV cache must bring their pixels
-    (transformers 4.57's generate() drops pixel_values once the cache is filled: the
-    new images would be embedded as placeholder tokens)."""
-    if arguments.get("inputs_embeds") is not None or arguments.get("mm_encoder_outputs") is not None:
-        return
-    for kind, what, name in ((IMAGE, "image", "pixel_values"), (VIDEO, "video", "pixel_values_videos")):
-        if bool((types == kind).any()) and arguments.get(name) is None:
-            raise ValueError(f"c2rope: this call continues a KV cache with new {what} tokens but no {name}; "
-                             f"{CONTINUATION_HINT}")
+    (transformers 4.57's generate() drops pixel_values once the cache is filled: the new
+    images would be embedded as placeholder tokens), and positions it is handed must
+    not put them at text positions (5.0's generate() does: text index + rope_deltas)."""
+    if arguments.get("inputs_embeds") is None and arguments.get("mm_encoder_outputs") is None:
+        for kind, what, name in ((IMAGE, "image", "pixel_values"), (VIDEO, "video", "pixel_values_videos")):
+            if bool((types == kind).any()) and arguments.get(name) is None:
+                raise ValueError(f"c2rope: this call continues a KV cache with new {what} tokens but no {name}; "
+                                 f"{CONTINUATION_HINT}")
+    given = arguments.get("position_ids")
+    if isinstance(given, torch.Tensor) and given.dim() == 3 and any(s.h * s.w > 1 for row in spans for s in row):
+        rows = three_rows(given)
+        vision = types != 0
+        if torch.equal(rows[0][vision], rows[1][vision]) and torch.equal(rows[0][vision], rows[2][vision]):
+            raise ValueError("c2rope: the position_ids handed with this continuation of a KV cache put its new "
+                             f"image or video tokens at text positions; {CONTINUATION_HINT}")
 
 
 def continuation_positions(qwen: QwenC2RoPE, spans, types, arguments, past: int) -> torch.Tensor:
