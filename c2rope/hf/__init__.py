@@ -112,7 +112,8 @@ def patch_model(
         RuntimeError (and the model left unpatched) if not. Skipped with a warning for
         weights on the meta device.
     options: family-specific settings, e.g. Qwen-VL with a C2RoPEConfig:
-        {"frequencies": "model" | "c2rope"} (docs/qwen.md); TypeError for a family
+        {"frequencies": "model" | "c2rope", "frame_axis": "temporal" | "separate"}
+        (docs/qwen.md); TypeError for a family
         that takes none.
     Returns the model (patched in place). Raises TypeError for unsupported models,
     ValueError if it is already patched, ImportError for an unsupported transformers.

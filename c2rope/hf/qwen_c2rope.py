@@ -25,6 +25,12 @@ What changes, on this model instance only (undone exactly by unpatching):
   x on width. "c2rope" rotates by the config's split instead (`C2RoPEConfig.axis_table`:
   d_temporal slots for m, then x/y interleaved or blocked), replacing the text model's
   rotary output; text positions (p, p, p) give plain RoPE under either split.
+- options={"frame_axis": "separate"}: the frame index of video tokens rotates the slower
+  half of the slots m has under that split (qwen_tables.FrameAxisTable; "temporal", the
+  default, leaves the frame order to m).
+- A chunk with new images after a KV cache (a later turn, through forward) is placed as
+  in one uncached call over the whole conversation (`continuation_positions`).
+- `record.probe` (qwen_probe.C2RoPEProbe) checks every layer at patch time.
 """
 from __future__ import annotations
 
