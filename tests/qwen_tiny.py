@@ -14,10 +14,10 @@ KINDS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 SUPPRESS = [IMAGE_ID, VIDEO_ID, VISION_START, VISION_END]
 
 
-def _text_config(kind):
+def _text_config(kind, section=(2, 3, 3)):
     config = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=LAYERS,
                   num_attention_heads=2, num_key_value_heads=1, pad_token_id=0)
-    section = [2, 3, 3]  # 8 frequency slots: head_dim 16
+    section = list(section)  # 8 frequency slots: head_dim 16
     rope = {"rope_type": "default", "rope_theta": 100.0, "mrope_section": section}
     if kind == "qwen3_vl":
         rope["mrope_interleaved"] = True
@@ -32,23 +32,23 @@ def _text_config(kind):
     return config
 
 
-def make_model(kind, implementation="sdpa", dtype=torch.float64):
+def make_model(kind, implementation="sdpa", dtype=torch.float64, section=(2, 3, 3)):
     vision = dict(depth=1, num_heads=2, spatial_merge_size=MERGE, patch_size=PATCH, in_channels=3,
                   temporal_patch_size=TEMPORAL)
     ids = dict(image_token_id=IMAGE_ID, video_token_id=VIDEO_ID, vision_start_token_id=VISION_START)
     if kind == "qwen2_vl":
-        config = transformers.Qwen2VLConfig(text_config=_text_config(kind),
+        config = transformers.Qwen2VLConfig(text_config=_text_config(kind, section),
                                             vision_config=dict(vision, embed_dim=16, hidden_size=32), **ids)
         model = transformers.Qwen2VLForConditionalGeneration(config)
     elif kind == "qwen2_5_vl":
         config = transformers.Qwen2_5_VLConfig(
-            text_config=_text_config(kind),
+            text_config=_text_config(kind, section),
             vision_config=dict(vision, hidden_size=16, intermediate_size=32, out_hidden_size=32, window_size=8,
                                fullatt_block_indexes=[0], tokens_per_second=2), **ids)
         model = transformers.Qwen2_5_VLForConditionalGeneration(config)
     else:
         config = transformers.Qwen3VLConfig(
-            text_config=_text_config(kind),
+            text_config=_text_config(kind, section),
             vision_config=dict(vision, hidden_size=16, intermediate_size=32, out_hidden_size=32,
                                num_position_embeddings=16, deepstack_visual_indexes=[0]),
             vision_end_token_id=VISION_END, **ids)

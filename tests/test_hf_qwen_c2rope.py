@@ -268,10 +268,10 @@ def test_bad_arguments():
         c2rope.patch_model(model, C2RoPEConfig(text_spatial="zero"))
     with pytest.raises(ValueError, match="frame_axis"):
         c2rope.patch_model(model, C2RoPEConfig(), options={"frame_axis": "time"})
+    narrow = make_model("qwen2_vl", section=(1, 4, 3))  # one temporal slot: no room for a frame axis
     with pytest.raises(ValueError, match=r"options\['frame_axis'\]='separate' needs at least 2"):
-        # 16-dim heads, d_temporal 2: m has one frequency slot, no room for a frame axis
-        c2rope.patch_model(model, C2RoPEConfig(d_temporal=2, d_spatial=12),
-                           options={"frequencies": "c2rope", "frame_axis": "separate"})
+        c2rope.patch_model(narrow, C2RoPEConfig(), options={"frame_axis": "separate"})
+    assert not c2rope.hf.is_patched(narrow)
     with pytest.raises(ValueError, match="d_spatial"):  # 16-dim heads: a split that does not fit
         c2rope.patch_model(model, C2RoPEConfig(d_temporal=10, d_spatial=6), options={"frequencies": "c2rope"})
     assert not c2rope.hf.is_patched(model)

@@ -14,11 +14,7 @@ from c2rope.mrope import frame_axis_table
 
 transformers = pytest.importorskip("transformers")
 from qwen_tiny import KINDS, make_model, make_prompt  # noqa: E402
-from test_hf_qwen_c2rope import CONFIGS, model_axis_table, reference_logits, with_frame_axis  # noqa: E402
-
-
-def _valid(logits, inputs):
-    return logits[inputs["attention_mask"].bool()]
+from test_hf_qwen_c2rope import CONFIGS, _valid_rows, model_axis_table, reference_logits, with_frame_axis  # noqa: E402
 
 
 @pytest.mark.parametrize("frequencies", ["model", "c2rope"])
@@ -32,8 +28,8 @@ def test_frame_axis_matches_reference(kind, frequencies):
     c2rope.patch_model(model, config, options={"frequencies": frequencies, "frame_axis": "separate"})
     with torch.no_grad():
         got = model(**inputs).logits
-    torch.testing.assert_close(_valid(got, inputs), _valid(want, inputs), rtol=1e-9, atol=1e-9)
-    assert (_valid(got, inputs) - _valid(folded, inputs)).abs().max() > 1e-4  # the axis matters
+    torch.testing.assert_close(_valid_rows(got, inputs), _valid_rows(want, inputs), rtol=1e-9, atol=1e-9)
+    assert (_valid_rows(got, inputs) - _valid_rows(folded, inputs)).abs().max() > 1e-4  # the axis matters
 
 
 @pytest.mark.parametrize("kind", KINDS)
