@@ -382,6 +382,59 @@ def c2rope_mrope_position_ids(spans: Sequence[Sequence[VisionSpan]], seq_len: in
     return positions, deltas
 
 
+# ----------------------------------------------------------------------------- frame axis
+
+FRAME_ROW = 3  # the frame index is a 4th position row after (t, h, w)
+
+
+def frame_axis_table(row_table: Sequence[int]) -> List[int]:
+    """The axis table with a frame axis: `row_table` says which of the rows (t, h, w) =
+    (0, 1, 2) each frequency slot rotates by; the slower half (the last floor(n / 2) in
+    slot order) of the n slots on t rotate by the frame row (3) instead.
+
+    ValueError when t has fewer than 2 slots: the frame axis would take all of m's
+    frequencies, or none."""
+    table = [int(a) for a in row_table]
+    if any(a not in (0, 1, 2) for a in table):
+        raise ValueError(f"row_table must hold 0, 1 or 2 (t, h, w) per slot, got {table!r}")
+    temporal = [k for k, a in enumerate(table) if a == 0]
+    if len(temporal) < 2:
+        raise ValueError(
+            f"options['frame_axis']='separate' needs at least 2 frequency slots on the temporal row to split "
+            f"between m and the frame index; this rotary has {len(temporal)} (axis table {table})"
+        )
+    for k in temporal[len(temporal) - len(temporal) // 2:]:
+        table[k] = FRAME_ROW
+    return table
+
+
+def frame_axis_positions(position_ids: torch.Tensor, spans: Sequence[Sequence[VisionSpan]]) -> torch.Tensor:
+    """The frame row, float32 [B, S], for M-RoPE positions [3, B, S] (t = m).
+
+    A token of frame k of a video with T frames in its row gets a + k - (T - 1) / 2, a
+    the mean m of all the video's tokens there: frames one apart, centred on the video
+    like (x, y) on an image. Every other token (text, images, padding) keeps its m, so a
+    prompt without video rotates exactly as without the frame axis."""
+    if not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 3 or position_ids.shape[0] != 3:
+        raise ValueError("position_ids must be a [3, B, S] tensor")
+    t = position_ids[0].to(torch.float64)
+    frame = t.clone()
+    if len(spans) != t.shape[0]:
+        raise ValueError(f"spans has {len(spans)} rows but position_ids has batch {t.shape[0]}")
+    for b, row in enumerate(spans):
+        videos = {}
+        for span in row:
+            if span.video is not None:
+                videos.setdefault(span.video, []).append(span)
+        for frames in videos.values():
+            count = max(s.frame for s in frames) + 1
+            tokens = torch.cat([torch.arange(s.start, s.start + s.h * s.w) for s in frames]).to(t.device)
+            mean = t[b, tokens].mean()
+            for s in frames:
+                frame[b, s.start:s.start + s.h * s.w] = mean + s.frame - (count - 1) / 2
+    return frame.to(torch.float32)
+
+
 def mrope_decode_position_ids(rope_deltas, seq_len: int, past_length: int = 0, attention_mask=None) -> torch.Tensor:
     """Positions float32 [3, B, seq_len] of `seq_len` new text tokens after `past_length`
     cached ones: text index + rope_deltas on all three axes.
@@ -409,6 +462,8 @@ def mrope_decode_position_ids(rope_deltas, seq_len: int, past_length: int = 0, a
 __all__ = [
     "VisionSpan",
     "c2rope_mrope_position_ids",
+    "frame_axis_positions",
+    "frame_axis_table",
     "qwen_vision_spans",
     "interleaved_mrope_axis_table",
     "mm_token_type_ids_from_input_ids",

@@ -1,5 +1,6 @@
 """Draws docs/img/qwen_video_mask.png: the C2RoPE mask and positions of a Qwen3-VL-style
-video prompt (text, frame 1, timestamp text, frame 2, text). Run from the repo root:
+video prompt (text, frame 1, timestamp text, frame 2, text), with the frame row that
+options={"frame_axis": "separate"} adds. Run from the repo root:
 python scripts/qwen_video_picture.py"""
 import matplotlib
 
@@ -8,7 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from c2rope import C2RoPEConfig, VisualLayout, chebyshev_mask  # noqa: E402
-from c2rope.mrope import c2rope_mrope_position_ids, qwen_vision_spans  # noqa: E402
+from c2rope.mrope import c2rope_mrope_position_ids, frame_axis_positions, qwen_vision_spans  # noqa: E402
 
 T, V = 0, 2
 types = torch.tensor([[T, T] + [V] * 6 + [T, T] + [V] * 6 + [T, T]])
@@ -31,9 +32,11 @@ left.set_ylabel("query")
 labels = ["text"] * 2 + ["f0"] * 6 + ["time"] * 2 + ["f1"] * 6 + ["text"] * 2
 for row, name in enumerate(["t = m", "h = y", "w = x"]):
     right.plot(range(seq), positions[row, 0].numpy(), marker="o", label=name, alpha=0.8)
+right.plot(range(seq), frame_axis_positions(positions, spans)[0].numpy(), marker="s", linestyle="--", color="k",
+           label="frame (frame_axis='separate')", alpha=0.7)
 right.set_xticks(range(seq))
 right.set_xticklabels(labels, rotation=90, fontsize=7)
-right.set_title("M-RoPE rows the model receives (text: t = h = w)", fontsize=9)
+right.set_title("M-RoPE rows the model receives (text: t = h = w = frame)", fontsize=9)
 right.legend(fontsize=8)
 figure.tight_layout()
 figure.savefig("docs/img/qwen_video_mask.png", dpi=110)

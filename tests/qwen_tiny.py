@@ -14,10 +14,10 @@ KINDS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 SUPPRESS = [IMAGE_ID, VIDEO_ID, VISION_START, VISION_END]
 
 
-def _text_config(kind):
+def _text_config(kind, section=(2, 3, 3)):
     config = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=LAYERS,
                   num_attention_heads=2, num_key_value_heads=1, pad_token_id=0)
-    section = [2, 3, 3]  # 8 frequency slots: head_dim 16
+    section = list(section)  # 8 frequency slots: head_dim 16
     rope = {"rope_type": "default", "rope_theta": 100.0, "mrope_section": section}
     if kind == "qwen3_vl":
         rope["mrope_interleaved"] = True
@@ -32,23 +32,23 @@ def _text_config(kind):
     return config
 
 
-def make_model(kind, implementation="sdpa", dtype=torch.float64):
+def make_model(kind, implementation="sdpa", dtype=torch.float64, section=(2, 3, 3)):
     vision = dict(depth=1, num_heads=2, spatial_merge_size=MERGE, patch_size=PATCH, in_channels=3,
                   temporal_patch_size=TEMPORAL)
     ids = dict(image_token_id=IMAGE_ID, video_token_id=VIDEO_ID, vision_start_token_id=VISION_START)
     if kind == "qwen2_vl":
-        config = transformers.Qwen2VLConfig(text_config=_text_config(kind),
+        config = transformers.Qwen2VLConfig(text_config=_text_config(kind, section),
                                             vision_config=dict(vision, embed_dim=16, hidden_size=32), **ids)
         model = transformers.Qwen2VLForConditionalGeneration(config)
     elif kind == "qwen2_5_vl":
         config = transformers.Qwen2_5_VLConfig(
-            text_config=_text_config(kind),
+            text_config=_text_config(kind, section),
             vision_config=dict(vision, hidden_size=16, intermediate_size=32, out_hidden_size=32, window_size=8,
                                fullatt_block_indexes=[0], tokens_per_second=2), **ids)
         model = transformers.Qwen2_5_VLForConditionalGeneration(config)
     else:
         config = transformers.Qwen3VLConfig(
-            text_config=_text_config(kind),
+            text_config=_text_config(kind, section),
             vision_config=dict(vision, hidden_size=16, intermediate_size=32, out_hidden_size=32,
                                num_position_embeddings=16, deepstack_visual_indexes=[0]),
             vision_end_token_id=VISION_END, **ids)
@@ -136,3 +136,38 @@ def age_hooks(text_model, plan, mrope):
                 return args, kwargs
             handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
     return handles
+
+
+def _per_row(inputs, grid_key, pixel_key, token_id):
+    """The grids and pixel rows of `inputs` split by batch row (transformers takes them
+    in row order; a run of `token_id` per image, one video per row at most)."""
+    grids = inputs.get(grid_key)
+    if grids is None:
+        return [([], []) for _ in inputs["input_ids"]]
+    pixels = list(torch.split(inputs[pixel_key], grids.prod(-1).tolist()))
+    rows, at = [], 0
+    for ids in inputs["input_ids"]:
+        present = (ids == token_id).long()
+        count = int(((present[1:] - present[:-1]) == 1).sum()) + int(present[0])
+        if token_id == VIDEO_ID:
+            count = min(count, 1)  # Qwen3-VL frames are separate runs of one video
+        rows.append((grids[at:at + count].tolist(), pixels[at:at + count]))
+        at += count
+    return rows
+
+
+def join_turns(first, second):
+    """The inputs of a whole conversation, `first` then `second` in every row."""
+    joined = {k: torch.cat([first[k], second[k]], dim=1)
+              for k in ("input_ids", "attention_mask", "mm_token_type_ids") if k in first}
+    for grid_key, pixel_key, token_id in (("image_grid_thw", "pixel_values", IMAGE_ID),
+                                          ("video_grid_thw", "pixel_values_videos", VIDEO_ID)):
+        grids, pixels = [], []
+        for (g1, p1), (g2, p2) in zip(_per_row(first, grid_key, pixel_key, token_id),
+                                      _per_row(second, grid_key, pixel_key, token_id)):
+            grids += g1 + g2
+            pixels += p1 + p2
+        if grids:
+            joined[grid_key] = torch.tensor(grids)
+            joined[pixel_key] = torch.cat(pixels)
+    return joined

@@ -5,7 +5,9 @@ The reference is the *unpatched* model given, explicitly, the triplets of
 c2rope.reference.position_ids_ref (token by token from the spans the prompt builder
 recorded) as its (t, h, w) = (m, y, x) position_ids and the 4-D mask of
 c2rope.reference.chebyshev_mask_ref; for options={"frequencies": "c2rope"} every layer is
-also handed cos/sin from c2rope.reference.cos_sin_ref on the config's axis table."""
+also handed cos/sin from c2rope.reference.cos_sin_ref on the config's axis table, and for
+options={"frame_axis": "separate"} on that table (or the model's sections) with the slower
+half of m's slots given to the frame axis, computed here token by token."""
 import random
 
 import pytest
@@ -17,7 +19,7 @@ from c2rope.reference import chebyshev_mask_ref, cos_sin_ref, position_ids_ref
 from c2rope.reference.positions import _ring_ranks
 
 transformers = pytest.importorskip("transformers")
-from qwen_tiny import KINDS, LAYERS, SUPPRESS, make_model, make_prompt, text_prompt  # noqa: E402
+from qwen_tiny import KINDS, LAYERS, SUPPRESS, VIDEO_ID, make_model, make_prompt, text_prompt  # noqa: E402
 
 CONFIGS = [C2RoPEConfig(), C2RoPEConfig.paper_code(), C2RoPEConfig(mask="inward", coords="merged")]
 
@@ -35,7 +37,45 @@ def _image_tensors(spans, seq):
     return image_id, ring
 
 
-def reference_logits(model, inputs, spans, config, frequencies="model"):
+def model_axis_table(model):
+    """The model's own M-RoPE split in triplet axes (m, x, y) = (0, 1, 2), from the
+    tiny configs' mrope_section [2, 3, 3] (t, h, w): chunked on Qwen2/2.5-VL,
+    interleaved (h at k % 3 == 1, w at k % 3 == 2, inside 3 * section) on Qwen3-VL."""
+    t, h, w = 2, 3, 3
+    if model.config.model_type != "qwen3_vl":
+        return [0] * t + [2] * h + [1] * w
+    return [2 if k % 3 == 1 and k < 3 * h else 1 if k % 3 == 2 and k < 3 * w else 0 for k in range(t + h + w)]
+
+
+def video_frames(inputs, spans):
+    """Per row, the videos of a prompt from make_prompt (one at most), each as the
+    (start, tokens) of its frames: the spans that hold video tokens."""
+    return [[frames] if frames else [] for frames in (
+        [(start, h * w) for start, h, w in row if inputs["input_ids"][b, start] == VIDEO_ID]
+        for b, row in enumerate(spans))]
+
+
+def frame_rows(videos, triplets):
+    """The frame axis of docs/qwen.md, token by token: a frame k of T gets the mean m of
+    its video's tokens + k - (T - 1) / 2; every other token its m."""
+    frame = triplets[..., 0].double().clone()
+    for b, row in enumerate(videos):
+        for frames in row:
+            tokens = torch.cat([torch.arange(start, start + n) for start, n in frames])
+            mean = triplets[b, tokens, 0].double().mean()
+            for k, (start, n) in enumerate(frames):
+                frame[b, start:start + n] = mean + k - (len(frames) - 1) / 2
+    return frame.float()
+
+
+def with_frame_axis(table):
+    """The slower half of the m slots carry the frame axis (axis 3)."""
+    slots = [k for k, axis in enumerate(table) if axis == 0]
+    return [3 if k in slots[len(slots) - len(slots) // 2:] else axis for k, axis in enumerate(table)]
+
+
+def reference_logits(model, inputs, spans, config, frequencies="model", frame_axis="temporal", videos=None):
+    """videos: per row, each video's frames as (start, tokens) (default `video_frames`)."""
     valid = inputs["attention_mask"].bool()
     seq = valid.shape[1]
     triplets = position_ids_ref(spans, valid, config)  # [B, S, 3] (m, x, y)
@@ -46,11 +86,16 @@ def reference_logits(model, inputs, spans, config, frequencies="model"):
         mask = chebyshev_mask_ref(valid, image_id, ring, mode=config.mask, dtype=model.dtype)
     text = model.model.language_model
     handles = []
-    if frequencies == "c2rope":
+    if frequencies == "c2rope" or frame_axis == "separate":
         rotary = text.rotary_emb
         dim = 2 * rotary.inv_freq.shape[-1]
-        cos, sin = cos_sin_ref(triplets, rotary.inv_freq, config.axis_table(dim), rotary.attention_scaling,
-                               torch.float64)
+        table = config.axis_table(dim) if frequencies == "c2rope" else model_axis_table(model)
+        positions = triplets
+        if frame_axis == "separate":
+            table = with_frame_axis(table)
+            videos = video_frames(inputs, spans) if videos is None else videos
+            positions = torch.cat([triplets, frame_rows(videos, triplets).unsqueeze(-1)], dim=-1)
+        cos, sin = cos_sin_ref(positions, rotary.inv_freq, table, rotary.attention_scaling, torch.float64)
         probe, _ = rotary(cos, torch.zeros(3, 1, 1, dtype=torch.long))
         if probe.dim() == 4:  # releases that split the sections inside attention
             cos, sin = cos.expand(3, -1, -1, -1), sin.expand(3, -1, -1, -1)
@@ -128,7 +173,8 @@ def test_text_only_logits_unchanged(kind, frequencies):
     with torch.no_grad():
         want = model(input_ids=ids, attention_mask=mask).logits
     want_tokens = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
-    c2rope.patch_model(model, C2RoPEConfig(), options={"frequencies": frequencies})
+    c2rope.patch_model(model, C2RoPEConfig(), options={"frequencies": frequencies,
+                                                       "frame_axis": random.choice(["temporal", "separate"])})
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, want, rtol=0, atol=1e-5)
         model(**make_prompt(kind)[0])  # an image prompt in between changes nothing for text
@@ -142,8 +188,9 @@ def test_generate_cached_equals_uncached_and_reference(kind):
     model = make_model(kind)
     config = random.choice(CONFIGS)
     frequencies = random.choice(["model", "c2rope"])
+    frame_axis = random.choice(["temporal", "separate"])
     inputs, spans = make_prompt(kind, batch=3)
-    c2rope.patch_model(model, config, options={"frequencies": frequencies})
+    c2rope.patch_model(model, config, options={"frequencies": frequencies, "frame_axis": frame_axis})
     runs = {}
     for use_cache in (True, False):
         runs[use_cache] = model.generate(**inputs, max_new_tokens=4, do_sample=False, use_cache=use_cache,
@@ -161,7 +208,7 @@ def test_generate_cached_equals_uncached_and_reference(kind):
     if "mm_token_type_ids" in inputs:
         full["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(new)], dim=1)
     c2rope.unpatch_model(model)
-    want = reference_logits(model, full, spans, config, frequencies)
+    want = reference_logits(model, full, spans, config, frequencies, frame_axis)
     for step, logits in enumerate(runs[True].logits):
         # float32 logits from generate(): a wrong position or mask is off by O(1).
         torch.testing.assert_close(logits.double(), want[:, seq - 1 + step], rtol=1e-4, atol=1e-4)
@@ -219,6 +266,12 @@ def test_bad_arguments():
         c2rope.patch_model(model, C2RoPEConfig(), options=["frequencies"])
     with pytest.raises(ValueError, match="text_spatial"):
         c2rope.patch_model(model, C2RoPEConfig(text_spatial="zero"))
+    with pytest.raises(ValueError, match="frame_axis"):
+        c2rope.patch_model(model, C2RoPEConfig(), options={"frame_axis": "time"})
+    narrow = make_model("qwen2_vl", section=(1, 4, 3))  # one temporal slot: no room for a frame axis
+    with pytest.raises(ValueError, match=r"options\['frame_axis'\]='separate' needs at least 2"):
+        c2rope.patch_model(narrow, C2RoPEConfig(), options={"frame_axis": "separate"})
+    assert not c2rope.hf.is_patched(narrow)
     with pytest.raises(ValueError, match="d_spatial"):  # 16-dim heads: a split that does not fit
         c2rope.patch_model(model, C2RoPEConfig(d_temporal=10, d_spatial=6), options={"frequencies": "c2rope"})
     assert not c2rope.hf.is_patched(model)

@@ -89,7 +89,9 @@ def test_generate_cached_equals_uncached(kind):
             for use_cache in (True, False)]
     assert torch.equal(runs[0].sequences, runs[1].sequences)
     for cached, uncached in zip(runs[0].logits, runs[1].logits):
-        torch.testing.assert_close(cached, uncached, rtol=1e-6, atol=1e-6)
+        # float32 logits from generate(): 1.4e-6 measured on 5.0.0 (C2ROPE_TEST_SEED=6), also
+        # before the Qwen multi-turn work; a wrong position is off by O(1).
+        torch.testing.assert_close(cached, uncached, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", KINDS)

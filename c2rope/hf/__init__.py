@@ -25,7 +25,8 @@ Write a module c2rope/hf/<family>.py with
         #         record.set_attr(obj, name, value), record.wrap_forward(module, handler, *context),
         #         c2rope.hf.record.bind_forward_with_globals(record, module, {name: fn})
         #         so unpatch_model can undo it exactly; set record.probe = (decoder,
-        #         attention layers) to have patch_model verify the patch with a probe forward
+        #         attention layers), or a callable probe(state) that raises RuntimeError,
+        #         to have patch_model verify the patch with a probe forward
         # state:  c2rope.hf.state.C2RoPEState -- .config (C2RoPEConfig), .image_token_id,
         #         .grid (fill in defaults from model.config when None)
         ...
@@ -111,7 +112,8 @@ def patch_model(
         RuntimeError (and the model left unpatched) if not. Skipped with a warning for
         weights on the meta device.
     options: family-specific settings, e.g. Qwen-VL with a C2RoPEConfig:
-        {"frequencies": "model" | "c2rope"} (docs/qwen.md); TypeError for a family
+        {"frequencies": "model" | "c2rope", "frame_axis": "temporal" | "separate"}
+        (docs/qwen.md); TypeError for a family
         that takes none.
     Returns the model (patched in place). Raises TypeError for unsupported models,
     ValueError if it is already patched, ImportError for an unsupported transformers.
@@ -155,7 +157,10 @@ def patch_model(
         if verify and record.probe is not None:
             from .pipeline import verify_patch
 
-            verify_patch(*record.probe, state)
+            if callable(record.probe):  # a family's own probe (the Qwen-VL ones)
+                record.probe(state)
+            else:
+                verify_patch(*record.probe, state)
     except BaseException:
         record.undo()
         raise

@@ -113,10 +113,15 @@ def _inputs(model, image_token_id, grid, seq_text=6):
     return with_image, text, slice(seq_text, seq_text + tokens + seq_text)
 
 
-def run_check(path: str, config_override=None) -> List[CheckResult]:
+def run_check(path: str, config_override=None, options=None) -> List[CheckResult]:
     import c2rope
 
-    config = shrink(load_config(path))
+    from .qwen_check import is_qwen_vl, run_qwen_check
+
+    config = load_config(path)
+    if is_qwen_vl(config):  # grids, pixels and videos: c2rope/hf/qwen_check.py
+        return run_qwen_check(config, config_override, options)
+    config = shrink(config)
     torch.manual_seed(0)
     model = build(config)
     reference = copy.deepcopy(model)
@@ -149,8 +154,11 @@ def run_check(path: str, config_override=None) -> List[CheckResult]:
     return results
 
 
-def main(path: str, config_override: Optional[object] = None) -> int:
+def main(path: str, config_override: Optional[object] = None, options: Optional[dict] = None) -> int:
+    """options: patch_model's options (the Qwen-VL family: frequencies, frame_axis)."""
     import transformers
+
+    from .qwen_check import is_qwen_vl, split_line
 
     try:
         config = load_config(path)
@@ -160,7 +168,9 @@ def main(path: str, config_override: Optional[object] = None) -> int:
     print(f"c2rope check: {config.model_type} ({', '.join(config.architectures or ['?'])}), "
           f"transformers {transformers.__version__}, built at 2 layers with random weights")
     try:
-        results = run_check(path, config_override)
+        if is_qwen_vl(config):
+            print(f"  {split_line(config, config_override, options)}")
+        results = run_check(path, config_override, options)
     except (TypeError, ValueError, ImportError, RuntimeError, NotImplementedError) as exc:
         print(f"NOT SUPPORTED: {type(exc).__name__}: {exc}")
         return 2

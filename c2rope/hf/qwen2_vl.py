@@ -30,8 +30,9 @@ from torch import nn
 from ..circle import CircleRoPEConfig
 from ..mrope import mm_token_type_ids_from_input_ids, mrope_position_ids
 from . import context
-from .introspect import parameter_names
+from .introspect import cache_argument, parameter_names, past_length
 from .qwen_c2rope import call_arguments, find_parts, release_deltas
+from .qwen_probe import CircleProbe
 from .record import PatchRecord
 
 MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
@@ -191,6 +192,25 @@ def _mrope_layer_forward(original: Callable, slot: Optional[int], *args, **kwarg
     return original(*args, **kwargs)
 
 
+def _refuse_continuation(original: Callable, inner: nn.Module, cache_name, *args, **kwargs):
+    """Circle-RoPE places images only in a prompt that starts the cache: refuse a call
+    that brings new image or video tokens after cached ones (a later turn), which the
+    release would place at text positions."""
+    arguments = call_arguments(original, args, kwargs)
+    ids = arguments.get("input_ids")
+    grids = arguments.get("image_grid_thw") is not None or arguments.get("video_grid_thw") is not None
+    if grids and isinstance(ids, torch.Tensor) and cache_name and past_length(arguments.get(cache_name)):
+        types = mm_token_type_ids_from_input_ids(ids, inner.config.image_token_id,
+                                                 getattr(inner.config, "video_token_id", None))
+        if bool(types.any()):
+            raise ValueError(
+                "c2rope: Circle-RoPE cannot add images or videos to a conversation held in a KV cache (the "
+                "model would place them at text positions); run the whole conversation without the cache, or "
+                "use C2RoPEConfig, which places them (docs/qwen.md, 'Multi-turn')"
+            )
+    return original(*args, **kwargs)
+
+
 def apply_circle_patch(model: nn.Module, record: PatchRecord, config: CircleRoPEConfig) -> _CircleState:
     """Make every change through `record` (so it can be undone); returns the state."""
     if not isinstance(config, CircleRoPEConfig):
@@ -203,6 +223,7 @@ def apply_circle_patch(model: nn.Module, record: PatchRecord, config: CircleRoPE
     record.wrap_forward(inner, _get_rope_index, inner, state, attribute="get_rope_index")
     # Deltas left from earlier unpatched calls would shift our decode positions.
     record.set_attr(inner, "rope_deltas", None)
+    record.wrap_forward(inner, _refuse_continuation, inner, cache_argument(inner.forward))
     if state.needs_mrope:
         record.wrap_forward(text, _text_forward, state, parameter_names(text.forward))
         record.wrap_forward(text.rotary_emb, _rotary_forward, state)
@@ -212,6 +233,7 @@ def apply_circle_patch(model: nn.Module, record: PatchRecord, config: CircleRoPE
                 slot = names.index("position_embeddings") if "position_embeddings" in names else None
                 record.wrap_forward(layer, _mrope_layer_forward, slot)
     record.set_attr(inner, "_c2rope_circle_state", state)
+    record.probe = CircleProbe(state, text)
     return state
 
 

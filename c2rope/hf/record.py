@@ -62,7 +62,8 @@ class PatchRecord(_Unpicklable):
         self.model = model
         self.family = family
         self.state = None
-        self.probe = None  # (decoder, attention layers) for pipeline.verify_patch
+        # (decoder, attention layers) for pipeline.verify_patch, or a callable probe(state)
+        self.probe = None
         self._changes: List[Tuple[Any, str, Any]] = []
 
     def set_attr(self, obj: Any, name: str, value: Any) -> None:
