@@ -32,7 +32,7 @@ def test_check_passes_on_supported_families(family, tmp_path, capsys):
     code = check_main(_write(config, tmp_path))
     out = capsys.readouterr().out
     assert code == 0, out
-    assert out.count("PASS") == 3 and "FAIL" not in out and out.strip().endswith("supported")
+    assert out.count("PASS") == 4 and "FAIL" not in out and out.strip().endswith("supported")
     assert f"transformers {transformers.__version__}" in out
 
 
@@ -51,3 +51,15 @@ def test_check_command_line(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "c2rope", "check", str(tmp_path / "nope")],
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode != 0 and "config.json" in missing.stdout + missing.stderr
+
+
+def test_check_packed_line_fails_when_samples_are_not_separated(tmp_path, capsys, monkeypatch):
+    """The packed line can fail: with packed-row detection switched off, the image
+    sample's positions do not restart and its mask lets it see the text sample."""
+    import c2rope.hf.packing as packing
+
+    monkeypatch.setattr(packing, "sample_ids", lambda *args, **kwargs: None)
+    assert check_main(_write(text_config("llama"), tmp_path)) == 1
+    out = capsys.readouterr().out
+    packed_line = next(line for line in out.splitlines() if "packed row" in line)
+    assert packed_line.strip().startswith("FAIL") and out.count("PASS") == 3, out

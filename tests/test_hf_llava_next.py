@@ -303,4 +303,4 @@ def test_check_command_builds_anyres_inputs(kind, tmp_path, capsys):
     code = check_main(str(tmp_path))
     out = capsys.readouterr().out
     assert code == 0, out
-    assert out.count("PASS") == 3 and "FAIL" not in out and out.strip().endswith("supported")
+    assert out.count("PASS") == 4 and "FAIL" not in out and out.strip().endswith("supported")

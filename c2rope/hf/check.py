@@ -2,11 +2,12 @@
 
 MODEL is a local model folder (its config.json is read; no weights are loaded) or a
 config.json file. The architecture is built from the config shrunk to 2 layers and small
-widths, with random weights (nothing is downloaded), patched, and three things are
+widths, with random weights (nothing is downloaded), patched, and these are
 checked against the unpatched copy:
   1. text-only logits are equal (the patch is exactly the model's RoPE on text);
   2. with an image, the logits of the image rows and after them change;
-  3. greedy tokens with and without the KV cache are the same.
+  3. greedy tokens with and without the KV cache are the same;
+  4. a packed row of two samples (position_ids restarting) gives each sample's logits alone.
 """
 from __future__ import annotations
 
@@ -151,7 +152,24 @@ def run_check(path: str, config_override=None, options=None) -> List[CheckResult
         results.append(CheckResult("greedy tokens with and without the KV cache match",
                                    bool(torch.equal(cached, uncached)), f"{cached[0, -4:].tolist()} vs "
                                    f"{uncached[0, -4:].tolist()}"))
+        results.append(_packed_check(model, text, with_image))
     return results
+
+
+def _packed_check(model, text, with_image) -> CheckResult:
+    """Two samples (text only, then the one with an image) packed in one row the way
+    DataCollatorWithFlattening packs them: position_ids restarting, no attention_mask.
+    Each sample's logits must equal those of the sample alone."""
+    first, second = text["input_ids"], with_image["input_ids"]
+    vision_inputs = {k: v for k, v in with_image.items() if k not in ("input_ids", "attention_mask")}
+    position_ids = torch.cat([torch.arange(first.shape[1]), torch.arange(second.shape[1])]).unsqueeze(0)
+    packed = model(input_ids=torch.cat([first, second], dim=1), position_ids=position_ids, use_cache=False,
+                   **vision_inputs).logits
+    alone = (model(**text, use_cache=False).logits, model(**with_image, use_cache=False).logits)
+    diff = max((packed[:, :first.shape[1]] - alone[0]).abs().max().item(),
+               (packed[:, first.shape[1]:] - alone[1]).abs().max().item())
+    return CheckResult("a packed row (text sample + image sample) gives each sample's logits alone", diff <= 1e-5,
+                       f"max |diff| = {diff:.2e}")
 
 
 def main(path: str, config_override: Optional[object] = None, options: Optional[dict] = None) -> int:
