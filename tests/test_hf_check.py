@@ -63,3 +63,21 @@ def test_check_packed_line_fails_when_samples_are_not_separated(tmp_path, capsys
     out = capsys.readouterr().out
     packed_line = next(line for line in out.splitlines() if "packed row" in line)
     assert packed_line.strip().startswith("FAIL") and out.count("PASS") == 3, out
+
+
+def test_check_command_line_options(tmp_path):
+    """--config picks the C2RoPEConfig by name; a bad name, and Qwen-VL options on a Llama,
+    are refused with the reason (exit code 2)."""
+    path = _write(text_config("llama"), tmp_path)
+
+    def cli(*extra):
+        return subprocess.run([sys.executable, "-m", "c2rope", "check", path, *extra], capture_output=True,
+                              text=True, timeout=300)
+
+    ok = cli("--config", "shared-high")
+    assert ok.returncode == 0 and ok.stdout.count("PASS") == 4, ok.stdout + ok.stderr
+    bad = cli("--config", "sideways")
+    assert bad.returncode == 2 and "--config" in bad.stdout, bad.stdout + bad.stderr
+    refused = cli("--frame-axis", "separate")
+    assert refused.returncode == 2 and "NOT SUPPORTED" in refused.stdout and "frame_axis" in refused.stdout, \
+        refused.stdout + refused.stderr

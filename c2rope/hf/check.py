@@ -133,7 +133,7 @@ def run_check(path: str, config_override=None, options=None) -> List[CheckResult
     if decoder_only:
         image_token_id = VOCAB - 1
     grid = (2, 3) if decoder_only else None
-    c2rope.patch_model(model, config_override, image_token_id=image_token_id, grid=grid)
+    c2rope.patch_model(model, config_override, image_token_id=image_token_id, grid=grid, options=options)
     state = vars(model)["_c2rope_record"].state
     with_image, text, image_rows = _inputs(model, image_token_id, tuple(state.grid))
     results = []
