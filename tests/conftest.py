@@ -1,7 +1,8 @@
 """Shared fixtures: the devices to test on and a fresh random seed per test.
 
 Every test draws fresh random inputs: the seed changes on every run and is printed in
-the header (set C2ROPE_TEST_SEED to replay a failing run).
+the header and, when a test fails, after the failures (set C2ROPE_TEST_SEED to replay a
+failing run).
 """
 import os
 import random
@@ -29,6 +30,13 @@ def pytest_report_header(config):
         lines.append("c2rope: a GPU is visible but the CUDA kernels were not built "
                      "(C2ROPE_CUDA=1): CUDA is NOT tested in this run")
     return lines
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    # `pytest -q` (the README's command) hides the header: a failing run names its seed at
+    # the end, next to the failures, so it can be replayed.
+    if terminalreporter.stats.get("failed") or terminalreporter.stats.get("error"):
+        terminalreporter.write_line(f"c2rope: replay this run with C2ROPE_TEST_SEED={_SEED}")
 
 
 @pytest.fixture(autouse=True)

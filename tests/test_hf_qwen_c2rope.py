@@ -74,8 +74,11 @@ def with_frame_axis(table):
     return [3 if k in slots[len(slots) - len(slots) // 2:] else axis for k, axis in enumerate(table)]
 
 
-def reference_logits(model, inputs, spans, config, frequencies="model", frame_axis="temporal", videos=None):
-    """videos: per row, each video's frames as (start, tokens) (default `video_frames`)."""
+def reference_logits(model, inputs, spans, config, frequencies="model", frame_axis="temporal", videos=None,
+                     float64_tables=False):
+    """videos: per row, each video's frames as (start, tokens) (default `video_frames`).
+    float64_tables: hand every layer float64 reference cos/sin even where the model's own
+    rotary module could compute them (to compare two references bit for bit)."""
     valid = inputs["attention_mask"].bool()
     seq = valid.shape[1]
     triplets = position_ids_ref(spans, valid, config)  # [B, S, 3] (m, x, y)
@@ -86,7 +89,7 @@ def reference_logits(model, inputs, spans, config, frequencies="model", frame_ax
         mask = chebyshev_mask_ref(valid, image_id, ring, mode=config.mask, dtype=model.dtype)
     text = model.model.language_model
     handles = []
-    if frequencies == "c2rope" or frame_axis == "separate":
+    if frequencies == "c2rope" or frame_axis == "separate" or float64_tables:
         rotary = text.rotary_emb
         dim = 2 * rotary.inv_freq.shape[-1]
         table = config.axis_table(dim) if frequencies == "c2rope" else model_axis_table(model)
