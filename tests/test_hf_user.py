@@ -202,3 +202,22 @@ def test_probe_skipped_on_meta_weights():
     with pytest.warns(UserWarning, match="meta"):
         c2rope.patch_model(model, c2rope.C2RoPEConfig(), image_token_id=IMG)
     assert c2rope.hf.is_patched(model)
+
+
+def test_patch_forward_and_generate_print_no_deprecation_warnings():
+    # transformers 5.24+ warns once per process when `past_key_values` is read: c2rope must not
+    # read deprecated names (a fresh process, since the warning is printed only once).
+    script = """
+import torch, transformers, c2rope
+config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                  num_attention_heads=2)
+model = transformers.LlamaForCausalLM(config).eval()
+c2rope.patch_model(model, c2rope.C2RoPEConfig(), image_token_id=63, grid=(2, 2))
+ids = torch.tensor([[1, 2, 63, 63, 63, 63, 3, 4]])
+with torch.no_grad():
+    model(input_ids=ids)
+model.generate(ids, max_new_tokens=3, do_sample=False)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "deprecated" not in (done.stdout + done.stderr).lower(), done.stderr[-3000:]

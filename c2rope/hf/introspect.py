@@ -13,6 +13,7 @@ to know about a model's code is read here, through what every release exposes:
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 import types
@@ -81,7 +82,12 @@ def output_cache(output: Any):
     or the second element of a tuple output (4.37 with return_dict=False)."""
     if isinstance(output, tuple):
         return output[1] if len(output) > 1 and not isinstance(output[1], torch.Tensor) else None
+    # Only the fields the output class declares: 5.24+ keeps `past_key_values` as a
+    # deprecated alias of `cache` that warns on every read.
+    declared = {f.name for f in dataclasses.fields(output)} if dataclasses.is_dataclass(output) else None
     for name in _CACHE_ARGUMENTS[:2]:
+        if declared is not None and name not in declared:
+            continue
         value = getattr(output, name, None)
         if value is not None:
             return value
