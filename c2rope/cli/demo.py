@@ -5,6 +5,8 @@ tokens that the layout splits into two images), text. The demo prints the triple
 positions and the Chebyshev mask in numbers, rotates random q/k with the fused kernel
 (checked against the float64 reference), and writes two PNGs (matplotlib, see
 demo_figures.py): the mask, and the Chebyshev rings over the (x, y) grid of each image.
+Without matplotlib (a plain `pip install c2rope`) it prints everything and says how to
+get the pictures.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from c2rope.layout import VisualLayout
 from c2rope.mask import chebyshev_mask
 from c2rope.positions import build_position_ids, next_temporal_index
 
-from .plotting import require_matplotlib, save
+from .plotting import MissingPlotsExtra, require_matplotlib, save
 
 IMAGE_TOKEN_ID = 32000  # LLaVA-1.5's <image>
 GRID = (24, 24)
@@ -128,11 +130,9 @@ def _rotate(pos, config, out: TextIO) -> None:
 
 def run_demo(out_dir: str = "c2rope_demo", config: Optional[C2RoPEConfig] = None,
              out: Optional[TextIO] = None, seed: int = 0) -> Dict[str, str]:
-    """Run the demo, printing to `out` (default stdout); returns the PNG paths.
-    Raises MissingPlotsExtra (an ImportError) before any work if matplotlib is missing."""
-    require_matplotlib("python -m c2rope demo")
-    from .demo_figures import mask_figure, rings_figure
-
+    """Run the demo, printing to `out` (default stdout); returns the PNG paths ({} when
+    matplotlib, the `plots` extra, is missing: everything else still runs and is printed,
+    and the output says how to get the pictures)."""
     out = out if out is not None else sys.stdout
     config = config or C2RoPEConfig()
     generator = torch.Generator().manual_seed(seed)
@@ -151,6 +151,13 @@ def run_demo(out_dir: str = "c2rope_demo", config: Optional[C2RoPEConfig] = None
     _describe_mask(layout, mask, config.mask, out)
     print("\nRotary embedding:", file=out)
     _rotate(pos, config, out)
+
+    try:
+        require_matplotlib("python -m c2rope demo")
+    except MissingPlotsExtra as exc:
+        print(f"\nNo pictures: {exc}", file=out)
+        return {}
+    from .demo_figures import mask_figure, rings_figure
 
     os.makedirs(out_dir, exist_ok=True)
     paths = {
