@@ -8,7 +8,7 @@ padding query sees only itself (so softmax stays finite).
 from __future__ import annotations
 
 import numbers
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -130,6 +130,8 @@ def chebyshev_block_mask(
     kv_len: Optional[int] = None,
     q_offset: int = 0,
     block_size: int = 128,
+    *,
+    and_mods: Sequence[Callable] = (),
 ):
     """A FlexAttention BlockMask for the layout (heads broadcast).
 
@@ -137,8 +139,13 @@ def chebyshev_block_mask(
     slab of query rows at a time, so memory stays at about 32 MiB whatever the length
     and the full q_len x kv_len mask is never held. Full blocks skip the mask_mod.
     kv_len may exceed the layout (a static cache): the extra keys are masked out.
+
+    `and_mods`: further mask_mods (b, h, q_idx, kv_idx) -> bool, q_idx counted from
+    q_offset as for `chebyshev_mask_mod`, ANDed with the Chebyshev rule (a packed row's
+    same-sample rule, a sliding window). They must broadcast over index tensors; each
+    is evaluated on the same slabs, so the whole mask still never exists at once.
     """
-    from torch.nn.attention.flex_attention import BlockMask
+    from torch.nn.attention.flex_attention import BlockMask, and_masks
 
     _check_layout_config(layout, config)
     q_offset, q_len, kv_len = _check_window(layout, q_offset, q_len, kv_len)
@@ -172,6 +179,12 @@ def chebyshev_block_mask(
             valid.contiguous(), image_id.contiguous(), ring.contiguous(), q_offset + q0, rows,
             config.mask_mode, torch.bool,
         )[:, 0]
+        if and_mods:
+            b_idx = torch.arange(batch, device=dense.device).view(batch, 1, 1)
+            q_idx = torch.arange(q0, q0 + rows, device=dense.device).view(1, rows, 1)
+            kv_idx = torch.arange(kv_len, device=dense.device).view(1, 1, kv_len)
+            for mod in and_mods:
+                dense = dense & mod(b_idx, None, q_idx, kv_idx)
         n_blocks = -(-rows // block_size)
         # Pad to whole blocks with False, as create_block_mask does: edge blocks are partial.
         dense = torch.nn.functional.pad(dense, (0, kv_padded - kv_len, 0, n_blocks * block_size - rows))
@@ -184,9 +197,12 @@ def chebyshev_block_mask(
     partial = any_allowed & ~full
     kv_num, kv_idx = _dense_to_ordered(partial.unsqueeze(1))
     full_num, full_idx = _dense_to_ordered(full.unsqueeze(1))
+    mask_mod = chebyshev_mask_mod(layout, config, q_offset)
+    if and_mods:
+        mask_mod = and_masks(mask_mod, *and_mods)
     return BlockMask.from_kv_blocks(
         kv_num, kv_idx, full_num, full_idx,
         BLOCK_SIZE=(block_size, block_size),
-        mask_mod=chebyshev_mask_mod(layout, config, q_offset),
+        mask_mod=mask_mod,
         seq_lengths=(q_len, kv_len),
     )

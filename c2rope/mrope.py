@@ -157,6 +157,7 @@ def mrope_position_ids(
     second_per_grid_ts=None,
     tokens_per_second=None,
     circle: Optional[CircleRoPEConfig] = None,
+    sample_lengths: Optional[Sequence[Sequence[int]]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """(position_ids float32 [3, B, S], rope_deltas float32 [B, 1]) of Qwen2/2.5-VL prompts.
 
@@ -178,6 +179,9 @@ def mrope_position_ids(
         at text index n (counting valid tokens) has position n + rope_deltas.
     Consecutive vision tokens of the same kind are split across as many grids as they
     need, so images need not be separated by text.
+    sample_lengths (packed rows, no padding): per batch row, the lengths of the samples
+        it holds back to back; each is placed as if it ran alone (positions from 0), its
+        grids taken in order. rope_deltas are then meaningless (no decoding follows).
     """
     if mm_token_type_ids is None:
         if input_ids is None or image_token_id is None:
@@ -220,12 +224,32 @@ def mrope_position_ids(
         next_grid[kind] += 1
         return grid
 
+    if sample_lengths is not None:
+        if len(sample_lengths) != batch or any(sum(row) != seq_len for row in sample_lengths):
+            raise ValueError(f"sample_lengths must give, for each of the {batch} rows, sample lengths summing to "
+                             f"{seq_len}")
+        if valid_cpu is not None and not bool(valid_cpu.all()):
+            raise ValueError("packed rows (sample_lengths) cannot hold padding (attention_mask zeros)")
+
+    def runs(types, lengths):
+        """(kind, length, restart) runs; restart: the run opens a new packed sample."""
+        values = types.tolist()
+        at = 0
+        for length in lengths:
+            first = True
+            for kind, run in itertools.groupby(values[at:at + length]):
+                yield kind, len(list(run)), first
+                first = False
+            at += length
+
     for b in range(batch):
         types = types_cpu[b] if valid_cpu is None else types_cpu[b][valid_cpu[b]]
         pieces = []
         current = 0.0  # the position the next token starts from (Qwen's current_pos)
-        for kind, run in itertools.groupby(types.tolist()):
-            length = len(list(run))
+        lengths = [types.numel()] if sample_lengths is None else sample_lengths[b]
+        for kind, length, restart in runs(types, lengths):
+            if restart:
+                current = 0.0
             if kind == TEXT:
                 pieces.append(torch.arange(length, dtype=torch.float64).expand(3, -1) + current)
                 current += length
@@ -351,7 +375,7 @@ def qwen_vision_spans(mm_token_type_ids, image_grid_thw=None, video_grid_thw=Non
 
 
 def c2rope_mrope_position_ids(spans: Sequence[Sequence[VisionSpan]], seq_len: int, config, attention_mask=None,
-                              device=None) -> Tuple[torch.Tensor, torch.Tensor]:
+                              device=None, sample_starts=None) -> Tuple[torch.Tensor, torch.Tensor]:
     """C2RoPE positions of a Qwen-VL prompt in the model's M-RoPE layout:
     (position_ids float32 [3, B, S], rope_deltas float32 [B, 1]).
 
@@ -361,7 +385,9 @@ def c2rope_mrope_position_ids(spans: Sequence[Sequence[VisionSpan]], seq_len: in
     height section and the column coordinate x on the width section. Text is
     (m, m, m) as in the unpatched model (text_spatial="temporal"). rope_deltas makes
     transformers' decoding (text index + rope_deltas on all three rows) continue at
-    the next m.
+    the next m. `sample_starts` (int64 [B, S], packed rows: the first token of each
+    token's sample) places every sample as if it ran alone; rope_deltas are then
+    meaningless (a packed row is not decoded from).
     """
     from .config import C2RoPEConfig
     from .layout import VisualLayout
@@ -376,7 +402,7 @@ def c2rope_mrope_position_ids(spans: Sequence[Sequence[VisionSpan]], seq_len: in
         )
     layout = VisualLayout.from_spans([[tuple(s[:3]) for s in row] for row in spans], seq_len,
                                      attention_mask=attention_mask, device=device)
-    triplets = build_position_ids(layout, config)  # [B, S, 3] (m, x, y)
+    triplets = build_position_ids(layout, config, sample_starts=sample_starts)  # [B, S, 3] (m, x, y)
     positions = triplets[..., [0, 2, 1]].permute(2, 0, 1).contiguous()
     deltas = (next_temporal_index(layout, config) - layout.valid.sum(dim=1)).to(torch.float32).unsqueeze(1)
     return positions, deltas

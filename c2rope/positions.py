@@ -56,11 +56,16 @@ def _temporal_steps(layout: VisualLayout, config: C2RoPEConfig) -> torch.Tensor:
     return torch.where(is_image, is_last.to(torch.int64) * span, steps)
 
 
-def _temporal_index(layout: VisualLayout, config: C2RoPEConfig) -> torch.Tensor:
+def _temporal_index(layout: VisualLayout, config: C2RoPEConfig, sample_starts=None) -> torch.Tensor:
     """m per token, float64 [B, S] (a shared image's m can be a half-integer); padding
-    gets 1 as HF fills it."""
+    gets 1 as HF fills it. With `sample_starts` (packed rows) m restarts at 0 at every
+    sample's first token: the integer count is rebased before anything else reads it,
+    so each sample gets bit for bit the numbers it gets alone."""
     steps = _temporal_steps(layout, config)
-    m = (torch.cumsum(steps, dim=1) - steps).to(torch.float64)  # exclusive: where the token starts
+    start = torch.cumsum(steps, dim=1) - steps  # exclusive: where the token starts
+    if sample_starts is not None:
+        start = start - torch.gather(start, 1, sample_starts)
+    m = start.to(torch.float64)
     is_image = layout.image_id >= 0
     if config.temporal == "concentric":
         # Periphery first: the outermost ring takes the image's first slot.
@@ -71,8 +76,12 @@ def _temporal_index(layout: VisualLayout, config: C2RoPEConfig) -> torch.Tensor:
     return m.masked_fill(~layout.valid, 1.0)
 
 
-def build_position_ids(layout: VisualLayout, config: C2RoPEConfig) -> torch.Tensor:
+def build_position_ids(layout: VisualLayout, config: C2RoPEConfig, sample_starts=None) -> torch.Tensor:
     """Triplet positions (m, x, y), float32 [B, S, 3], on the layout's device.
+
+    `sample_starts` (int64 [B, S], packed rows): the index of the first token of each
+    token's sample; every sample is then placed as if it ran alone (m from 0). Images
+    must not cross a sample boundary. O(S) time and memory either way.
 
     m counts valid tokens from 0. Text is (m, m, m) with text_spatial="temporal",
     (m, 0, 0) with "zero"; an image token is (m, a + x, a + y) resp. (m, x, y) with
@@ -87,7 +96,12 @@ def build_position_ids(layout: VisualLayout, config: C2RoPEConfig) -> torch.Tens
       then lies in [s, s + 2h], above the text before it and below the text after it.
     """
     _check(layout, config)
-    m = _temporal_index(layout, config)
+    if sample_starts is not None:
+        if not isinstance(sample_starts, torch.Tensor) or tuple(sample_starts.shape) != tuple(layout.valid.shape) \
+                or sample_starts.dtype != torch.int64:
+            raise ValueError(f"sample_starts must be an int64 tensor of shape {tuple(layout.valid.shape)}")
+        sample_starts = sample_starts.to(layout.device)
+    m = _temporal_index(layout, config, sample_starts)
     is_image = layout.image_id >= 0
     # Doubled centred coordinates are exact integers; "merged" truncates toward zero.
     cx = layout.cx2.to(torch.float64) / 2

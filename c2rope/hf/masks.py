@@ -48,16 +48,14 @@ def additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def block_mask(state: C2RoPEState, plan: CallPlan, q_len: int, kv_len: int,
                sliding_window: Optional[int] = None):
-    """FlexAttention BlockMask of the current chunk."""
-    from ..mask import chebyshev_block_mask, chebyshev_mask_mod
+    """FlexAttention BlockMask of the current chunk: the Chebyshev rule, and the packed
+    row's same-sample rule and the sliding window where they apply, classified a slab
+    at a time (never a q x kv tensor, packed or not)."""
+    from ..mask import chebyshev_block_mask
 
     layout = _padded_layout(plan, kv_len)
     past = plan.total_len - q_len
-    if sliding_window is None and plan.samples is None:
-        return chebyshev_block_mask(layout, state.config, q_len=q_len, kv_len=kv_len, q_offset=past)
-    from torch.nn.attention.flex_attention import and_masks, create_block_mask
-
-    mods = [chebyshev_mask_mod(layout, state.config, q_offset=past)]
+    mods = []
     if sliding_window is not None:
         window = int(sliding_window)
 
@@ -69,7 +67,7 @@ def block_mask(state: C2RoPEState, plan: CallPlan, q_len: int, kv_len: int,
         from .packing import same_sample_mod
 
         mods.append(same_sample_mod(plan.samples, past))
-    return create_block_mask(and_masks(*mods), layout.batch_size, None, q_len, kv_len, device=layout.device)
+    return chebyshev_block_mask(layout, state.config, q_len=q_len, kv_len=kv_len, q_offset=past, and_mods=mods)
 
 
 def _sliding(config):

@@ -148,7 +148,7 @@ def _plan(state, frame, bound, cache, batch, q_len, device):
     return state.plan(frame=frame, input_ids=bound.get("input_ids"), embeds=bound.get("inputs_embeds"),
                       attention_mask=bound.get("attention_mask"), cache=cache, batch=batch, q_len=q_len,
                       device=device, position_ids=bound.get("position_ids"),
-                      cu_seq_lens=bound.get("cu_seq_lens_q"))
+                      cu_seq_lens=bound.get("cu_seq_lens_q"), cu_seq_lens_k=bound.get("cu_seq_lens_k"))
 
 
 class DecoderHooks(_Unpicklable):

@@ -22,14 +22,15 @@ model's own.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 from ..circle import CircleRoPEConfig
-from ..mrope import mm_token_type_ids_from_input_ids, mrope_position_ids
-from . import context
+from ..mrope import mm_token_type_ids_from_input_ids, mrope_position_ids, qwen_vision_spans
+from . import context, packing, qwen_packing
 from .introspect import cache_argument, parameter_names, past_length
 from .qwen_c2rope import call_arguments, find_parts, release_deltas
 from .qwen_probe import CircleProbe
@@ -50,19 +51,26 @@ class _Prompt:
 
 
 class _CircleState:
-    def __init__(self, config: CircleRoPEConfig, inner: nn.Module, num_layers: int):
+    def __init__(self, config: CircleRoPEConfig, inner: nn.Module, text: nn.Module):
         self.config = config
         self.inner = inner
-        self.plan = config.layer_plan(num_layers)
+        self.text = text
+        self.plan = config.layer_plan(len(text.layers))
         self.prompt: Optional[_Prompt] = None
+        self._local = threading.local()  # a packed row's M-RoPE positions while it runs
+
+    @property
+    def packed_mrope(self) -> Optional[torch.Tensor]:
+        return getattr(self._local, "packed_mrope", None)
 
     @property
     def needs_mrope(self) -> bool:
         return not all(self.plan)
 
 
-def _get_rope_index(original: Callable, inner: nn.Module, state: _CircleState, *args, **kwargs):
-    arguments = call_arguments(original, args, kwargs)
+def _positions(inner: nn.Module, arguments: dict, circle: Optional[CircleRoPEConfig], sample_lengths=None):
+    """(positions [3, B, S], rope_deltas): Circle-RoPE's (circle given) or the model's own
+    M-RoPE (None) for the call's ids and grids; `sample_lengths` for packed rows."""
     input_ids, mm_token_type_ids = arguments.get("input_ids"), arguments.get("mm_token_type_ids")
     image_grid_thw, video_grid_thw = arguments.get("image_grid_thw"), arguments.get("video_grid_thw")
     attention_mask, second_per_grid_ts = arguments.get("attention_mask"), arguments.get("second_per_grid_ts")
@@ -79,21 +87,28 @@ def _get_rope_index(original: Callable, inner: nn.Module, state: _CircleState, *
         mm_token_type_ids = mm_token_type_ids_from_input_ids(
             input_ids, config.image_token_id, getattr(config, "video_token_id", None)
         )
-    positions, deltas = mrope_position_ids(
+    return mrope_position_ids(
         input_ids, image_grid_thw, frames_grid_thw, mask,
         mm_token_type_ids=mm_token_type_ids, spatial_merge_size=vision.spatial_merge_size,
         second_per_grid_ts=second_per_grid_ts if tokens_per_second is not None else None,
         tokens_per_second=tokens_per_second,
-        circle=state.config,
-    )
+        circle=circle, sample_lengths=sample_lengths,
+    ), mm_token_type_ids, mask
+
+
+def _get_rope_index(original: Callable, inner: nn.Module, state: _CircleState, *args, **kwargs):
+    arguments = call_arguments(original, args, kwargs)
+    (positions, deltas), mm_token_type_ids, mask = _positions(inner, arguments, state.config)
     deltas = release_deltas(original, deltas, mask)
     if state.needs_mrope:
         # The model's own M-RoPE positions for the layers AGE leaves on M-RoPE.
+        second_per_grid_ts = arguments.get("second_per_grid_ts")
         extra = {} if second_per_grid_ts is None else {"second_per_grid_ts": second_per_grid_ts}
         if "mm_token_type_ids" in parameter_names(original):
             extra["mm_token_type_ids"] = mm_token_type_ids
         mrope, mrope_deltas = original(
-            input_ids, image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw, attention_mask=mask, **extra,
+            arguments.get("input_ids"), image_grid_thw=arguments.get("image_grid_thw"),
+            video_grid_thw=arguments.get("video_grid_thw"), attention_mask=mask, **extra,
         )
         state.prompt = _Prompt(positions, mrope.to(torch.float32), deltas, mrope_deltas.to(torch.float32))
     return positions, deltas
@@ -167,7 +182,8 @@ def _text_forward(original: Callable, state: _CircleState, names, *args, **kwarg
     past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
     circle = _as_three_rows(bound.get("position_ids"), past, batch, seq, device)
     with context.call_frame(state) as frame:
-        frame.positions = mrope_positions_for_chunk(state, circle, past)
+        packed = state.packed_mrope
+        frame.positions = packed if packed is not None else mrope_positions_for_chunk(state, circle, past)
         return original(*args, **kwargs)
 
 
@@ -192,23 +208,59 @@ def _mrope_layer_forward(original: Callable, slot: Optional[int], *args, **kwarg
     return original(*args, **kwargs)
 
 
-def _refuse_continuation(original: Callable, inner: nn.Module, cache_name, *args, **kwargs):
-    """Circle-RoPE places images only in a prompt that starts the cache: refuse a call
-    that brings new image or video tokens after cached ones (a later turn), which the
-    release would place at text positions."""
+def _inner_forward(original: Callable, inner: nn.Module, state: _CircleState, cache_name, *args, **kwargs):
+    """Refuse a call that brings new image or video tokens after cached ones (a later
+    turn, which the release would place at text positions: Circle-RoPE places images
+    only in a prompt that starts the cache), and place a packed row's samples each as
+    if alone (`_packed_call`)."""
     arguments = call_arguments(original, args, kwargs)
     ids = arguments.get("input_ids")
     grids = arguments.get("image_grid_thw") is not None or arguments.get("video_grid_thw") is not None
-    if grids and isinstance(ids, torch.Tensor) and cache_name and past_length(arguments.get(cache_name)):
+    past = past_length(arguments.get(cache_name)) if cache_name else 0
+    types = None
+    if isinstance(ids, torch.Tensor) and ids.dim() == 2:
         types = mm_token_type_ids_from_input_ids(ids, inner.config.image_token_id,
                                                  getattr(inner.config, "video_token_id", None))
-        if bool(types.any()):
-            raise ValueError(
-                "c2rope: Circle-RoPE cannot add images or videos to a conversation held in a KV cache (the "
-                "model would place them at text positions); run the whole conversation without the cache, or "
-                "use C2RoPEConfig, which places them (docs/qwen.md, 'Multi-turn')"
-            )
-    return original(*args, **kwargs)
+    if grids and types is not None and past and bool(types.any()):
+        raise ValueError(
+            "c2rope: Circle-RoPE cannot add images or videos to a conversation held in a KV cache (the "
+            "model would place them at text positions); run the whole conversation without the cache, or "
+            "use C2RoPEConfig, which places them (docs/qwen.md, 'Multi-turn')"
+        )
+    samples = None if types is None else qwen_packing.packed_samples(arguments, *types.shape, types.device)
+    if samples is None or not grids or not bool(types.any()):
+        return original(*args, **kwargs)  # not packed, or text only: transformers' own handling
+    return _packed_call(original, inner, state, arguments, types, samples, past, args, kwargs)
+
+
+def _packed_call(original, inner, state: _CircleState, arguments, types, samples, past, args, kwargs):
+    """A packed row: Circle-RoPE positions of every sample alone (4-row form, the text
+    row restarting per sample), the model's M-RoPE ones for AGE's layers, and the
+    block-diagonal causal mask where the implementation takes a mask."""
+    import inspect
+
+    spans = qwen_vision_spans(types, arguments.get("image_grid_thw"), arguments.get("video_grid_thw"),
+                              spatial_merge_size=inner.config.vision_config.spatial_merge_size)
+    qwen_packing.check_packed(spans, samples, past)
+    lengths = packing.sample_lengths(samples)
+    (circle, _), _, _ = _positions(inner, arguments, state.config, lengths)
+    bound = inspect.signature(original).bind_partial(*args, **kwargs)
+    bound.arguments["position_ids"] = qwen_packing.four_rows(samples, circle.to(types.device))
+    embeds = arguments.get("inputs_embeds")
+    dtype = embeds.dtype if embeds is not None else state.text.get_input_embeddings().weight.dtype
+    mask = qwen_packing.block_diagonal_mask(samples, state.text.config, None, dtype,
+                                            types.device)
+    if mask is not None:
+        bound.arguments["attention_mask"] = mask
+    mrope = None
+    if state.needs_mrope:
+        (mrope, _), _, _ = _positions(inner, arguments, None, lengths)
+    previous = state.packed_mrope
+    state._local.packed_mrope = None if mrope is None else mrope.to(types.device)
+    try:
+        return original(*bound.args, **bound.kwargs)
+    finally:
+        state._local.packed_mrope = previous
 
 
 def apply_circle_patch(model: nn.Module, record: PatchRecord, config: CircleRoPEConfig) -> _CircleState:
@@ -219,11 +271,11 @@ def apply_circle_patch(model: nn.Module, record: PatchRecord, config: CircleRoPE
             f"M-RoPE), got {type(config).__name__}"
         )
     inner, text = find_parts(model)
-    state = _CircleState(config, inner, len(text.layers))
+    state = _CircleState(config, inner, text)
     record.wrap_forward(inner, _get_rope_index, inner, state, attribute="get_rope_index")
     # Deltas left from earlier unpatched calls would shift our decode positions.
     record.set_attr(inner, "rope_deltas", None)
-    record.wrap_forward(inner, _refuse_continuation, inner, cache_argument(inner.forward))
+    record.wrap_forward(inner, _inner_forward, inner, state, cache_argument(inner.forward))
     if state.needs_mrope:
         record.wrap_forward(text, _text_forward, state, parameter_names(text.forward))
         record.wrap_forward(text.rotary_emb, _rotary_forward, state)

@@ -45,13 +45,13 @@ from torch import nn
 
 from ..mrope import IMAGE, VIDEO, c2rope_mrope_position_ids, mm_token_type_ids_from_input_ids, mrope_decode_position_ids
 from ..mrope import qwen_vision_spans
-from . import context
+from . import context, packing, qwen_packing
 from .introspect import cache_argument, parameter_names, past_length
 from .masks import decoder_mask
 from .pipeline import to_kwargs
 from .record import PatchRecord
 from .qwen_tables import C2RoPEAxisTable, FrameAxisTable, c2rope_row_table, model_row_table, three_rows
-from .state import C2RoPEState, CallPlan
+from .state import MASKABLE_IMPLEMENTATIONS, C2RoPEState, CallPlan
 
 # Said with every refusal of grids that do not fit the tokens: the usual cause is a
 # conversation continued from a KV cache through generate().
@@ -139,18 +139,22 @@ class QwenC2RoPE:
         return spans, mask
 
     @contextlib.contextmanager
-    def chunk_frames(self, spans):
+    def chunk_frames(self, spans, samples=None):
         """While the inner model runs: the chunk's images and frames, for the rotary
-        (`frames()`); per thread, restored after (calls may nest)."""
-        previous = getattr(self._local, "frames", None)
-        self._local.frames = spans
+        (`frames()`), and the sample of every token of a packed row (`samples()`, for
+        the text model's mask); per thread, restored after (calls may nest)."""
+        previous = getattr(self._local, "frames", None), getattr(self._local, "samples", None)
+        self._local.frames, self._local.samples = spans, samples
         try:
             yield
         finally:
-            self._local.frames = previous
+            self._local.frames, self._local.samples = previous
 
     def frames(self):
         return getattr(self._local, "frames", None)
+
+    def samples(self):
+        return getattr(self._local, "samples", None)
 
     def rotary_tables(self, x, position_ids):
         """cos, sin the patched text rotary should return for these positions (built from
@@ -241,30 +245,42 @@ def _get_rope_index(original: Callable, qwen: QwenC2RoPE, *args, **kwargs):
 def _inner_forward(original: Callable, qwen: QwenC2RoPE, cache_name, *args, **kwargs):
     """Note the chunk's images and frames for the text model (a call frame) and the
     rotary; a chunk after a KV cache gets its positions here when transformers' forward
-    would get them wrong (`continuation_positions`, `_decode_positions`)."""
+    would get them wrong (`continuation_positions`, `_decode_positions`); a packed row
+    gets every sample's positions alone and its sample ids (`qwen_packing`)."""
     from ..layout import VisualLayout
 
     arguments = call_arguments(original, args, kwargs)
     types = qwen.vision_types(arguments.get("input_ids"), arguments.get("mm_token_type_ids"))
     past = past_length(arguments.get(cache_name)) if cache_name else 0
-    layout = spans = position_ids = None
+    layout = spans = position_ids = samples = None
+    if types is not None:
+        samples = qwen_packing.packed_samples(arguments, *types.shape, types.device)
     if _has_vision(types):
         spans, _ = qwen.spans(types, arguments)
-    if spans is not None:
+    if spans is None:
+        samples = None  # text-only packed rows stay transformers' (their boundaries were validated)
+    if spans is not None and samples is not None:
+        qwen_packing.check_packed(spans, samples, past)
+        starts = packing.sample_starts(samples)
+        rows, _ = c2rope_mrope_position_ids(spans, types.shape[1], qwen.state.config, None, device=types.device,
+                                            sample_starts=starts)
+        position_ids = qwen_packing.four_rows(samples, rows)
+    elif spans is not None:
         if past:
             _check_continuation(arguments, types, spans)
             if arguments.get("position_ids") is None:
                 position_ids = continuation_positions(qwen, spans, types, arguments, past)
-        if qwen.state.config.mask != "causal":
-            layout = VisualLayout.from_spans([[tuple(s[:3]) for s in row] for row in spans], types.shape[1],
-                                             device=types.device)
     elif past and types is not None and arguments.get("position_ids") is None:
         position_ids = _decode_positions(qwen, arguments, past, *types.shape)
+    maskable = getattr(qwen.text.config, "_attn_implementation", None) in MASKABLE_IMPLEMENTATIONS
+    if spans is not None and (qwen.state.config.mask != "causal" or (samples is not None and maskable)):
+        layout = VisualLayout.from_spans([[tuple(s[:3]) for s in row] for row in spans], types.shape[1],
+                                         device=types.device)
     if position_ids is not None:
         bound = inspect.signature(original).bind_partial(*args, **kwargs)
         bound.arguments["position_ids"] = position_ids
         args, kwargs = bound.args, bound.kwargs
-    with context.call_frame(qwen.state, visual_layout=layout), qwen.chunk_frames(spans):
+    with context.call_frame(qwen.state, visual_layout=layout), qwen.chunk_frames(spans, samples):
         return original(*args, **kwargs)
 
 
@@ -368,7 +384,7 @@ def _text_forward(original: Callable, qwen: QwenC2RoPE, names, cache_name, *args
     q_len = chunk.seq_len
     past = past_length(cache)
     spans = tuple(tuple((start + past, h, w) for start, h, w in row) for row in chunk.spans)
-    plan = CallPlan(spans=spans, total_len=past + q_len)
+    plan = CallPlan(spans=spans, total_len=past + q_len, samples=qwen.samples())
     plan.layout = C2RoPEState._layout(spans, past + q_len, attention_mask, reference.device)
     dtype = embeds.dtype if embeds is not None else qwen.text.get_input_embeddings().weight.dtype
     bound["attention_mask"] = decoder_mask(qwen.state, plan, qwen.text.config, cache, q_len, dtype,

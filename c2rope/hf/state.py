@@ -174,7 +174,7 @@ class C2RoPEState:
     # ------------------------------------------------------------ plan
 
     def plan(self, *, frame, input_ids, embeds, attention_mask, cache, batch: int, q_len: int,
-             device: torch.device, position_ids=None, cu_seq_lens=None) -> CallPlan:
+             device: torch.device, position_ids=None, cu_seq_lens=None, cu_seq_lens_k=None) -> CallPlan:
         """Spans and positions for one decoder call (positions None when no image)."""
         past = past_length(cache)
         total = past + q_len
@@ -195,6 +195,11 @@ class C2RoPEState:
             spans = tuple(tuple(row) for row in rows)
         plan = CallPlan(spans=spans, total_len=total)
         if not any(spans):
+            if cu_seq_lens is not None or cu_seq_lens_k is not None:
+                # text-only rows stay transformers', but bad boundaries are refused all the same
+                from . import packing
+
+                packing.sample_ids(position_ids, cu_seq_lens, attention_mask, batch, q_len, device, cu_seq_lens_k)
             return plan
         if attention_mask is not None and not (isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2):
             raise ValueError(
@@ -206,14 +211,14 @@ class C2RoPEState:
         from . import packing
 
         plan.layout = self._layout(spans, total, attention_mask, device)
-        samples = packing.sample_ids(position_ids, cu_seq_lens, attention_mask, batch, q_len, device)
+        samples = packing.sample_ids(position_ids, cu_seq_lens, attention_mask, batch, q_len, device, cu_seq_lens_k)
         if samples is not None:
             if past:
                 raise ValueError("c2rope: packed rows (position_ids restarting inside a row) cannot be combined "
                                  "with a KV cache")
             packing.check_spans_inside_samples(spans, samples)
             plan.samples = samples
-            plan.positions = packing.packed_positions(spans, samples, self.config, device)
+            plan.positions = packing.packed_positions(plan.layout, samples, self.config)
             return plan
         plan.positions = build_position_ids(plan.layout, self.config)[:, past:]
         return plan
