@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
@@ -47,7 +48,15 @@ class CheckUsageError(ValueError):
 
 
 class NotSupported(Exception):
-    """c2rope, or the check, refuses this model; the message says why."""
+    """c2rope refuses this model; the message says why."""
+
+    verdict = "NOT SUPPORTED"
+
+
+class TooLargeToCheck(NotSupported):
+    """The test model or its synthetic inputs would be larger than the check builds."""
+
+    verdict = "NOT CHECKED"
 
 
 @dataclass
@@ -168,10 +177,11 @@ def _vision_budget(config) -> str:
         tiles += -(-height // size) * -(-width // size)
     pixels = tiles * getattr(vision, "num_channels", 3) * size * size
     if pixels > MAX_PIXELS or tiles * side * side > MAX_IMAGE_TOKENS or side < 1:
-        raise NotSupported(f"the check keeps the vision tower's patch grid, and vision_config.image_size={size}, "
-                           f"patch_size={patch}{', the smallest grid pinpoint' if pinpoints else ''} make a synthetic "
-                           f"image of {tiles} tile(s) of {size}x{size} px ({side}x{side} patches each): larger than "
-                           f"the check builds (at most {MAX_PIXELS:,} pixel values, {MAX_IMAGE_TOKENS:,} tokens)")
+        raise TooLargeToCheck(f"the check keeps the vision tower's patch grid, and vision_config.image_size={size}, "
+                           f"patch_size={patch}, num_channels={getattr(vision, 'num_channels', 3)}"
+                           f"{' and the smallest grid pinpoint' if pinpoints else ''} make a synthetic image of "
+                           f"{tiles} tile(s) of {size}x{size} px ({side}x{side} patches each): larger than the "
+                           f"check builds (at most {MAX_PIXELS:,} pixel values, {MAX_IMAGE_TOKENS:,} tokens)")
     return f"{size}x{size} px tiles of {side}x{side} patches"
 
 
@@ -195,7 +205,7 @@ def _first_line(exc: BaseException) -> str:
 def _guard_size(cls, config) -> int:
     count = _elements(cls, config)
     if count > MAX_ELEMENTS:
-        raise NotSupported(f"even shrunk to 2 layers the model would hold {count:,} parameter values (the check "
+        raise TooLargeToCheck(f"even shrunk to 2 layers the model would hold {count:,} parameter values (the check "
                            f"builds at most {MAX_ELEMENTS:,}); a field of config.json is far larger than any "
                            f"real checkpoint's")
     return count
@@ -209,9 +219,12 @@ def build(config, cls=None):
 
 
 def check_usage(model_type: str, config_override, options) -> None:
-    """CheckUsageError for a patch config or options this model type does not take."""
+    """CheckUsageError for a patch config or options this model type does not take (a
+    model type c2rope does not patch is left to the NOT SUPPORTED verdict)."""
     from .registry import check_config, check_options
 
+    if model_type not in supported_model_types():  # also registers the families' options
+        return
     try:
         if config_override is not None:
             check_config(model_type, config_override)
@@ -247,9 +260,10 @@ def prepare(path: str, config_override=None, options=None) -> Plan:
     text = getattr(small, "text_config", None) or small
     vision = getattr(small, "vision_config", None)
     tower = f", a 1-block vision tower ({image})" if image else (", a 1-block vision tower" if vision else "")
-    header.append(f"  test model: {text.num_hidden_layers} layers, hidden {text.hidden_size}, "
-                  f"{text.num_attention_heads} heads of {getattr(text, 'head_dim', None) or text.hidden_size // text.num_attention_heads}"
-                  f"{tower}, vocabulary {VOCAB}; random weights, {count / 1e6:.2f} M values")
+    heads, head_dim = text.num_attention_heads, getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    header.append(f"  test model: {text.num_hidden_layers} layers, hidden {text.hidden_size}, {heads} "
+                  f"head{'s' if heads != 1 else ''} of {head_dim}{tower}, vocabulary {VOCAB}; random weights, "
+                  f"{count / 1e6:.2f} M values")
     if is_qwen_vl(config):
         header.append(f"  {split_line(config, config_override, options)}")
     return Plan(path, small, cls, reason, header)
@@ -324,13 +338,15 @@ def run_check(plan: Plan, config_override=None, options=None, say: Callable[[str
         if per_token:
             diff = (got[:, image_rows] - expected[:, image_rows]).abs().max().item()
             results.append(CheckResult("image rows change", diff > 1e-4, f"max |diff| = {diff:.2e}"))
-        else:
-            diff = (got - expected).abs().max().item()
-            results.append(CheckResult(f"the {tuple(got.shape[1:])} score of a prompt with an image changes",
-                                       diff > 1e-4, f"max |diff| = {diff:.2e}"))
+        else:  # the score pools one row: compare the decoder's output at the image rows
+            got, expected = (m(**with_image, output_hidden_states=True).hidden_states[-1] for m in (model, reference))
+            diff = (got[:, image_rows] - expected[:, image_rows]).abs().max().item()
+            results.append(CheckResult("image rows of the decoder's last hidden state change", diff > 1e-4,
+                                       f"max |diff| = {diff:.2e}"))
         if not (per_token and model.can_generate()):
             results.append(CheckResult("KV-cache generation and packed rows", None,
-                                       f"{type(model).__name__} does not generate; its score is checked above"))
+                                       f"{type(model).__name__} does not generate; its text-only score and its decoder's image "
+                                       f"rows are checked above"))
             return results
         generate = dict(with_image, max_new_tokens=4, do_sample=False, pad_token_id=0,
                         suppress_tokens=[image_token_id])
@@ -365,16 +381,17 @@ def _mark(result: CheckResult) -> str:
 
 def main(path: str, config_override: Optional[object] = None, options: Optional[dict] = None) -> int:
     """Print the report of `path`; return the exit code (0 supported, 1 a check failed,
-    2 refused: a malformed file or a usage error as `c2rope check: error: ...`, a model
-    c2rope does not patch as `NOT SUPPORTED: ...`). options: patch_model's options (the
+    2 refused: a malformed file or a usage error as `c2rope check: error: ...` on stderr,
+    a model c2rope does not patch as `NOT SUPPORTED: ...`, one too large for the test
+    model as `NOT CHECKED: ...`). options: patch_model's options (the
     Qwen-VL family: frequencies, frame_axis)."""
     try:
         plan = prepare(path, config_override, options)
     except (CheckInputError, CheckUsageError) as exc:
-        print(f"c2rope check: error: {exc}")
+        print(f"c2rope check: error: {exc}", file=sys.stderr)
         return 2
     except NotSupported as exc:
-        print(f"c2rope check: {os.fspath(path)}\nNOT SUPPORTED: {exc}")
+        print(f"c2rope check: {os.fspath(path)}\n{exc.verdict}: {exc}")
         return 2
     for line in plan.lines:
         print(line)

@@ -22,6 +22,10 @@ _INTEGER_NAMES = {"depth", "in_chans", "in_channels", "sliding_window", "ignore_
 # Kept at their real values in the test model, so they must be positive.
 _POSITIVE = {"image_size", "patch_size", "spatial_merge_size", "temporal_patch_size", "num_position_embeddings",
              "num_channels", "in_channels"}
+# Fields that transformers turns into per-item lists while building the config itself
+# (layer_types, id2label), before the check can shrink them: a count no model has is
+# refused instead of allocated.
+_COUNT_LIMITS = {"_layers": 1024, "depth": 1024, "n_layer": 1024, "num_labels": 65536}
 # May be negative: -100 (ignore_index), -1/-2 (layer counted from the end), -1 (no pad token).
 _SIGNED = ("ignore_index", "vision_feature_layer", "_token_id", "_token_index")
 
@@ -123,6 +127,10 @@ def _check_values(fields: dict, prefix: str) -> None:
         elif _is_integer_field(name) and not isinstance(value, dict):
             _check_integer(prefix + name, value, positive=name in _POSITIVE,
                            signed=name.endswith(_SIGNED) or name in _SIGNED)
+            limit = next((n for key, n in _COUNT_LIMITS.items() if name == key or name.endswith(key)), None)
+            if limit is not None and isinstance(value, int) and value > limit:
+                raise CheckInputError(f"{prefix}{name}={value} is more than any model has (the check reads at most "
+                                      f"{limit:,})")
 
 
 def _check_integer(name: str, value, positive: bool = False, signed: bool = False) -> None:
