@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+import c2rope
+
 from test_hf_common import text_config, transformers  # noqa: F401  (skips under transformers < 4.57)
 
 from c2rope.hf.check import main as check_main
@@ -66,18 +68,39 @@ def test_check_packed_line_fails_when_samples_are_not_separated(tmp_path, capsys
 
 
 def test_check_command_line_options(tmp_path):
-    """--config picks the C2RoPEConfig by name; a bad name, and Qwen-VL options on a Llama,
-    are refused with the reason (exit code 2)."""
+    """--config picks the C2RoPEConfig by name."""
     path = _write(text_config("llama"), tmp_path)
-
-    def cli(*extra):
-        return subprocess.run([sys.executable, "-m", "c2rope", "check", path, *extra], capture_output=True,
-                              text=True, timeout=300)
-
-    ok = cli("--config", "shared-high")
+    ok = subprocess.run([sys.executable, "-m", "c2rope", "check", path, "--config", "shared-high"],
+                        capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0 and ok.stdout.count("PASS") == 4, ok.stdout + ok.stderr
-    bad = cli("--config", "sideways")
-    assert bad.returncode == 2 and "--config" in bad.stdout, bad.stdout + bad.stderr
-    refused = cli("--frame-axis", "separate")
-    assert refused.returncode == 2 and "NOT SUPPORTED" in refused.stdout and "frame_axis" in refused.stdout, \
-        refused.stdout + refused.stderr
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--frame-axis", "separate"], "--frame-axis: model_type 'llama' takes no options"),
+    (["--frequencies", "c2rope"], "--frequencies: model_type 'llama' takes no options"),
+    (["--config", "sideways"], "--config: name must be one of"),
+])
+def test_usage_errors_exit_2_with_the_usage(extra, words, tmp_path, capsys):
+    """A Qwen-VL option on a Llama, or a --config name that does not exist, is a usage
+    error (argparse's usage line and the reason, exit code 2), not a verdict on the model."""
+    from c2rope.cli.main import main as cli_main
+
+    path = _write(text_config("llama"), tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["check", path, *extra])
+    captured = capsys.readouterr()
+    assert exc.value.code == 2
+    assert captured.err.startswith("usage: c2rope check") and f"c2rope check: error: {words}" in captured.err, \
+        captured.err
+    assert "NOT SUPPORTED" not in captured.out + captured.err and "PASS" not in captured.out
+
+
+def test_python_check_refuses_options_the_family_does_not_take(tmp_path, capsys):
+    path = _write(text_config("llama"), tmp_path)
+    assert check_main(path, None, {"frequencies": "c2rope"}) == 2
+    captured = capsys.readouterr()
+    assert "NOT SUPPORTED" not in captured.out and captured.out == ""
+    assert captured.err.startswith("c2rope check: error: model_type 'llama' takes no options"), captured.err
+    assert check_main(path, c2rope.CircleRoPEConfig()) == 2
+    captured = capsys.readouterr()
+    assert "NOT SUPPORTED" not in captured.out and "is patched with a c2rope.C2RoPEConfig" in captured.err

@@ -14,6 +14,14 @@ from typing import List, Optional
 
 from .plotting import MissingPlotsExtra
 
+
+
+class UsageError(Exception):
+    """Raised by a command's run() for arguments that do not fit its input (an option
+    that does not apply to the model it names): printed under the command's usage,
+    exit code 2, as argparse reports its own errors."""
+
+
 # command -> (module, one-line help)
 COMMANDS = {
     "demo": ("c2rope.cli.demo", "triplet positions, Chebyshev mask and PNGs on a synthetic prompt"),
@@ -49,6 +57,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(rest)
     try:
         return module.run(args)
+    except UsageError as exc:
+        parser.error(str(exc))  # prints the usage and the reason; exits 2
     except MissingPlotsExtra as exc:
         print(f"c2rope {name}: error: {exc}", file=sys.stderr)
         return 1

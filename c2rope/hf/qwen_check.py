@@ -21,9 +21,6 @@ from typing import List, Optional
 import torch
 
 MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
-# The class to build when config.json names no architecture (4.57 drops it from Qwen2-VL configs).
-_CLASSES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
-            "qwen3_vl": "Qwen3VLForConditionalGeneration"}
 LAYERS = 2
 VISION = dict(depth=1, hidden_size=32, intermediate_size=64, embed_dim=32, num_heads=2)
 VOCAB = 512
@@ -52,6 +49,8 @@ def shrink_qwen(config):
     """2 text layers of one head whose width is the checkpoint's rotary width (twice the
     sum of mrope_section), a one-block vision tower projecting into it, a small
     vocabulary with the special tokens moved to its top."""
+    from .check import _drop_large_ids
+
     config = copy.deepcopy(config)
     text = _text_config(config)
     width = 2 * sum(mrope_section(config))
@@ -59,9 +58,7 @@ def shrink_qwen(config):
                             num_attention_heads=1, num_key_value_heads=1, head_dim=width,
                             vocab_size=VOCAB).items():
         setattr(text, name, value)
-    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
-        if isinstance(getattr(text, name, None), int) and getattr(text, name) >= VOCAB:
-            setattr(text, name, None)
+    _drop_large_ids({id(h): h for h in (config, text)}.values())
     vision = config.vision_config
     for name, value in VISION.items():
         if hasattr(vision, name):
@@ -152,17 +149,28 @@ def qwen_inputs(model, image: bool = True, video: bool = True):
             None if video_rows is None else slice(video_rows.start, end))
 
 
-def run_qwen_check(config, patch_config=None, options=None):
-    """The CheckResults of a Qwen-VL config (see the module docstring)."""
+def describe_inputs(config) -> str:
+    """The report's line on the synthetic image and video (grids before merging)."""
+    vision = config.vision_config
+    merge, patch = vision.spatial_merge_size, vision.patch_size
+    t, h, w = (1, 2 * merge, 3 * merge)
+    vt, vh, vw = (2, 2 * merge, 2 * merge)
+    return (f"synthetic image: image_grid_thw ({t}, {h}, {w}) ({h * patch}x{w * patch} px) -> "
+            f"{h * w // merge ** 2} image tokens; synthetic video: video_grid_thw ({vt}, {vh}, {vw}) "
+            f"({vt * vision.temporal_patch_size} frames of {vh * patch}x{vw * patch} px) -> "
+            f"{vt * vh * vw // merge ** 2} video tokens; random pixels")
+
+
+def run_qwen_check(plan, patch_config=None, options=None, say=print):
+    """The CheckResults of a Qwen-VL config (see the module docstring); `plan` is
+    c2rope.hf.check.prepare's, its config already shrunk by shrink_qwen."""
     import c2rope
 
     from .check import CheckResult, build
 
-    small = shrink_qwen(config)
-    if not getattr(small, "architectures", None):
-        small.architectures = [_CLASSES[small.model_type]]
-    torch.manual_seed(0)
-    model = build(small)
+    small = plan.config
+    model = build(small, plan.model_class)
+    say(f"  {describe_inputs(small)}")
     with torch.no_grad():  # larger weights than the init, so positions and masks show in the logits
         for name, parameter in model.named_parameters():
             if "layers" in name and parameter.dim() == 2:
@@ -191,4 +199,4 @@ def run_qwen_check(config, patch_config=None, options=None):
     return results
 
 
-__all__ = ["MODEL_TYPES", "is_qwen_vl", "qwen_inputs", "run_qwen_check", "shrink_qwen", "split_line"]
+__all__ = ["MODEL_TYPES", "describe_inputs", "is_qwen_vl", "qwen_inputs", "run_qwen_check", "shrink_qwen", "split_line"]
