@@ -28,13 +28,24 @@ def _round_down_to_4(value: float) -> int:
     return int(value) // 4 * 4
 
 
+def _default_spatial(dim: int, fraction: float) -> int:
+    """d_spatial when neither split is given (docs/design.md §4): dim * fraction rounded
+    down to a multiple of 4, but at least 4, so that small heads (and the paper's 12/128
+    below 43 dims) keep one (x, y) pair instead of silently becoming plain RoPE; 0 for
+    dim 2 and 4, which have no room for m's 2 dims beside a pair."""
+    if dim < 4 + 2:
+        return 0
+    return max(4, _round_down_to_4(dim * fraction))
+
+
 @dataclasses.dataclass(frozen=True)
 class C2RoPEConfig:
     """How C2RoPE builds positions, splits frequencies and masks images.
 
     d_temporal / d_spatial: rotary dims given to m and to (x, y). None derives them from
         the rotary dim at use time (see `split`): d_spatial = d * spatial_fraction rounded
-        down to a multiple of 4 (128 -> 96 + 32 by default).
+        down to a multiple of 4 (128 -> 96 + 32 by default), at least 4 (one (x, y) pair)
+        for d >= 6, and 0 for d = 2 or 4.
     spatial_layout: "interleaved" (x on even, y on odd spatial slots) or "blocked".
     coords: "centered" (half-integer centred coordinates) or "merged" (truncated).
     text_spatial: "temporal" (text is (m, m, m): no image == plain RoPE) or "zero".
@@ -93,7 +104,7 @@ class C2RoPEConfig:
             raise ValueError(f"rotary dim must be a positive even int, got {dim!r}")
         d_t, d_s = self.d_temporal, self.d_spatial
         if d_s is None and d_t is None:
-            d_s = max(4, _round_down_to_4(dim * self.spatial_fraction))
+            d_s = _default_spatial(dim, self.spatial_fraction)
             d_t = dim - d_s
         elif d_s is None:
             d_s = dim - d_t

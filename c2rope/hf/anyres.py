@@ -105,7 +105,13 @@ class AnyresGeometry:
             ratio = math.sqrt(high_h * high_w / (self.max_tiles * self.side ** 2))
             if ratio > _SHRINK_THRESHOLD:
                 high_h, high_w = int(high_h // ratio), int(high_w // ratio)
-        return ImageTokens((base, (high_h, high_w + self.newline)))
+        high = (high_h, high_w + self.newline)
+        if high[0] * high[1] == 0:
+            # A very wide image unpads to 0 rows: transformers appends an empty part (no
+            # rows, so no newlines either) and the image is its base view alone. A very
+            # tall one unpads to 0 columns and keeps only its rows' newlines: an H x 1 grid.
+            return ImageTokens((base,))
+        return ImageTokens((base, high))
 
     def tile_grid(self, height: int, width: int) -> Grid:
         """(rows, columns) of tiles transformers cuts the image into (its best pinpoint)."""

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "c2rope.h"
+#include "c2rope_overlap.h"
 
 /* Bytes per element of a floating-point tensor dtype; 0 for anything else. */
 static inline size_t c2rope_float_elem_size(c2rope_dtype t) {
@@ -47,6 +48,56 @@ static inline c2rope_status c2rope_check_cos_sin_params(const c2rope_cos_sin_par
     return C2ROPE_OK;
 }
 
+/* A [B, H, S, D] (or [Bc, S, R] when h < 0) operand of the rotary as a c2rope_view. */
+static inline c2rope_view c2rope_rotary_view_(const void *ptr, const c2rope_rotary_params *p, int64_t heads,
+                                              const int64_t *stride, int64_t elem) {
+    c2rope_view v;
+    v.base = (uintptr_t)ptr;
+    v.elem = elem;
+    if (heads < 0) { /* cos / sin: [B, S, R] as read (cs_stride[0] == 0 broadcasts) */
+        const int64_t size[3] = {p->batch, p->seq, p->rot_dim};
+        v.ndim = 3;
+        for (int i = 0; i < 3; ++i) v.size[i] = size[i], v.stride[i] = stride[i];
+    } else {
+        const int64_t size[4] = {p->batch, heads, p->seq, p->head_dim};
+        v.ndim = 4;
+        for (int i = 0; i < 4; ++i) v.size[i] = size[i], v.stride[i] = stride[i];
+    }
+    return v;
+}
+
+/*
+ * The outputs' memory rule: every element of q_out and k_out is written exactly once, and
+ * nothing written is read through another argument. So an output has no two elements in
+ * one place, is either exactly its input (same address and strides: in place) or apart
+ * from it, and is apart from the other output, the other input and cos/sin. Undecidable
+ * layouts (beyond the overlap test's budget) are refused too.
+ */
+static inline int c2rope_rotary_outputs_apart_(const c2rope_rotary_params *p) {
+    const int64_t es = (int64_t)c2rope_float_elem_size(p->dtype), cs = (int64_t)c2rope_float_elem_size(p->cs_dtype);
+    const int64_t budget = 4096 + p->batch * p->seq * (p->n_heads_q + p->n_heads_k) * p->head_dim;
+    const int live[2] = {p->n_heads_q > 0, p->n_heads_k > 0};
+    const c2rope_view in[2] = {c2rope_rotary_view_(p->q, p, p->n_heads_q, p->q_stride, es),
+                               c2rope_rotary_view_(p->k, p, p->n_heads_k, p->k_stride, es)};
+    const c2rope_view out[2] = {c2rope_rotary_view_(p->q_out, p, p->n_heads_q, p->q_out_stride, es),
+                                c2rope_rotary_view_(p->k_out, p, p->n_heads_k, p->k_out_stride, es)};
+    const c2rope_view tables[2] = {c2rope_rotary_view_(p->cos, p, -1, p->cs_stride, cs),
+                                   c2rope_rotary_view_(p->sin, p, -1, p->cs_stride, cs)};
+    for (int t = 0; t < 2; ++t) {
+        if (!live[t]) continue;
+        if (c2rope_view_self_overlaps(&out[t], budget)) return 0;
+        int same = out[t].base == in[t].base;
+        for (int i = 0; i < 4; ++i) same &= out[t].stride[i] == in[t].stride[i];
+        if (!same && c2rope_views_overlap(&out[t], &in[t], budget)) return 0;
+        for (int c = 0; c < 2; ++c)
+            if (c2rope_views_overlap(&out[t], &tables[c], budget)) return 0;
+        if (live[1 - t] && (c2rope_views_overlap(&out[t], &out[1 - t], budget) ||
+                            c2rope_views_overlap(&out[t], &in[1 - t], budget)))
+            return 0;
+    }
+    return 1;
+}
+
 /*
  * Rules for c2rope_rotary_params. Data pointers and q/k strides are only checked when
  * there is a token to rotate: zero-sized problems are valid and do nothing (torch
@@ -72,6 +123,7 @@ static inline c2rope_status c2rope_check_rotary_params(const c2rope_rotary_param
         return C2ROPE_ERR_INVALID_ARGUMENT;
     if ((p->n_heads_q > 0 || p->n_heads_k > 0) && (!p->cos || !p->sin))
         return C2ROPE_ERR_INVALID_ARGUMENT;
+    if (!c2rope_rotary_outputs_apart_(p)) return C2ROPE_ERR_INVALID_ARGUMENT;
     return C2ROPE_OK;
 }
 

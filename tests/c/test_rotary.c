@@ -353,6 +353,33 @@ static void test_rotary_refusals(void) {
     CHECK(c2rope_rotary_cpu(&p) == C2ROPE_ERR_INVALID_ARGUMENT, "bad direction");
     p = good, p.batch = -1;
     CHECK(c2rope_rotary_cpu(&p) == C2ROPE_ERR_INVALID_ARGUMENT, "negative batch");
+    /* Outputs: written once each, and nothing written is read through another argument. */
+    p = good, p.q_out = x + 8;
+    CHECK(c2rope_rotary_cpu(&p) == C2ROPE_ERR_INVALID_ARGUMENT, "q_out overlapping q, shifted one row");
+    p = good, p.q_out_stride[2] = 4;
+    CHECK(c2rope_rotary_cpu(&p) == C2ROPE_ERR_INVALID_ARGUMENT, "q_out at q but other strides");
+    p = good, p.k_out = x + 16;
+    CHECK(c2rope_rotary_cpu(&p) == C2ROPE_ERR_INVALID_ARGUMENT, "k_out inside q (and q_out)");
+    p = good, p.k = x, p.k_out = x;
+    CHECK(c2rope_rotary_cpu(&p) == C2ROPE_ERR_INVALID_ARGUMENT, "k in place on q's first head");
+    p = good, p.q_out = c, p.q = c;
+    CHECK(c2rope_rotary_cpu(&p) == C2ROPE_ERR_INVALID_ARGUMENT, "q in place on cos");
+    p = good, p.q_out_stride[1] = 0;
+    CHECK(c2rope_rotary_cpu(&p) == C2ROPE_ERR_INVALID_ARGUMENT, "q_out heads sharing memory");
+    {
+        /* A fused qkv row per token: q heads at [0, 16), k at [16, 24) of every 24 floats.
+         * Interleaved address ranges, no shared element: accepted in place. */
+        float z[48] = {0};
+        p = good, p.q = p.q_out = z, p.k = p.k_out = z + 16;
+        const int64_t fused[4] = {48, 8, 24, 1};
+        memcpy(p.q_stride, fused, sizeof fused);
+        memcpy(p.k_stride, fused, sizeof fused);
+        memcpy(p.q_out_stride, fused, sizeof fused);
+        memcpy(p.k_out_stride, fused, sizeof fused);
+        CHECK(c2rope_rotary_cpu(&p) == C2ROPE_OK, "disjoint fused qkv views refused");
+        p.k = p.k_out = z + 8; /* k on q's second head */
+        CHECK(c2rope_rotary_cpu(&p) == C2ROPE_ERR_INVALID_ARGUMENT, "k on q's second head");
+    }
     /* Zero-sized problems are valid no-ops, whatever the (unread) pointers. */
     p = good, p.seq = 0, p.q = p.k = p.q_out = p.k_out = NULL, p.cos = p.sin = NULL;
     CHECK(c2rope_rotary_cpu(&p) == C2ROPE_OK, "zero seq");

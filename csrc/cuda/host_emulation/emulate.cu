@@ -346,9 +346,9 @@ void rotary_validation() {
     c2rope_rotary_params p{};
     ++g_checks;
     if (rotary_validate(nullptr) != C2ROPE_ERR_INVALID_ARGUMENT) fail("rotary: null params accepted");
-    float dummy[16];
+    float dummy[16], table[16];  // q in place; the tables elsewhere (an output may not overlap them)
     p.batch = 1; p.seq = 1; p.head_dim = 4; p.rot_dim = 4; p.n_heads_q = 1; p.n_heads_k = 0;
-    p.q = dummy; p.q_out = dummy; p.cos = dummy; p.sin = dummy;
+    p.q = dummy; p.q_out = dummy; p.cos = table; p.sin = table;
     p.q_stride[3] = p.q_out_stride[3] = p.cs_stride[2] = 1;
     if (rotary_validate(&p) != C2ROPE_OK) fail("rotary: valid struct refused");
     c2rope_rotary_params b = p; b.rot_dim = 3;
@@ -365,6 +365,10 @@ void rotary_validation() {
     if (rotary_validate(&b) != C2ROPE_ERR_INVALID_ARGUMENT) fail("rotary: bad direction accepted");
     b = p; b.q = nullptr;
     if (rotary_validate(&b) != C2ROPE_ERR_INVALID_ARGUMENT) fail("rotary: null q with heads accepted");
+    b = p; b.q = b.q_out = table;
+    if (rotary_validate(&b) != C2ROPE_ERR_INVALID_ARGUMENT) fail("rotary: q written in place over cos accepted");
+    b = p; b.q_out = dummy + 2;
+    if (rotary_validate(&b) != C2ROPE_ERR_INVALID_ARGUMENT) fail("rotary: q_out overlapping q accepted");
     // c2rope.h: zero-sized problems are valid no-ops whatever their pointers (the CPU
     // kernel's rule; torch's empty tensors have null data).
     b = p; b.batch = 0; b.q = nullptr;
