@@ -186,3 +186,18 @@ def test_gradient_checkpointing_through_the_inner_model():
     loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
     torch.testing.assert_close(loss, plain, atol=1e-6, rtol=1e-6)
     loss.backward()
+
+
+def test_compiled_inner_model_in_training_is_patched_and_checked():
+    torch._dynamo.reset()
+    model, ids, mask, spans, kwargs = _case("llava")
+    config = c2rope.C2RoPEConfig()
+    expected = reference_logits(model, config, ids, mask, spans, **kwargs)
+    c2rope.patch_model(model, config)
+    model.train()  # the first training forward's check runs inside the compiled module
+    compiled = torch.compile(model.model, backend="aot_eager")
+    hidden = compiled(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state
+    logits = model.lm_head(hidden)
+    logits.sum().backward()
+    assert model._c2rope_record.state.training_checked
+    assert_close_valid(logits.detach(), expected, mask)

@@ -23,6 +23,8 @@ Write a module c2rope/hf/<family>.py with
         # model:  the (PEFT-unwrapped) transformers model being patched
         # record: c2rope.hf.record.PatchRecord -- make EVERY change through it:
         #         record.set_attr(obj, name, value), record.wrap_forward(module, handler, *context),
+        #         record.add_hooks(module, pre_hook, post_hook) (entry.py: prefer hooks on modules
+        #         that trainers may wrap),
         #         c2rope.hf.record.bind_forward_with_globals(record, module, {name: fn})
         #         so unpatch_model can undo it exactly; set record.probe = (decoder,
         #         attention layers), or a callable probe(state) that raises RuntimeError,
@@ -178,7 +180,9 @@ def patch_model(
 
 
 def unpatch_model(model):
-    """Undo `patch_model` exactly (every swapped attribute restored). Returns the model."""
+    """Undo `patch_model`: c2rope's hooks removed, every swapped attribute restored.
+    Wrappers added on top since (accelerate's autocast forward, TRL's fused LM head) stay
+    and keep working; a c2rope layer inside one becomes a pass-through. Returns the model."""
     base = _base_model(model)
     record = vars(base).get(_RECORD_ATTR)
     if record is None:

@@ -1,6 +1,10 @@
 """Undoable patching primitives: every change a patcher makes goes through a PatchRecord,
 so `unpatch_model` can put each attribute back exactly as it was (or delete it when it
-did not exist, which brings back the class attribute, e.g. the class's `forward`).
+did not exist, which brings back the class attribute, e.g. the class's `forward`), and
+remove each forward hook by its handle. Unpatching removes c2rope's layer only: a c2rope
+wrapper that something else was wrapped around since is disarmed in place (a transparent
+pass-through, `Disarmable`) instead of being put back, which would delete the wrapper
+above it.
 
 The forwards a patch installs are small objects (`PatchedForward`, `ReboundForward`)
 that hold the module they belong to as an attribute, never in a closure: a deep copy of
