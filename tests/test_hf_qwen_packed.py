@@ -5,7 +5,6 @@ the frame axis) and Circle-RoPE (with AGE), whichever way the row says where its
 samples start: 2-D position_ids restarting (DataCollatorWithFlattening), transformers'
 own 4-row form (a text row, then t/h/w as the unpatched get_rope_index gives them per
 sample), or cu_seq_lens_q / cu_seq_lens_k."""
-import copy
 
 import pytest
 import torch
