@@ -5,7 +5,6 @@ the frame axis) and Circle-RoPE (with AGE), whichever way the row says where its
 samples start: 2-D position_ids restarting (DataCollatorWithFlattening), transformers'
 own 4-row form (a text row, then t/h/w as the unpatched get_rope_index gives them per
 sample), or cu_seq_lens_q / cu_seq_lens_k."""
-import copy
 
 import pytest
 import torch
@@ -67,7 +66,7 @@ def _unpatched_rows(model):
     return rows
 
 
-def _run_alone_and_packed(model, samples, packed, lengths):
+def _run_alone_and_packed(model, samples, packed, lengths, use_cache=False):
     model.zero_grad(set_to_none=True)
     alone = []
     for sample in samples:
@@ -76,7 +75,7 @@ def _run_alone_and_packed(model, samples, packed, lengths):
         alone.append(logits.detach())
     alone_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
-    logits = model(**packed, use_cache=False).logits
+    logits = model(**packed, use_cache=use_cache).logits
     total, start = 0, 0
     for sample, expected, n in zip(samples, alone, lengths):
         got = logits[:, start:start + n]
@@ -115,6 +114,8 @@ def test_eager_packed_and_unpatched_reference(kind):
     _run_alone_and_packed(model, samples, packed, lengths)
     c2rope.patch_model(model, C2RoPEConfig())
     _run_alone_and_packed(model, samples, packed, lengths)
+    # with a cache (the default of a plain forward), where transformers' own packed mask is off
+    _run_alone_and_packed(model, samples, packed, lengths, use_cache=True)
 
 
 @pytest.mark.parametrize("patch", ["c2rope", "circle"])
@@ -136,6 +137,9 @@ def test_packed_refusals(patch):
     with pytest.raises(ValueError, match="cu_seq_lens_q must never decrease"):
         model(**{k: v for k, v in packed.items() if k != "position_ids"}, cu_seq_lens_q=bad, cu_seq_lens_k=bad,
               use_cache=False)
+    no_types = {k: v for k, v in packed.items() if k not in ("input_ids", "mm_token_type_ids")}
+    with pytest.raises(ValueError, match="needs mm_token_type_ids"):
+        model(inputs_embeds=model.get_input_embeddings()(packed["input_ids"]), use_cache=False, **no_types)
     with pytest.raises(ValueError, match="disagree"):
         model(**dict(packed, position_ids=torch.arange(sum(lengths)).unsqueeze(0)), cu_seq_lens_q=cu,
               cu_seq_lens_k=cu, use_cache=False)

@@ -221,7 +221,11 @@ def _inner_forward(original: Callable, inner: nn.Module, state: _CircleState, ca
     if isinstance(ids, torch.Tensor) and ids.dim() == 2:
         types = mm_token_type_ids_from_input_ids(ids, inner.config.image_token_id,
                                                  getattr(inner.config, "video_token_id", None))
-    if grids and types is not None and past and bool(types.any()):
+    elif isinstance(arguments.get("mm_token_type_ids"), torch.Tensor) and arguments["mm_token_type_ids"].dim() == 2:
+        types = arguments["mm_token_type_ids"]
+    else:
+        qwen_packing.refuse_unplaceable(arguments)
+    if grids and isinstance(ids, torch.Tensor) and types is not None and past and bool(types.any()):
         raise ValueError(
             "c2rope: Circle-RoPE cannot add images or videos to a conversation held in a KV cache (the "
             "model would place them at text positions); run the whole conversation without the cache, or "

@@ -255,6 +255,8 @@ def _inner_forward(original: Callable, qwen: QwenC2RoPE, cache_name, *args, **kw
     layout = spans = position_ids = samples = None
     if types is not None:
         samples = qwen_packing.packed_samples(arguments, *types.shape, types.device)
+    else:
+        qwen_packing.refuse_unplaceable(arguments)
     if _has_vision(types):
         spans, _ = qwen.spans(types, arguments)
     if spans is None:

@@ -45,6 +45,21 @@ def packed_samples(arguments: dict, batch: int, q_len: int, device) -> Optional[
                               batch, q_len, device, arguments.get("cu_seq_lens_k"))
 
 
+def refuse_unplaceable(arguments: dict) -> None:
+    """A packed call with grids but neither input_ids nor mm_token_type_ids: nothing
+    says where its images lie, so its samples cannot be placed; refuse rather than let
+    transformers run them as one sequence."""
+    grids = arguments.get("image_grid_thw") is not None or arguments.get("video_grid_thw") is not None
+    if not grids:
+        return
+    embeds = arguments.get("inputs_embeds")
+    if not isinstance(embeds, torch.Tensor) or embeds.dim() != 3:
+        return
+    if packed_samples(arguments, embeds.shape[0], embeds.shape[1], embeds.device) is not None:
+        raise ValueError("c2rope: a packed row with images given as inputs_embeds needs mm_token_type_ids (or "
+                         "input_ids) to place each sample's images")
+
+
 def check_packed(spans, samples: torch.Tensor, past: int) -> None:
     """Refuse what a packed row cannot be exact for: a KV cache before it, an image,
     frame or video that crosses a sample boundary."""
@@ -88,4 +103,4 @@ def block_diagonal_mask(samples: torch.Tensor, text_config, cache, dtype, device
     return decoder_mask(state, plan, text_config, cache, seq, dtype, device)
 
 
-__all__ = ["block_diagonal_mask", "check_packed", "four_rows", "packed_samples", "text_row"]
+__all__ = ["block_diagonal_mask", "check_packed", "refuse_unplaceable", "four_rows", "packed_samples", "text_row"]
