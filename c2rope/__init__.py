@@ -39,6 +39,8 @@ _LAZY = {
     "patch_model": "hf",
     "unpatch_model": "hf",
     "is_patched": "hf",
+    "verify": "hf",
+    "C2RoPECallback": "hf",
     "CircleRoPEConfig": "circle",
     "circle_position_ids": "circle",
     "per_token_distance": "metrics",

@@ -49,10 +49,13 @@ from .introspect import SUPPORTED_RANGE, transformers_line
 from .record import PatchRecord
 from .registry import check_config, check_options, default_config, get_patcher, register_patcher, supported_model_types
 from .state import C2RoPEState
+from .verify import verify
 
 __all__ = [
     "patch_model",
     "unpatch_model",
+    "verify",
+    "C2RoPECallback",
     "is_patched",
     "register_patcher",
     "supported_model_types",
@@ -62,6 +65,14 @@ __all__ = [
 ]
 
 _RECORD_ATTR = "_c2rope_record"
+
+
+def __getattr__(name):
+    if name == "C2RoPECallback":  # imports transformers' trainer machinery: only when asked for
+        from .callback import C2RoPECallback
+
+        return C2RoPECallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # Model-family modules that register patchers; per transformers line.
 _FAMILY_MODULES = {
@@ -107,10 +118,12 @@ def patch_model(
         `visual_layout=` passed to forward / generate).
     grid: (H, W) patch grid per image, or a list per image (default: from the vision
         config for LLaVA, else (24, 24)).
-    verify: run one tiny probe forward (8 tokens, no gradients) that checks every
+    verify: run `c2rope.verify` (tiny 8-token probe forwards, no gradients, through every
+        entry point: the model, its inner multimodal model, the decoder) that checks every
         attention layer really rotates by c2rope's positions and receives its mask;
         RuntimeError (and the model left unpatched) if not. Skipped with a warning for
-        weights on the meta device.
+        weights on the meta device. Call c2rope.verify(model) again after wrapping the
+        model (trainer, PEFT, accelerate).
     options: family-specific settings, e.g. Qwen-VL with a C2RoPEConfig:
         {"frequencies": "model" | "c2rope", "frame_axis": "temporal" | "separate"}
         (docs/qwen.md); TypeError for a family
@@ -155,12 +168,9 @@ def patch_model(
         record.state = state
         record.set_attr(base, _RECORD_ATTR, record)
         if verify and record.probe is not None:
-            from .pipeline import verify_patch
+            from .verify import verify as verify_paths
 
-            if callable(record.probe):  # a family's own probe (the Qwen-VL ones)
-                record.probe(state)
-            else:
-                verify_patch(*record.probe, state)
+            verify_paths(base, _meta_warns=True)  # every entry point, then the kernel-level probe
     except BaseException:
         record.undo()
         raise

@@ -7,8 +7,9 @@ sin, position_ids)` gathers them by `position_ids`. So, per instance:
 - each attention layer runs its class's forward with `apply_rotary_pos_emb` bound to
   `pipeline.legacy_apply_rotary_pos_emb`: HF's own gathered tables for text (identical
   numbers), C2RoPE tables of the running call's triplet positions with images;
-- the decoder's and the top-level forwards go through `pipeline.py` (the Chebyshev
-  mask goes in as a 4-D 0/1 mask, which 4.37 accepts and inverts);
+- forward hooks on the top-level model and the decoder (entry.py, pipeline.py) find
+  the images and deliver positions and mask (the Chebyshev mask goes in as a 4-D 0/1
+  mask, which 4.37 accepts and inverts);
 - LLaVA: `prepare_inputs_labels_for_multimodal` is wrapped to record where the image
   features were spliced into `inputs_embeds` (the ids never reach the decoder); the
   record lives only as long as those embeddings.
@@ -18,9 +19,8 @@ from __future__ import annotations
 from torch import nn
 
 from .introspect import uses_global
-from .pipeline import (
-    ROTARY_GLOBAL, LegacyDelivery, legacy_apply_rotary_pos_emb, wrap_decoder_forward, wrap_top_forward,
-)
+from .entry import add_entry_points
+from .pipeline import ROTARY_GLOBAL, LegacyDelivery, hook_decoder, legacy_apply_rotary_pos_emb
 from .record import PatchRecord, bind_forward_with_globals
 from .registry import register_patcher
 from .state import C2RoPEState
@@ -68,8 +68,9 @@ def patch_decoder(model: nn.Module, record: PatchRecord, state: C2RoPEState) -> 
     record.set_attr(decoder, "c2rope_rotary", rope)
     for attention in attentions:
         bind_forward_with_globals(record, attention, {ROTARY_GLOBAL: legacy_apply_rotary_pos_emb})
-    wrap_decoder_forward(record, decoder, state, LegacyDelivery(decoder, rope))
-    wrap_top_forward(record, model, state)
+    add_entry_points(record, model, decoder, state)
+    hook_decoder(record, decoder, state, LegacyDelivery(decoder, rope), attentions,
+                 f"{type(decoder).__name__} (decoder)")
     record.probe = (decoder, attentions)
     return decoder
 

@@ -4,10 +4,11 @@
 The decoder is patched as for plain LLaVA (modern.patch_decoder). What differs is where
 the images are: an anyres image is not one grid of `image_token_id`s but a base view and
 an unpadded high-resolution grid with newline tokens (anyres.py), whose sizes depend on
-the call's `image_sizes`. So the top-level forward gets one more wrapper, inside
-pipeline.top_forward's call frame: it derives the grids of every image of the call and
-hands them to the plan as the chunk's spans (`CallFrame.chunk_spans`); decoding steps
-then find them on the KV cache as usual. An explicit `visual_layout=` wins.
+the call's `image_sizes`. So the inner model's entry hook (entry.py; every path that
+runs the decoder passes there, with input_ids and image_sizes) derives the grids of
+every image of the call and hands them to the plan as the chunk's spans
+(`CallFrame.chunk_spans`); decoding steps then find them on the KV cache as usual. An
+explicit `visual_layout=` wins.
 """
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ from typing import Optional
 
 import torch
 
-from . import context
 from .anyres import AnyresGeometry, Spans, merge_rows, placeholder_spans
 from .introspect import parameter_names
 from .modern import patch_decoder
 from .pipeline import to_kwargs
+from .record import _Unpicklable
 from .registry import register_patcher
 
 
@@ -93,11 +94,17 @@ def encode_images(original, geometry, names, *args, **kwargs):
     return out
 
 
-def anyres_forward(original, state, geometry, names, image_token_id, video_token_id, *args, **kwargs):
-    frame = context.current(state)
-    if frame is not None and frame.visual_layout is None:
-        frame.chunk_spans = call_spans(geometry, image_token_id, video_token_id, to_kwargs(names, args, kwargs))
-    return original(*args, **kwargs)
+class AnyresSpans(_Unpicklable):
+    """The entry hook's `spans(names, args, kwargs)` for anyres models (an object, not a
+    closure, so deep copies of a patched model copy it)."""
+
+    def __init__(self, geometry, image_token_id, video_token_id):
+        self.geometry = geometry
+        self.image_token_id = image_token_id
+        self.video_token_id = video_token_id
+
+    def __call__(self, names, args, kwargs):
+        return call_spans(self.geometry, self.image_token_id, self.video_token_id, to_kwargs(names, args, kwargs))
 
 
 @register_patcher("llava_next", "llava_onevision")
@@ -116,9 +123,7 @@ def _patch_anyres(model, record, state):
     encoder = model.model if callable(getattr(getattr(model, "model", None), "get_image_features", None)) else model
     record.wrap_forward(encoder, encode_images, geometry, parameter_names(encoder.get_image_features),
                         attribute="get_image_features")
-    names = parameter_names(model.forward)
-    record.wrap_forward(model, anyres_forward, state, geometry, names, state.image_token_id, video_token_id)
-    patch_decoder(model, record, state)  # its top-level wrapper opens the frame around ours
+    patch_decoder(model, record, state, inner_spans=AnyresSpans(geometry, state.image_token_id, video_token_id))
 
 
 def check_image(model, generator: torch.Generator):

@@ -11,7 +11,9 @@ unaffected):
   scaling carries over);
 - each attention layer runs its class's forward (below its decorators, which still run)
   with `apply_rotary_pos_emb` bound to c2rope's fused kernel;
-- the decoder's and the top-level forwards go through `pipeline.py`.
+- forward hooks on the top-level model, the inner multimodal model and the decoder
+  (entry.py, pipeline.DecoderHooks) find the images and deliver positions and mask on
+  every path that runs the decoder.
 What is found, and how, is read from the model (`introspect.py`), not assumed from one
 release's source.
 """
@@ -20,7 +22,8 @@ from __future__ import annotations
 from torch import nn
 
 from .introspect import uses_global
-from .pipeline import ROTARY_GLOBAL, C2RotaryAdapter, Delivery, wrap_decoder_forward, wrap_top_forward
+from .entry import add_entry_points
+from .pipeline import ROTARY_GLOBAL, C2RotaryAdapter, Delivery, hook_decoder
 from .record import PatchRecord, bind_forward_with_globals
 from .registry import register_patcher
 from .state import C2RoPEState
@@ -50,7 +53,7 @@ def check_attention_layers(attentions, release_hint: str) -> None:
             )
 
 
-def patch_decoder(model: nn.Module, record: PatchRecord, state: C2RoPEState) -> None:
+def patch_decoder(model: nn.Module, record: PatchRecord, state: C2RoPEState, inner_spans=None) -> None:
     import transformers
 
     from .. import rotary as c2rope_rotary
@@ -64,8 +67,8 @@ def patch_decoder(model: nn.Module, record: PatchRecord, state: C2RoPEState) -> 
     record.set_attr(decoder, "rotary_emb", C2RotaryAdapter(original_rotary, rope, state))
     for attention in attentions:
         bind_forward_with_globals(record, attention, {ROTARY_GLOBAL: c2rope_rotary.apply_rotary_pos_emb})
-    wrap_decoder_forward(record, decoder, state, Delivery(decoder))
-    wrap_top_forward(record, model, state)
+    add_entry_points(record, model, decoder, state, inner_spans)
+    hook_decoder(record, decoder, state, Delivery(decoder), attentions, f"{type(decoder).__name__} (decoder)")
     record.probe = (decoder, attentions)
 
 

@@ -1,18 +1,21 @@
 """The one path every patched decoder takes, on every transformers line:
 
-    top-level forward   -> opens a call frame: raw input_ids, `visual_layout=`
-    decoder forward     -> plan (state.py: spans, triplet positions)
+    entry points        -> the top-level model, the inner multimodal model (LlavaModel &
+                           co) and the decoder each open a call frame (entry.py): raw
+                           input_ids, `visual_layout=`, the path the call took
+    decoder pre-hook    -> plan (state.py: spans, triplet positions)
                         -> deliver (frame.positions for the rotary code, the mask in
                            the attention_mask argument: masks.py)
                         -> the release's own forward
-                        -> the cache remembers the spans for the next step
+    decoder post-hook   -> the cache remembers the spans for the next step
     rotary code         -> reads frame.positions: C2RotaryAdapter (4.57 / 5.x, one
                            rotary module per decoder) or legacy_apply_rotary_pos_emb
                            (4.37, rotary inside every attention layer)
 
 Text-only calls leave positions and masks exactly as transformers computes them. After
 patching, `verify_patch` runs one tiny forward and checks that every attention layer
-really rotates by c2rope's positions and receives c2rope's mask.
+really rotates by c2rope's positions and receives c2rope's mask; `checks.py` checks the
+first training forward and the paths `c2rope.verify` probes.
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ from torch import nn
 from . import context
 from .introspect import cache_argument, output_cache, parameter_names
 from .masks import decoder_mask, dense_mask, legacy_mask
-from .record import PatchRecord, rebound_namespace
+from . import checks
+from .record import Disarmable, PatchRecord, _Unpicklable, rebound_namespace
 from .state import C2RoPEState
 
 ROTARY_GLOBAL = "apply_rotary_pos_emb"
@@ -45,25 +49,6 @@ def to_kwargs(names, args, kwargs) -> dict:
     return bound
 
 
-# ---------------------------------------------------------------- top-level forward
-
-def top_forward(original: Callable, state: C2RoPEState, ids_slot: Optional[int], *args, visual_layout=None,
-                **kwargs):
-    """The model's top-level forward: accepts `visual_layout=` and shows the decoder the
-    raw input_ids (multimodal models embed them before the decoder runs)."""
-    ids = kwargs.get("input_ids")
-    if ids is None and ids_slot is not None and len(args) > ids_slot:
-        ids = args[ids_slot]
-    with context.call_frame(state, input_ids=ids, visual_layout=visual_layout):
-        return original(*args, **kwargs)
-
-
-def wrap_top_forward(record: PatchRecord, model: nn.Module, state: C2RoPEState) -> None:
-    names = parameter_names(model.forward)
-    slot = names.index("input_ids") if "input_ids" in names else None
-    record.wrap_forward(model, top_forward, state, slot, extra_keyword="visual_layout")
-
-
 # ---------------------------------------------------------------- decoder forward
 
 class Delivery:
@@ -79,6 +64,18 @@ class Delivery:
 
     def deliver(self, bound: dict, plan, state, past: int) -> None:
         pass
+
+    def positions_reached(self, attention: nn.Module, kwargs: dict, frame) -> bool:
+        """Whether an attention layer's arguments carry the cos/sin of c2rope's
+        positions for this call (the rotary adapter noted them on the frame)."""
+        received = kwargs.get("position_embeddings")
+        tables = frame.tables if frame is not None else None
+        if frame is None or frame.positions is None or tables is None or not isinstance(received, (tuple, list)):
+            return False
+        return all(_same_tensor(a, b) for a, b in zip(received[:2], tables[:2]))
+
+    def mask_reached(self, kwargs: dict, frame) -> bool:
+        return _same_mask(kwargs.get("attention_mask"), frame.mask)
 
 
 class LegacyDelivery(Delivery):
@@ -105,6 +102,20 @@ class LegacyDelivery(Delivery):
             positions = positions.contiguous().clone()  # a storage of our own to register
             _register_legacy_positions(positions, self.rope)
             bound["position_ids"] = positions
+
+    def positions_reached(self, attention: nn.Module, kwargs: dict, frame) -> bool:
+        # 4.37 rotates inside the layer: the triplets must arrive as its position_ids, and
+        # the layer must look up c2rope's apply_rotary_pos_emb.
+        forward = vars(attention).get("forward")
+        return (frame is not None and frame.positions is not None and _legacy_entry(kwargs.get("position_ids")) is not None
+                and getattr(forward, "armed", False))
+
+    def mask_reached(self, kwargs: dict, frame) -> bool:
+        # 4.37 inverts the 0/1 mask it is given into an additive one
+        received, delivered = kwargs.get("attention_mask"), frame.mask
+        if not isinstance(received, torch.Tensor) or not isinstance(delivered, torch.Tensor):
+            return False
+        return received.shape == delivered.shape and bool(torch.equal(received == 0, delivered != 0))
 
 
 _LEGACY_POSITIONS: dict = {}  # data_ptr of delivered triplets -> (rope, {(dtype, device): (cos, sin)})
@@ -140,44 +151,67 @@ def _plan(state, frame, bound, cache, batch, q_len, device):
                       cu_seq_lens=bound.get("cu_seq_lens_q"))
 
 
-def decoder_forward(original: Callable, state: C2RoPEState, decoder: nn.Module, delivery: Delivery, *args,
-                    **kwargs):
-    bound = to_kwargs(delivery.names, args, kwargs)
-    input_ids, embeds = bound.get("input_ids"), bound.get("inputs_embeds")
-    reference = input_ids if input_ids is not None else embeds
-    if reference is None:
-        return original(**bound)  # transformers raises its own error
-    batch, q_len = reference.shape[:2]
-    cache = bound.get(delivery.cache_name) if delivery.cache_name else None
-    frame = context.current(state)
-    own_frame = frame is None
-    if own_frame:
-        frame = context.push(context.CallFrame(state))
-    try:
-        plan = _plan(state, frame, bound, cache, batch, q_len, reference.device)
-        if state.needs_mask(plan, getattr(decoder.config, "_attn_implementation", None)):
-            dtype = embeds.dtype if embeds is not None else decoder.get_input_embeddings().weight.dtype
-            frame.mask = delivery.mask(state, plan, decoder, cache, q_len, dtype, reference.device)
+class DecoderHooks(_Unpicklable):
+    """The decoder's forward pre-hook and always-called forward hook (see entry.py for
+    why hooks, not a forward wrapper). The pre-hook plans the call and hands the
+    decoder c2rope's mask (as its attention_mask argument) and positions (on the
+    frame, for the rotary code); the post-hook lets the cache remember the spans.
+    Deep copies of a patched model copy these objects, with the copy's modules."""
+
+    def __init__(self, state: C2RoPEState, decoder: nn.Module, delivery: "Delivery", attentions, name: str):
+        self.state = state
+        self.decoder = decoder
+        self.delivery = delivery
+        self.attentions = list(attentions)
+        self.name = name
+
+    def pre(self, module, args, kwargs):
+        layout = kwargs.pop("visual_layout", None)
+        delivery = self.delivery
+        bound = to_kwargs(delivery.names, args, kwargs)
+        frame = context.open_frame(self.state, module, self.name, visual_layout=layout)
+        input_ids, embeds = bound.get("input_ids"), bound.get("inputs_embeds")
+        reference = input_ids if input_ids is not None else embeds
+        if reference is None:
+            return (), bound  # transformers raises its own error
+        batch, q_len = reference.shape[:2]
+        cache = bound.get(delivery.cache_name) if delivery.cache_name else None
+        plan = _plan(self.state, frame, bound, cache, batch, q_len, reference.device)
+        checks.check_images_found(self.state, module, frame, plan)
+        if self.state.needs_mask(plan, getattr(module.config, "_attn_implementation", None)):
+            dtype = embeds.dtype if embeds is not None else module.get_input_embeddings().weight.dtype
+            frame.mask = delivery.mask(self.state, plan, module, cache, q_len, dtype, reference.device)
             bound["attention_mask"] = frame.mask
         frame.positions = plan.positions
-        delivery.deliver(bound, plan, state, plan.total_len - q_len)
-        out = original(**bound)
-    finally:
-        frame.positions = frame.mask = None
-        if own_frame:
-            context.pop(frame)
-    returned = output_cache(out)
-    state.finish(returned if returned is not None else cache, plan)
-    return out
+        frame.plan = plan
+        frame.cache = cache
+        delivery.deliver(bound, plan, self.state, plan.total_len - q_len)
+        checks.start_training_check(self.state, module, frame, self.attentions, delivery)
+        return (), bound
+
+    def post(self, module, args, kwargs, output):
+        frame = context.close_frame(self.state, module)
+        if frame is None or frame.plan is None:
+            return None
+        if frame.check is not None:
+            frame.check.finish(output is not None)
+        if output is not None:  # None: the forward raised
+            returned = output_cache(output)
+            self.state.finish(returned if returned is not None else frame.cache, frame.plan)
+        return None
 
 
-def wrap_decoder_forward(record: PatchRecord, decoder: nn.Module, state: C2RoPEState, delivery: Delivery) -> None:
-    record.wrap_forward(decoder, decoder_forward, state, decoder, delivery)
+def hook_decoder(record: PatchRecord, decoder: nn.Module, state: C2RoPEState, delivery: Delivery, attentions,
+                 name: str) -> None:
+    hooks = DecoderHooks(state, decoder, delivery, attentions, name)
+    record.add_hooks(decoder, hooks.pre, hooks.post)
+    record.entry_points.append((name, decoder))
+    record.delivery = delivery
 
 
 # ---------------------------------------------------------------- rotary code
 
-class C2RotaryAdapter(nn.Module):
+class C2RotaryAdapter(Disarmable, nn.Module):
     """Stands in for a 4.57 / 5.x decoder's `rotary_emb`: returns C2RoPE cos/sin for the
     positions of the running call when it holds images, else plain RoPE of HF's own
     position_ids (the same numbers as the original module). The original module stays
@@ -190,10 +224,14 @@ class C2RotaryAdapter(nn.Module):
         self.state = state
 
     def forward(self, x, position_ids=None, *args, **kwargs):
+        if not self.armed:  # unpatched while something else held on to this module
+            return self.original(x, position_ids, *args, **kwargs)
         positions = context.current_positions(self.state)
         if positions is None:
-            positions = _text_positions(position_ids, self.state)
-        return self.rope(x, positions)
+            return self.rope(x, _text_positions(position_ids, self.state))
+        tables = self.rope(x, positions)
+        context.note_tables(self.state, tables)
+        return tables
 
 
 def _text_positions(position_ids: torch.Tensor, state: C2RoPEState) -> torch.Tensor:
@@ -330,3 +368,28 @@ def _is_expected_mask(received, delivered, expected: torch.Tensor) -> bool:
         return False
     allowed = received[0, 0] if received.dtype == torch.bool else received[0, 0] == 0
     return allowed.shape == expected.shape and bool(torch.equal(allowed.cpu(), expected.cpu()))
+
+
+def _same_tensor(a, b) -> bool:
+    if a is b:
+        return True
+    return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+            and bool(torch.equal(a.to(b.dtype), b)))
+
+
+def _allowed(mask: torch.Tensor) -> torch.Tensor:
+    return mask if mask.dtype == torch.bool else mask == 0
+
+
+def _same_mask(received, delivered) -> bool:
+    """Whether the mask an attention layer received is the one c2rope handed the
+    decoder (the same object, one of its per-layer-type masks, or the same entries)."""
+    if received is None or delivered is None:
+        return False
+    candidates = list(delivered.values()) if isinstance(delivered, dict) else [delivered]
+    if any(received is m for m in candidates):
+        return True
+    if not isinstance(received, torch.Tensor):
+        return False
+    return any(isinstance(m, torch.Tensor) and m.shape == received.shape
+               and bool(torch.equal(_allowed(received), _allowed(m))) for m in candidates)

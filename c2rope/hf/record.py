@@ -55,6 +55,19 @@ class _Unpicklable:
         return clone
 
 
+class Disarmable:
+    """A layer c2rope installs that can become a transparent pass-through. Unpatching
+    puts the previous attribute back when the layer is still where c2rope put it; when
+    something was installed on top of it since (accelerate's autocast wrapper, TRL's
+    fused LM head, which keep a reference to it), the layer stays where it is, disarmed,
+    so the wrapper above keeps working and c2rope's behaviour is gone."""
+
+    armed = True
+
+    def disarm(self) -> None:
+        self.armed = False
+
+
 class PatchRecord(_Unpicklable):
     """The changes made to one model, in order; `undo()` reverts them newest first."""
 
@@ -64,7 +77,10 @@ class PatchRecord(_Unpicklable):
         self.state = None
         # (decoder, attention layers) for pipeline.verify_patch, or a callable probe(state)
         self.probe = None
-        self._changes: List[Tuple[Any, str, Any]] = []
+        # Modules whose calls open c2rope's call frames, outermost first: (path name, module)
+        self.entry_points: List[Tuple[str, torch.nn.Module]] = []
+        self.delivery = None  # pipeline.Delivery of the decoder (what reaching a layer means)
+        self._changes: List[Tuple[Any, str, Any, Any]] = []
 
     def set_attr(self, obj: Any, name: str, value: Any) -> None:
         """setattr, remembering the previous *instance-level* value (or its absence)."""
@@ -72,7 +88,7 @@ class PatchRecord(_Unpicklable):
             old = obj._modules[name]
         else:
             old = vars(obj).get(name, _MISSING)
-        self._changes.append((obj, name, old))
+        self._changes.append((obj, name, old, value))
         setattr(obj, name, value)
 
     def wrap_forward(self, module: torch.nn.Module, handler: Callable, *context: Any,
@@ -82,9 +98,23 @@ class PatchRecord(_Unpicklable):
         original = getattr(module, attribute)
         self.set_attr(module, attribute, PatchedForward(original, handler, context, extra_keyword))
 
+    def add_hooks(self, module: torch.nn.Module, pre_hook: Callable, post_hook: Callable) -> None:
+        """A forward pre-hook (sees and may replace args and kwargs) and an always-called
+        forward hook (runs even when the forward raises) on `module`; unpatching removes
+        them by their handles, whatever was wrapped around `module.forward` since."""
+        self._changes.append((module.register_forward_pre_hook(pre_hook, with_kwargs=True), _HOOK, None, None))
+        self._changes.append((module.register_forward_hook(post_hook, with_kwargs=True, always_call=True), _HOOK,
+                              None, None))
+
     def undo(self) -> None:
         while self._changes:
-            obj, name, old = self._changes.pop()
+            obj, name, old, new = self._changes.pop()
+            if name is _HOOK:
+                obj.remove()
+                continue
+            if isinstance(new, Disarmable) and _current(obj, name) is not new:
+                new.disarm()  # wrapped since: stays under the wrapper, as a pass-through
+                continue
             if old is _MISSING:
                 if name in vars(obj) or (isinstance(obj, torch.nn.Module) and name in obj._modules):
                     delattr(obj, name)
@@ -92,7 +122,16 @@ class PatchRecord(_Unpicklable):
                 setattr(obj, name, old)
 
 
-class PatchedForward(_Unpicklable):
+_HOOK = "<hook>"
+
+
+def _current(obj: Any, name: str) -> Any:
+    if isinstance(obj, torch.nn.Module) and name in obj._modules:
+        return obj._modules[name]
+    return vars(obj).get(name, _MISSING)
+
+
+class PatchedForward(Disarmable, _Unpicklable):
     """An instance-level `forward`: calls `handler(original, *context, *args, **kwargs)`.
 
     Looks like the original to transformers, which inspects forward signatures (e.g.
@@ -109,6 +148,11 @@ class PatchedForward(_Unpicklable):
         self.__doc__ = getattr(original, "__doc__", None)
 
     def __call__(self, *args, **kwargs):
+        if not self.armed:
+            if self.extra_keyword is not None and kwargs.pop(self.extra_keyword, None) is not None:
+                raise TypeError(f"{self.extra_keyword}= was given, but c2rope no longer patches this model "
+                                "(c2rope.unpatch_model was called)")
+            return self.original(*args, **kwargs)
         return self.handler(self.original, *self.context, *args, **kwargs)
 
     @property
@@ -122,7 +166,7 @@ class PatchedForward(_Unpicklable):
         return signature.replace(parameters=parameters[:at] + [extra] + parameters[at:])
 
 
-class ReboundForward(_Unpicklable):
+class ReboundForward(Disarmable, _Unpicklable):
     """`module.forward` running the class's forward with some module-level names of its
     real code replaced (a method bound to `module`, kept as an attribute)."""
 
@@ -133,6 +177,8 @@ class ReboundForward(_Unpicklable):
         self.__name__ = getattr(function, "__name__", "forward")
 
     def __call__(self, *args, **kwargs):
+        if not self.armed:
+            return type(self.module).forward(self.module, *args, **kwargs)
         return self.function(self.module, *args, **kwargs)
 
     @property

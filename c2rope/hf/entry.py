@@ -1,0 +1,107 @@
+"""Where a patched model's calls enter c2rope: forward hooks on every module a call can
+start at, so the image spans and the triplets reach the decoder whichever way it is run.
+
+A multimodal model is run from more than one place. `model(...)` runs the top-level
+forward; TRL's fused LM head, `model.model(...)` and other backbone calls run the inner
+multimodal model (LlavaModel & co) directly; PEFT's LoraModel calls `model.forward`
+(skipping the top-level module's `__call__`); accelerate and TRL replace `model.forward`
+with their own wrappers. Every one of these paths goes through the inner model (it turns
+the input_ids into embeddings and splices the image features) and then the decoder,
+both called as modules. So the entry points are the top-level model, the inner model
+and the decoder, and each one opens a call frame (context.py) that carries over what an
+enclosing call already knew: the raw input_ids, `visual_layout=`, the path.
+
+Why hooks (a forward pre-hook and an always-called forward hook per module), not
+forward wrappers: hooks live in the module's own hook tables, apart from `forward`.
+Whatever is wrapped around `forward` after patching (accelerate's autocast wrapper,
+TRL's fused head, which keep a reference to the forward they found; accelerate's
+`unwrap_model` walking `__wrapped__` back to it) neither hides the hooks nor is removed
+with them: unpatching removes c2rope's hooks by their handles and leaves every wrapper
+added since in place. Hooks run only through `module(...)`, never `module.forward(...)`;
+that is why the inner model and the decoder are entry points too (the models call them
+as modules on every path). The always-called hook closes the frame even when the
+forward raises.
+
+`visual_layout=` is taken from the keyword arguments by the first entry point a call
+reaches (transformers 5.x forwards pass unknown keywords down as **kwargs); generate()
+validates its keywords against the forward's signature, so `generate` alone gets a thin
+instance-level wrapper that accepts `visual_layout=` (disarmed, not removed, on unpatch
+when something wrapped it since: record.Disarmable).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from torch import nn
+
+from . import context
+from .introspect import parameter_names
+from .record import PatchRecord, _Unpicklable
+
+PIXEL_ARGUMENTS = ("pixel_values", "pixel_values_videos")
+
+
+class EntryHooks(_Unpicklable):
+    """The pre-hook and always-called hook of one entry point (top-level or inner model).
+    `spans`, if given, derives the call's image spans from its arguments (anyres)."""
+
+    def __init__(self, state, name: str, names, spans: Optional[Callable] = None):
+        self.state = state
+        self.name = name
+        self.names = tuple(names)
+        self.spans = spans
+
+    def pre(self, module, args, kwargs):
+        layout = kwargs.pop("visual_layout", None)
+        ids = kwargs.get("input_ids")
+        if ids is None and "input_ids" in self.names and len(args) > self.names.index("input_ids"):
+            ids = args[self.names.index("input_ids")]
+        frame = context.open_frame(self.state, module, self.name, input_ids=ids, visual_layout=layout)
+        if any(kwargs.get(name) is not None for name in PIXEL_ARGUMENTS):
+            frame.images_given = True
+        if self.spans is not None and frame.visual_layout is None:
+            frame.chunk_spans = self.spans(self.names, args, kwargs)
+        return args, kwargs
+
+    def post(self, module, args, kwargs, output):
+        context.close_frame(self.state, module)
+        return None
+
+
+def inner_model(model: nn.Module, decoder: nn.Module) -> Optional[nn.Module]:
+    """The innermost module between `model` and `decoder` that encodes images
+    (has get_image_features): LlavaModel in LlavaForConditionalGeneration. None for
+    plain decoders."""
+    found = None
+    for module in model.modules():
+        if module is model or module is decoder or not callable(getattr(module, "get_image_features", None)):
+            continue
+        if any(m is decoder for m in module.modules()):
+            if found is None or any(m is module for m in found.modules()):
+                found = module
+    return found
+
+
+def _generate(original, state, *args, visual_layout=None, **kwargs):
+    if visual_layout is None:
+        return original(*args, **kwargs)
+    with context.call_frame(state, visual_layout=visual_layout):
+        return original(*args, **kwargs)
+
+
+def add_entry_points(record: PatchRecord, model: nn.Module, decoder: nn.Module, state,
+                     inner_spans: Optional[Callable] = None) -> None:
+    """Hook the top-level model and the inner multimodal model (the decoder is hooked by
+    pipeline.hook_decoder); `inner_spans(names, args, kwargs)` derives spans at the inner
+    model (or the top-level one when there is none)."""
+    inner = inner_model(model, decoder)
+    points = [] if model is decoder else [(type(model).__name__, model)]
+    if inner is not None:
+        points.append((f"{type(inner).__name__} (inner model)", inner))
+    for index, (name, module) in enumerate(points):
+        spans = inner_spans if index == len(points) - 1 else None
+        hooks = EntryHooks(state, name, parameter_names(module.forward), spans)
+        record.add_hooks(module, hooks.pre, hooks.post)
+        record.entry_points.append((name, module))
+    if callable(getattr(model, "generate", None)):
+        record.wrap_forward(model, _generate, state, attribute="generate", extra_keyword="visual_layout")
