@@ -11,6 +11,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 VENV="${TRAINER_VENV:-.venv-trainers}"
+newest() { "$PY" -m pip index versions "$1" 2>/dev/null | sed -n "s/^$1 (\(.*\))\$/\1/p" | head -1; }
+installed() { "$PY" -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null || true; }
+same=1
+for package in trl peft accelerate deepspeed; do
+    [ -n "$(installed $package)" ] && [ "$(newest $package)" = "$(installed $package)" ] || same=0
+done
+if [ "$same" = 1 ]; then
+    echo "trainer lane: the newest trl, peft, accelerate and deepspeed are the main lane's pins, which it just tested"
+    exit 0
+fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv --system-site-packages "$VENV"
 torch_version=$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')
 transformers_version=$("$PY" -c 'import transformers; print(transformers.__version__)')
