@@ -194,6 +194,12 @@ class QwenC2RoPE:
 
 def _padding_mask(attention_mask) -> Optional[torch.Tensor]:
     if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+        if attention_mask.is_floating_point():
+            # LLaMA-Factory's collator calls get_rope_index with `(mask >= 1).float()`, which
+            # transformers' own get_rope_index takes: a 0/1 float mask is a padding mask.
+            if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+                raise ValueError("attention_mask: a 2-D float padding mask must hold only 0 and 1")
+            return attention_mask.long()
         return attention_mask
     return None
 
