@@ -34,6 +34,5 @@ print(f"trainer lane: trl {trl.__version__}, peft {peft.__version__}, accelerate
       f"deepspeed {deepspeed.__version__}, transformers {transformers.__version__}, torch {torch.__version__}, "
       f"c2rope from {c2rope.__file__}")
 PY
-tests=(tests/test_trainer_trl.py tests/test_trainer_deepspeed.py)
-[ -f tests/test_hf_trl.py ] && tests+=(tests/test_hf_trl.py)
+tests=(tests/test_trainer_trl.py tests/test_trainer_trl_paths.py tests/test_trainer_deepspeed.py)
 DS_ACCELERATOR=cpu "$VENV/bin/python" -m pytest -q -p no:cacheprovider "${tests[@]}"
