@@ -65,7 +65,7 @@ _RECORD_ATTR = "_c2rope_record"
 
 # Model-family modules that register patchers; per transformers line.
 _FAMILY_MODULES = {
-    "modern": ("modern", "qwen_vl", "llava_next"),
+    "modern": ("modern", "qwen_vl", "llava_next", "families.qwen3_5"),
     "legacy": ("legacy",),
 }
 _loaded = False

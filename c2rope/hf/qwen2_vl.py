@@ -32,10 +32,12 @@ from ..mrope import mm_token_type_ids_from_input_ids, mrope_position_ids
 from . import context
 from .introspect import cache_argument, parameter_names, past_length
 from .qwen_c2rope import call_arguments, find_parts, release_deltas
-from .qwen_probe import CircleProbe
+from .qwen_probe import CircleProbe, attention_layers
 from .record import PatchRecord
 
 MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+# Model types whose processors write timestamp text between video frames.
+TIMESTAMPED_FRAMES = ("qwen3_vl", "qwen3_5", "qwen3_5_moe")
 _ALT_ATTR = "_c2rope_mrope_cos_sin"  # set on the Circle cos tensor: the M-RoPE (cos, sin)
 
 
@@ -68,7 +70,7 @@ def _get_rope_index(original: Callable, inner: nn.Module, state: _CircleState, *
     attention_mask, second_per_grid_ts = arguments.get("attention_mask"), arguments.get("second_per_grid_ts")
     config = inner.config
     frames_grid_thw = video_grid_thw
-    if video_grid_thw is not None and config.model_type == "qwen3_vl":
+    if video_grid_thw is not None and config.model_type in TIMESTAMPED_FRAMES:
         # Qwen3-VL puts timestamp text between frames: each frame is its own grid.
         frames_grid_thw = torch.repeat_interleave(video_grid_thw, video_grid_thw[:, 0], dim=0)
         frames_grid_thw[:, 0] = 1
@@ -219,7 +221,8 @@ def apply_circle_patch(model: nn.Module, record: PatchRecord, config: CircleRoPE
             f"M-RoPE), got {type(config).__name__}"
         )
     inner, text = find_parts(model)
-    state = _CircleState(config, inner, len(text.layers))
+    layers = attention_layers(text)  # AGE's plan: over the layers that take positions
+    state = _CircleState(config, inner, len(layers))
     record.wrap_forward(inner, _get_rope_index, inner, state, attribute="get_rope_index")
     # Deltas left from earlier unpatched calls would shift our decode positions.
     record.set_attr(inner, "rope_deltas", None)
@@ -227,7 +230,7 @@ def apply_circle_patch(model: nn.Module, record: PatchRecord, config: CircleRoPE
     if state.needs_mrope:
         record.wrap_forward(text, _text_forward, state, parameter_names(text.forward))
         record.wrap_forward(text.rotary_emb, _rotary_forward, state)
-        for layer, circle in zip(text.layers, state.plan):
+        for layer, circle in zip(layers, state.plan):
             if not circle:
                 names = parameter_names(layer.forward)
                 slot = names.index("position_embeddings") if "position_embeddings" in names else None
