@@ -66,6 +66,19 @@ def test_prefill_matches_reference(kind, frequencies):
 
 
 @needs_qwen3_5
+def test_eager_attention_matches_reference():
+    kind = random.choice(QWEN3_5_KINDS)
+    model = make_model(kind, implementation="eager")
+    config = random.choice(CONFIGS)
+    inputs, spans = make_prompt(kind)
+    want = reference_logits(model, inputs, spans, config)  # an additive 4-D mask under eager
+    c2rope.patch_model(model, config)
+    with torch.no_grad():
+        got = model(**inputs).logits
+    torch.testing.assert_close(_valid_rows(got, inputs), _valid_rows(want, inputs), rtol=1e-9, atol=1e-9)
+
+
+@needs_qwen3_5
 @pytest.mark.parametrize("kind", QWEN3_5_KINDS)
 def test_only_the_rotary_part_and_only_full_layers_change(kind):
     """Full-attention layers get tables of the rotary width (the pass-through dims of the
