@@ -19,7 +19,8 @@ from c2rope.reference import chebyshev_mask_ref, cos_sin_ref, position_ids_ref
 from c2rope.reference.positions import _ring_ranks
 
 transformers = pytest.importorskip("transformers")
-from qwen_tiny import KINDS, LAYERS, SUPPRESS, TIMESTAMPED, VIDEO_ID, make_model, make_prompt, text_prompt  # noqa: E402,E501
+from qwen_tiny import (KINDS, LAYERS, SUPPRESS, TIMESTAMPED, VIDEO_ID, make_model, make_prompt,  # noqa: E402
+                       text_prompt)
 
 CONFIGS = [C2RoPEConfig(), C2RoPEConfig.paper_code(), C2RoPEConfig(mask="inward", coords="merged")]
 
