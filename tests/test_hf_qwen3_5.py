@@ -294,7 +294,8 @@ def test_circle_rope(kind):
         got = model(**inputs).logits
         assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, plain_text)
     torch.testing.assert_close(_valid_rows(got, inputs), _valid_rows(want, inputs), rtol=1e-9, atol=1e-9)
-    assert (_valid_rows(got, inputs) - _valid_rows(plain, inputs)).abs().max() > 1e-4
+    if config.layer_plan(1)[0]:  # AGE may leave the one full-attention layer on M-RoPE: then nothing changes
+        assert (_valid_rows(got, inputs) - _valid_rows(plain, inputs)).abs().max() > 1e-4
     runs = [model.generate(**inputs, max_new_tokens=3, do_sample=False, use_cache=use_cache,
                            suppress_tokens=SUPPRESS) for use_cache in (True, False)]
     assert torch.equal(runs[0], runs[1])

@@ -135,7 +135,10 @@ class LinearLayersProbe:
         weight = _weight(text)
         if weight is None or all(token_mixer(layer)[0] == "attention" for layer in text.layers):
             return
-        arguments, _ = probe_prompt(inner, weight.device)
+        # No video: Circle-RoPE's AGE asks the release's get_rope_index, which cannot place
+        # the probe's frames without their timestamp text (the linear layers' mask does not
+        # depend on what the vision tokens are).
+        arguments, _ = probe_prompt(inner, weight.device, video=False)
         for name in ("input_ids", "mm_token_type_ids", "attention_mask"):
             if name in arguments:
                 value = arguments[name]
