@@ -11,6 +11,11 @@ MERGE, PATCH, TEMPORAL = 2, 2, 2
 PIXEL_DIM = 3 * TEMPORAL * PATCH * PATCH
 LAYERS = 3
 KINDS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+QWEN3_5_KINDS = ("qwen3_5", "qwen3_5_moe")
+# Kinds whose processors write timestamp text and vision start / end around every video frame.
+TIMESTAMPED = ("qwen3_vl",) + QWEN3_5_KINDS
+# Qwen3.5 tiny text stacks: one Gated DeltaNet layer, then one full-attention layer.
+QWEN3_5_LAYER_TYPES = ["linear_attention", "full_attention"]
 SUPPRESS = [IMAGE_ID, VIDEO_ID, VISION_START, VISION_END]
 
 
@@ -22,6 +27,15 @@ def _text_config(kind, section=(2, 3, 3)):
     if kind == "qwen3_vl":
         rope["mrope_interleaved"] = True
         config["head_dim"] = 16
+    elif kind in QWEN3_5_KINDS:
+        # head_dim 64, a quarter of it rotated (16 dims, 8 slots as above), the rest passed through.
+        rope.update(mrope_interleaved=True, partial_rotary_factor=0.25)
+        config.update(head_dim=64, num_hidden_layers=len(QWEN3_5_LAYER_TYPES), layer_types=QWEN3_5_LAYER_TYPES,
+                      linear_num_key_heads=1, linear_num_value_heads=2, linear_key_head_dim=8,
+                      linear_value_head_dim=8, linear_conv_kernel_dim=4)
+        if kind == "qwen3_5_moe":
+            config.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                          shared_expert_intermediate_size=16)
     else:
         config.update(bos_token_id=1, eos_token_id=2)
     if transformers.__version__.startswith("4."):
@@ -46,6 +60,14 @@ def make_model(kind, implementation="sdpa", dtype=torch.float64, section=(2, 3, 
             vision_config=dict(vision, hidden_size=16, intermediate_size=32, out_hidden_size=32, window_size=8,
                                fullatt_block_indexes=[0], tokens_per_second=2), **ids)
         model = transformers.Qwen2_5_VLForConditionalGeneration(config)
+    elif kind in QWEN3_5_KINDS:
+        prefix = "Qwen3_5Moe" if kind == "qwen3_5_moe" else "Qwen3_5"
+        config = getattr(transformers, f"{prefix}Config")(
+            text_config=_text_config(kind, section),
+            vision_config=dict(vision, hidden_size=16, intermediate_size=32, out_hidden_size=32,
+                               num_position_embeddings=16),
+            vision_end_token_id=VISION_END, **ids)
+        model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config)
     else:
         config = transformers.Qwen3VLConfig(
             text_config=_text_config(kind, section),
@@ -59,6 +81,8 @@ def make_model(kind, implementation="sdpa", dtype=torch.float64, section=(2, 3, 
             if "layers" in name and p.dim() == 2:
                 p.normal_(0, 0.3)
     model.set_attn_implementation(implementation)
+    if kind == "qwen3_5_moe":
+        model.set_experts_implementation("eager")  # grouped_mm has no float64
     return model.to(dtype).eval()
 
 
@@ -83,16 +107,16 @@ def make_prompt(kind, batch=2, videos=True, dtype=torch.float64):
         if videos and (b == 0 or random.random() < 0.5):
             t, h, w = random.choice([2, 3]), random.choice([2, 4]), random.choice([4, 6])
             clips.append((t, h, w))
-            if kind != "qwen3_vl":
+            if kind not in TIMESTAMPED:
                 ids.append(VISION_START)
             for _ in range(t):
-                if kind == "qwen3_vl":  # "<1.5 seconds>" timestamp text, then the frame
+                if kind in TIMESTAMPED:  # "<1.5 seconds>" timestamp text, then the frame
                     ids += _words(2, 3) + [VISION_START]
                 spans.append((len(ids), h // MERGE, w // MERGE))
                 ids += [VIDEO_ID] * (h * w // MERGE**2)
-                if kind == "qwen3_vl":
+                if kind in TIMESTAMPED:
                     ids.append(VISION_END)
-            ids += ([] if kind == "qwen3_vl" else [VISION_END]) + _words()
+            ids += ([] if kind in TIMESTAMPED else [VISION_END]) + _words()
         rows.append((ids, spans))
     seq = max(len(ids) for ids, _ in rows)
     input_ids = torch.zeros(batch, seq, dtype=torch.long)

@@ -19,7 +19,8 @@ from c2rope.reference import chebyshev_mask_ref, cos_sin_ref, position_ids_ref
 from c2rope.reference.positions import _ring_ranks
 
 transformers = pytest.importorskip("transformers")
-from qwen_tiny import KINDS, LAYERS, SUPPRESS, VIDEO_ID, make_model, make_prompt, text_prompt  # noqa: E402
+from qwen_tiny import (KINDS, LAYERS, SUPPRESS, TIMESTAMPED, VIDEO_ID, make_model, make_prompt,  # noqa: E402
+                       text_prompt)
 
 CONFIGS = [C2RoPEConfig(), C2RoPEConfig.paper_code(), C2RoPEConfig(mask="inward", coords="merged")]
 
@@ -42,7 +43,7 @@ def model_axis_table(model):
     tiny configs' mrope_section [2, 3, 3] (t, h, w): chunked on Qwen2/2.5-VL,
     interleaved (h at k % 3 == 1, w at k % 3 == 2, inside 3 * section) on Qwen3-VL."""
     t, h, w = 2, 3, 3
-    if model.config.model_type != "qwen3_vl":
+    if model.config.model_type not in TIMESTAMPED:  # the interleaved kinds
         return [0] * t + [2] * h + [1] * w
     return [2 if k % 3 == 1 and k < 3 * h else 1 if k % 3 == 2 and k < 3 * w else 0 for k in range(t + h + w)]
 
@@ -88,6 +89,8 @@ def reference_logits(model, inputs, spans, config, frequencies="model", frame_ax
     if model.config._attn_implementation == "eager":  # eager adds the mask to the scores
         mask = chebyshev_mask_ref(valid, image_id, ring, mode=config.mask, dtype=model.dtype)
     text = model.model.language_model
+    if "linear_attention" in (getattr(text.config, "layer_types", None) or ()):  # Qwen3.5: a mask per layer type
+        mask = {"full_attention": mask, "linear_attention": inputs["attention_mask"]}
     handles = []
     if frequencies == "c2rope" or frame_axis == "separate" or float64_tables:
         rotary = text.rotary_emb

@@ -40,7 +40,8 @@ MAX_IMAGE_TOKENS = 16_384
 CLASSES = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration",
            "llava_onevision": "LlavaOnevisionForConditionalGeneration",
            "qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
-           "qwen3_vl": "Qwen3VLForConditionalGeneration"}
+           "qwen3_vl": "Qwen3VLForConditionalGeneration", "qwen3_5": "Qwen3_5ForConditionalGeneration",
+           "qwen3_5_moe": "Qwen3_5MoeForConditionalGeneration"}
 
 
 class CheckUsageError(ValueError):

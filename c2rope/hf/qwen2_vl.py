@@ -33,10 +33,12 @@ from ..mrope import mm_token_type_ids_from_input_ids, mrope_position_ids, qwen_v
 from . import context, packing, qwen_packing
 from .introspect import cache_argument, parameter_names, past_length
 from .qwen_c2rope import call_arguments, find_parts, release_deltas
-from .qwen_probe import CircleProbe
+from .qwen_probe import CircleProbe, attention_layers
 from .record import PatchRecord
 
 MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+# Model types whose processors write timestamp text between video frames.
+TIMESTAMPED_FRAMES = ("qwen3_vl", "qwen3_5", "qwen3_5_moe")
 _ALT_ATTR = "_c2rope_mrope_cos_sin"  # set on the Circle cos tensor: the M-RoPE (cos, sin)
 
 
@@ -51,11 +53,11 @@ class _Prompt:
 
 
 class _CircleState:
-    def __init__(self, config: CircleRoPEConfig, inner: nn.Module, text: nn.Module):
+    def __init__(self, config: CircleRoPEConfig, inner: nn.Module, text: nn.Module, num_layers: int):
         self.config = config
         self.inner = inner
         self.text = text
-        self.plan = config.layer_plan(len(text.layers))
+        self.plan = config.layer_plan(num_layers)  # over the layers that take positions
         self.prompt: Optional[_Prompt] = None
         self._local = threading.local()  # a packed row's M-RoPE positions while it runs
 
@@ -76,7 +78,7 @@ def _positions(inner: nn.Module, arguments: dict, circle: Optional[CircleRoPECon
     attention_mask, second_per_grid_ts = arguments.get("attention_mask"), arguments.get("second_per_grid_ts")
     config = inner.config
     frames_grid_thw = video_grid_thw
-    if video_grid_thw is not None and config.model_type == "qwen3_vl":
+    if video_grid_thw is not None and config.model_type in TIMESTAMPED_FRAMES:
         # Qwen3-VL puts timestamp text between frames: each frame is its own grid.
         frames_grid_thw = torch.repeat_interleave(video_grid_thw, video_grid_thw[:, 0], dim=0)
         frames_grid_thw[:, 0] = 1
@@ -275,7 +277,8 @@ def apply_circle_patch(model: nn.Module, record: PatchRecord, config: CircleRoPE
             f"M-RoPE), got {type(config).__name__}"
         )
     inner, text = find_parts(model)
-    state = _CircleState(config, inner, text)
+    layers = attention_layers(text)  # AGE's plan: over the layers that take positions
+    state = _CircleState(config, inner, text, len(layers))
     record.wrap_forward(inner, _get_rope_index, inner, state, attribute="get_rope_index")
     # Deltas left from earlier unpatched calls would shift our decode positions.
     record.set_attr(inner, "rope_deltas", None)
@@ -283,7 +286,7 @@ def apply_circle_patch(model: nn.Module, record: PatchRecord, config: CircleRoPE
     if state.needs_mrope:
         record.wrap_forward(text, _text_forward, state, parameter_names(text.forward))
         record.wrap_forward(text.rotary_emb, _rotary_forward, state)
-        for layer, circle in zip(text.layers, state.plan):
+        for layer, circle in zip(layers, state.plan):
             if not circle:
                 names = parameter_names(layer.forward)
                 slot = names.index("position_embeddings") if "position_embeddings" in names else None

@@ -108,6 +108,8 @@ class QwenC2RoPE:
         self.image_token_id = inner.config.image_token_id
         self.video_token_id = getattr(inner.config, "video_token_id", None)
         self.tables = []  # rotary wrappers (qwen_tables.py), innermost first
+        # Hybrid stacks (Qwen3.5): (mask, text forward arguments) -> the per-layer-type masks.
+        self.layer_masks: Optional[Callable] = None
         self._local = threading.local()  # the last prompt's spans, per thread
 
     def vision_types(self, input_ids, mm_token_type_ids) -> Optional[torch.Tensor]:
@@ -395,8 +397,8 @@ def _text_forward(original: Callable, qwen: QwenC2RoPE, names, cache_name, *args
     plan = CallPlan(spans=spans, total_len=past + q_len, samples=qwen.samples())
     plan.layout = C2RoPEState._layout(spans, past + q_len, attention_mask, reference.device)
     dtype = embeds.dtype if embeds is not None else qwen.text.get_input_embeddings().weight.dtype
-    bound["attention_mask"] = decoder_mask(qwen.state, plan, qwen.text.config, cache, q_len, dtype,
-                                           reference.device)
+    mask = decoder_mask(qwen.state, plan, qwen.text.config, cache, q_len, dtype, reference.device)
+    bound["attention_mask"] = mask if qwen.layer_masks is None else qwen.layer_masks(mask, bound)
     return original(**bound)
 
 

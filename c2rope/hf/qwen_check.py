@@ -1,8 +1,11 @@
-"""`python -m c2rope check MODEL` for the Qwen-VL family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL).
+"""`python -m c2rope check MODEL` for the Qwen-VL family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
+Qwen3.5 dense and MoE).
 
 The model is built from its config.json at test size (2 layers, one attention head of
-the checkpoint's rotary width, so its M-RoPE sections stay the real ones; a one-block
-vision tower), with random weights, patched with C2RoPEConfig() unless a config is
+the checkpoint's rotary width, so its M-RoPE sections stay the real ones; with a
+partial_rotary_factor the head is as wide as that rotary width needs, and a hybrid
+stack such as Qwen3.5's keeps one linear-attention layer before its full-attention
+one; a one-block vision tower), with random weights, patched with C2RoPEConfig() unless a config is
 given, and compared with the unpatched copy on prompts the processor would write
 (vision start / end tokens; Qwen3-VL's timestamp text between video frames), fed with
 random pixels and their image_grid_thw / video_grid_thw:
@@ -20,7 +23,14 @@ from typing import List, Optional
 
 import torch
 
-MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe")
+# Interleaved M-RoPE sections, and timestamp text between video frames.
+_INTERLEAVED = ("qwen3_vl", "qwen3_5", "qwen3_5_moe")
+# Hybrid stacks at test size: one linear-attention layer, then one full-attention layer.
+_HYBRID_LAYERS = ["linear_attention", "full_attention"]
+_HYBRID_SMALL = dict(linear_num_key_heads=1, linear_num_value_heads=1, linear_key_head_dim=16,
+                     linear_value_head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                     shared_expert_intermediate_size=32)
 LAYERS = 2
 VISION = dict(depth=1, hidden_size=32, intermediate_size=64, embed_dim=32, num_heads=2)
 VOCAB = 512
@@ -45,20 +55,41 @@ def mrope_section(config) -> List[int]:
     raise ValueError(f"{config.model_type}: the text config has no mrope_section (rope_parameters / rope_scaling)")
 
 
+def partial_rotary_factor(config) -> float:
+    """The share of each head that is rotated (1.0 unless the config says otherwise)."""
+    text = _text_config(config)
+    parameters = getattr(text, "rope_parameters", None)
+    if isinstance(parameters, dict) and parameters.get("partial_rotary_factor") is not None:
+        return float(parameters["partial_rotary_factor"])
+    return float(getattr(text, "partial_rotary_factor", None) or 1.0)
+
+
+def linear_layers(config) -> int:
+    """How many text layers are linear attention (Qwen3.5's Gated DeltaNet)."""
+    return sum(kind == "linear_attention" for kind in (getattr(_text_config(config), "layer_types", None) or ()))
+
+
 def shrink_qwen(config):
-    """2 text layers of one head whose width is the checkpoint's rotary width (twice the
-    sum of mrope_section), a one-block vision tower projecting into it, a small
-    vocabulary with the special tokens moved to its top."""
+    """2 text layers of one head whose rotated part is the checkpoint's rotary width (twice
+    the sum of mrope_section), a one-block vision tower projecting into it, a small
+    vocabulary with the special tokens moved to its top. A hybrid stack keeps one
+    linear-attention layer (small) before its full-attention layer."""
     from .check import _drop_large_ids
 
     config = copy.deepcopy(config)
     text = _text_config(config)
     width = 2 * sum(mrope_section(config))
+    head_dim = round(width / partial_rotary_factor(config))
     for name, value in dict(num_hidden_layers=LAYERS, hidden_size=width, intermediate_size=2 * width,
-                            num_attention_heads=1, num_key_value_heads=1, head_dim=width,
+                            num_attention_heads=1, num_key_value_heads=1, head_dim=head_dim,
                             vocab_size=VOCAB).items():
         setattr(text, name, value)
     _drop_large_ids({id(h): h for h in (config, text)}.values())
+    if linear_layers(config):
+        text.layer_types = list(_HYBRID_LAYERS)
+        for name, value in _HYBRID_SMALL.items():
+            if hasattr(text, name):
+                setattr(text, name, value)
     vision = config.vision_config
     for name, value in VISION.items():
         if hasattr(vision, name):
@@ -83,8 +114,17 @@ def split_line(config, patch_config=None, options=None) -> str:
     from ..circle import CircleRoPEConfig
 
     sections = mrope_section(config)
-    kind = "interleaved" if config.model_type == "qwen3_vl" else "chunked"
+    kind = "interleaved" if config.model_type in _INTERLEAVED else "chunked"
     model = f"the model's M-RoPE sections mrope_section={sections} ({kind})"
+    factor, linear = partial_rotary_factor(config), linear_layers(config)
+    text = _text_config(config)
+    if factor != 1.0:
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        model += (f", rotating {2 * sum(sections)} of {head_dim} head dims (partial_rotary_factor={factor:g}; "
+                  "the rest pass through)")
+    if linear:
+        model += (f", full-attention layers only ({linear} of {text.num_hidden_layers} layers are linear attention, "
+                  "left as they are)")
     if isinstance(patch_config, CircleRoPEConfig):
         return f"frequency split: {model}, rotated by Circle-RoPE positions"
     options = dict(options or {})
@@ -114,7 +154,7 @@ def _ids(config, text: int, image_grid, video_grid):
         t, h, w = video_grid
         frame = h * w // merge ** 2
         first = len(ids)
-        if config.model_type == "qwen3_vl":  # "<0.5 seconds>" before every frame
+        if config.model_type in _INTERLEAVED:  # "<0.5 seconds>" before every frame
             for _ in range(t):
                 ids += [_TEXT + 1, _TEXT + 2, start] + [config.video_token_id] * frame + [end]
         else:

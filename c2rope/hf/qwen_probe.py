@@ -63,12 +63,31 @@ def probe_prompt(inner: nn.Module, device, video: bool = True):
     return arguments, [spans]
 
 
+def token_mixer(layer: nn.Module):
+    """(kind, module) of a decoder layer's token mixer: ("attention", self_attn), or
+    ("linear", linear_attn) for the linear-attention layers of a hybrid stack (Qwen3.5's
+    Gated DeltaNet: no positions, only the model's own padding mask)."""
+    for kind, name in (("attention", "self_attn"), ("linear", "linear_attn")):
+        module = getattr(layer, name, None)
+        if isinstance(module, nn.Module):
+            return kind, module
+    raise TypeError(f"{type(layer).__name__} has neither self_attn nor linear_attn: c2rope cannot tell how it "
+                    "attends")
+
+
+def attention_layers(text: nn.Module) -> List[nn.Module]:
+    """The decoder layers that attend with positions (every layer, except the
+    linear-attention layers of a hybrid stack)."""
+    return [layer for layer in text.layers if token_mixer(layer)[0] == "attention"]
+
+
 def run_probe(inner: nn.Module, text: nn.Module, arguments: dict) -> List[dict]:
-    """Run the inner model once; per decoder layer, the attention's position_embeddings
-    and attention_mask. The model's rope_deltas come back as they were."""
+    """Run the inner model once; per decoder layer, its kind ("attention" / "linear",
+    `token_mixer`) and the position_embeddings and attention_mask its token mixer got.
+    The model's rope_deltas come back as they were."""
     from .pipeline import _probe_implementation
 
-    seen = [{"calls": 0, "cos": None, "mask": None} for _ in text.layers]
+    seen = [{"kind": token_mixer(layer)[0], "calls": 0, "cos": None, "mask": None} for layer in text.layers]
 
     def catcher(entry):
         def hook(module, args, kwargs):
@@ -78,7 +97,7 @@ def run_probe(inner: nn.Module, text: nn.Module, arguments: dict) -> List[dict]:
             entry["mask"] = kwargs.get("attention_mask")
         return hook
 
-    handles = [layer.self_attn.register_forward_pre_hook(catcher(entry), with_kwargs=True)
+    handles = [token_mixer(layer)[1].register_forward_pre_hook(catcher(entry), with_kwargs=True)
                for layer, entry in zip(text.layers, seen)]
     deltas = inner.rope_deltas
     try:
@@ -98,14 +117,14 @@ def _tables_match(got, want) -> bool:
 
 
 def _name(index: int, text: nn.Module) -> str:
-    return f"layer {index} ({type(text.layers[index].self_attn).__name__})"
+    return f"layer {index} ({type(token_mixer(text.layers[index])[1]).__name__})"
 
 
 def _check_calls(seen, text) -> None:
     for index, entry in enumerate(seen):
         if entry["calls"] == 0:
             raise RuntimeError(f"c2rope: {_name(index, text)} was never called by the probe forward")
-        if entry["cos"] is None:
+        if entry["kind"] == "attention" and entry["cos"] is None:
             raise RuntimeError(f"c2rope: {_name(index, text)} got no position_embeddings: its rotary is not "
                                "the text model's, so the patch would not reach it")
 
@@ -144,6 +163,8 @@ class C2RoPEProbe:
             plan.layout = C2RoPEState._layout(plan.spans, seq, None, weight.device)
             mask = dense_mask(qwen.state, plan, seq, seq)[0, 0]
         for index, entry in enumerate(seen):
+            if entry["kind"] != "attention":
+                continue  # linear attention takes no positions (families/qwen3_5.py checks it)
             if not _tables_match(entry["cos"], want):
                 raise RuntimeError(f"c2rope: {_name(index, text)} did not rotate by c2rope's positions")
             if mask is not None and not _is_expected_mask(entry["mask"], None, mask):
@@ -180,7 +201,8 @@ class CircleProbe:
             want = {True: text.rotary_emb(x, positions)[0]}
             if circle.needs_mrope:
                 want[False] = text.rotary_emb(x, _model_positions(inner, arguments))[0]
-        for index, (entry, on_circle) in enumerate(zip(seen, circle.plan)):
+        attending = [(index, entry) for index, entry in enumerate(seen) if entry["kind"] == "attention"]
+        for (index, entry), on_circle in zip(attending, circle.plan):
             if not _tables_match(entry["cos"], want[on_circle]):
                 what = "Circle-RoPE positions" if on_circle else "the model's own M-RoPE positions (AGE)"
                 raise RuntimeError(f"c2rope: {_name(index, text)} did not rotate by {what}")
@@ -197,4 +219,4 @@ def _model_positions(inner: nn.Module, arguments: dict) -> torch.Tensor:
     return positions
 
 
-__all__ = ["C2RoPEProbe", "CircleProbe", "probe_prompt"]
+__all__ = ["C2RoPEProbe", "CircleProbe", "attention_layers", "probe_prompt", "run_probe", "token_mixer"]
