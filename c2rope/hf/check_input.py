@@ -17,6 +17,8 @@ _INTEGER_SUFFIXES = ("_size", "_token_id", "_token_index", "_layers", "_heads", 
 _INTEGER_PREFIXES = ("num_", "n_")
 # Flags whose names end like integer fields (tie_word_embeddings, use_sliding_window, ...).
 _FLAG_PREFIXES = ("tie_", "use_", "output_", "return_", "is_", "add_", "do_")
+# ... and flags that say so inside the name (Qwen3.5's mtp_use_dedicated_embeddings).
+_FLAG_WORDS = {"use", "tie", "enable", "disable"}
 _INTEGER_NAMES = {"depth", "in_chans", "in_channels", "sliding_window", "ignore_index", "vision_feature_layer",
                   "pretraining_tp", "tokens_per_second", "embed_dim"}
 # Kept at their real values in the test model, so they must be positive.
@@ -109,7 +111,7 @@ def _kind(value) -> str:
 
 
 def _is_integer_field(name: str) -> bool:
-    if name.startswith(_FLAG_PREFIXES):
+    if name.startswith(_FLAG_PREFIXES) or _FLAG_WORDS & set(name.split("_")):
         return False
     return name in _INTEGER_NAMES or name.endswith(_INTEGER_SUFFIXES) or name.startswith(_INTEGER_PREFIXES)
 
