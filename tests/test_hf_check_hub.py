@@ -29,7 +29,7 @@ def _run(path, capsys):
 
 def test_every_family_the_readme_lists_has_a_published_config():
     types = {_fields(name)["model_type"] for name in CHECKPOINTS}
-    assert types >= {"llama", "llava", "llava_next", "llava_onevision"} | QWEN_VL
+    assert types >= {"llama", "mistral", "qwen2", "llava", "llava_next", "llava_onevision"} | QWEN_VL
 
 
 @pytest.mark.parametrize("name", CHECKPOINTS)
