@@ -17,6 +17,7 @@ cd "$(dirname "$0")/.."
 REPO=$(pwd)
 PY="${PYTHON:-python3}"
 VENV="${LLAMAFACTORY_VENV:-.venv-llamafactory}"
+case "$VENV" in /*) ;; *) VENV="$REPO/$VENV" ;; esac  # absolute: the tests run from a scratch folder
 TORCH=2.14.1 TORCHVISION=0.29.1 TORCHAUDIO=2.11.1 LLAMAFACTORY=0.9.5
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pins=("torch==$TORCH" "torchvision==$TORCHVISION")
