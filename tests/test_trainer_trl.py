@@ -156,7 +156,9 @@ def test_sft_bf16(kind, tmp_path):
     trainer, spy = train(model, processor, sft_config(tmp_path, bf16=True), trainer_models.dataset(kind))
     trainer.train()
     batch, loss = spy.first_train()
-    assert_patched_loss(loss, batch, plain, patched, tol=dict(atol=1e-5, rtol=1e-5), autocast_dtype=torch.bfloat16)
+    # The same ops under the same autocast agree to ~5e-7; a tight tolerance keeps the
+    # patched-vs-unpatched margin below what a tiny model can show (6.8e-5 in one draw).
+    assert_patched_loss(loss, batch, plain, patched, tol=dict(atol=3e-6, rtol=0), autocast_dtype=torch.bfloat16)
 
 
 @pytest.mark.slow
