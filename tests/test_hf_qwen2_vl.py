@@ -118,7 +118,36 @@ def test_prefill_matches_reference(strategy):
     with torch.no_grad():
         got = model(**inputs).logits
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
-    assert (got - plain).abs().max() > 1e-4  # the patch changes image prompts
+    if has_multi_token_image(inputs) or config.radius == 10.0:
+        assert (got - plain).abs().max() > 1e-4  # the patch changes image prompts
+    else:
+        # Every image is one merged token and the radius is "auto": the ring has radius 0,
+        # the token sits on the text axis where Circle-RoPE and M-RoPE agree, so the patch
+        # rightly changes nothing.
+        torch.testing.assert_close(got, plain, rtol=0, atol=0)
+
+
+def has_multi_token_image(inputs):
+    return bool((inputs["image_grid_thw"][:, 1:].prod(-1) > MERGE**2).any())
+
+
+def test_one_token_images_are_a_no_op():
+    """Pins the else-branch above (C2ROPE_TEST_SEED=680832618 drew two 2x2 grids and an
+    "auto" radius); a fixed radius puts the one token on a ring and moves it."""
+    model = make_model()
+    inputs = make_prompt(batch=1)
+    while has_multi_token_image(inputs):
+        inputs = make_prompt(batch=1)
+    with torch.no_grad():
+        plain = model(**inputs).logits
+    patch_qwen2_vl(model, CircleRoPEConfig(alpha=random.random(), radius="auto-1.5", age_strategy="all"))
+    with torch.no_grad():
+        got = model(**inputs).logits
+    torch.testing.assert_close(got, plain, rtol=0, atol=0)
+    unpatch_qwen2_vl(model)
+    patch_qwen2_vl(model, CircleRoPEConfig(alpha=random.random(), radius=10.0, age_strategy="all"))
+    with torch.no_grad():
+        assert (model(**inputs).logits - plain).abs().max() > 1e-4
 
 
 def test_text_only_logits_unchanged():
