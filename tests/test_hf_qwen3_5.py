@@ -391,3 +391,20 @@ def test_check_passes_on_the_hub_config(kind, tmp_path, capsys):
     layers = _HUB[kind]["text"]["num_hidden_layers"]
     assert "mrope_section=[11, 11, 10] (interleaved), rotating 64 of 256 head dims (partial_rotary_factor=0.25" in out
     assert f"full-attention layers only ({layers * 3 // 4} of {layers} layers are linear attention" in out
+
+
+@needs_qwen3_5
+@pytest.mark.parametrize("kind", QWEN3_5_KINDS)
+def test_no_deprecation_warning_from_the_linear_layer_masks(kind):
+    """c2rope hands the release's mask builder the cache under one name: 5.25 warns
+    (FutureWarning) when both `cache` and the deprecated `past_key_values` are given."""
+    import warnings
+
+    model = make_model(kind)
+    c2rope.patch_model(model, C2RoPEConfig())
+    inputs, _ = make_prompt(kind, videos=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        with torch.no_grad():
+            model(**inputs)
+            model.generate(**inputs, max_new_tokens=2, do_sample=False, suppress_tokens=SUPPRESS)
