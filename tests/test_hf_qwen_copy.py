@@ -10,10 +10,7 @@ import c2rope
 from c2rope import C2RoPEConfig, CircleRoPEConfig
 
 transformers = pytest.importorskip("transformers")
-from qwen_tiny import KINDS, QWEN3_5_KINDS, make_model, make_prompt  # noqa: E402
-
-HAS_QWEN3_5 = hasattr(transformers, "Qwen3_5ForConditionalGeneration")
-ALL_KINDS = KINDS + (QWEN3_5_KINDS if HAS_QWEN3_5 else ())
+from qwen_tiny import ALL_KINDS, make_model, make_prompt  # noqa: E402
 
 
 def _logits(model, inputs):
