@@ -1,4 +1,4 @@
-"""`python -m c2rope check MODEL` on Qwen-VL configs (c2rope/hf/qwen_check.py): a
+"""`python -m c2rope check MODEL` on Qwen-VL configs (c2rope/hf/families/qwen_vl/check.py): a
 config.json with the checkpoints' real sizes and M-RoPE sections, written to tmp_path,
 built at test size with random weights, patched and compared with the unpatched model
 on text, an image and a video; the output says which frequency split is used."""

@@ -1,4 +1,4 @@
-"""C2RoPE on tiny random Qwen2-VL / Qwen2.5-VL / Qwen3-VL models (c2rope.hf.qwen_c2rope),
+"""C2RoPE on tiny random Qwen2-VL / Qwen2.5-VL / Qwen3-VL models (c2rope.hf.families.qwen_vl.c2rope_patch),
 images and videos, in float64 so a wrong position or mask entry anywhere shows.
 
 The reference is the *unpatched* model given, explicitly, the triplets of

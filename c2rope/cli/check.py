@@ -6,7 +6,7 @@ option on another family) are usage errors: argparse's usage line and the reason
 code 2, never a verdict on the model."""
 from __future__ import annotations
 
-from c2rope.hf.qwen_c2rope import FRAME_AXES, FREQUENCIES  # patch_model's Qwen-VL options
+from c2rope.hf.families.qwen_vl.c2rope_patch import FRAME_AXES, FREQUENCIES  # patch_model's Qwen-VL options
 
 from .main import UsageError
 

@@ -78,8 +78,8 @@ def __getattr__(name):
 
 # Model-family modules that register patchers; per transformers line.
 _FAMILY_MODULES = {
-    "modern": ("modern", "qwen_vl", "llava_next", "families.qwen3_5"),
-    "legacy": ("legacy",),
+    "modern": ("families.llama", "families.llava", "families.qwen_vl", "families.llava_next", "families.qwen3_5"),
+    "legacy": ("families.legacy",),
 }
 _loaded = False
 

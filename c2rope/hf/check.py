@@ -239,7 +239,7 @@ def prepare(path: str, config_override=None, options=None) -> Plan:
     anything), shrink it; the Plan carries the report's header lines."""
     import transformers
 
-    from .qwen_check import is_qwen_vl, shrink_qwen, split_line
+    from .families.qwen_vl.check import is_qwen_vl, shrink_qwen, split_line
 
     path = config_path(path)
     fields = read_fields(path)
@@ -282,8 +282,8 @@ def _inputs(model, image_token_id, grid, seq_text=6):
     tokens, pixels = h * w, None
     vision = getattr(config, "vision_config", None)
     if getattr(config, "image_grid_pinpoints", None) is not None:  # anyres: LLaVA-NeXT / OneVision
-        from .anyres import AnyresGeometry
-        from .llava_next import check_image
+        from .families.llava_next.anyres import AnyresGeometry
+        from .families.llava_next import check_image
 
         tokens, pixels = check_image(model, generator)
         height, width = pixels["image_sizes"][0].tolist()
@@ -312,7 +312,7 @@ def _inputs(model, image_token_id, grid, seq_text=6):
 def run_check(plan: Plan, config_override=None, options=None, say: Callable[[str], None] = print) -> List[CheckResult]:
     import c2rope
 
-    from .qwen_check import is_qwen_vl, run_qwen_check
+    from .families.qwen_vl.check import is_qwen_vl, run_qwen_check
 
     if is_qwen_vl(plan.config):  # grids, pixels and videos: c2rope/hf/qwen_check.py
         return run_qwen_check(plan, config_override, options, say)

@@ -7,8 +7,8 @@
 
 Qwen3.5 is a Qwen3-VL-style model (interleaved M-RoPE, timestamp text between video
 frames, the same get_rope_index / generate() machinery) with two differences, and this
-module handles only those; everything else is the Qwen-VL patch (qwen_c2rope.py,
-qwen2_vl.py), unchanged:
+module handles only those; everything else is the Qwen-VL patch (qwen_vl/c2rope_patch.py,
+qwen_vl/circle_patch.py), unchanged:
 
 - partial rotary: only the first `head_dim * partial_rotary_factor` dims of each head
   are rotated. The text model's rotary module is built on that width and its attention
@@ -24,7 +24,7 @@ qwen2_vl.py), unchanged:
   full-attention layers only.
 
 The probe (`patch_model(..., verify=True)`) checks both: full-attention layers rotate by
-c2rope's positions and get its mask (qwen_probe.py), and every linear-attention layer
+c2rope's positions and get its mask (qwen_vl/probe.py), and every linear-attention layer
 gets, on a left-padded prompt, the very mask the unpatched text model hands it.
 
 Refused: a transformers release without Qwen3.5 (TypeError); packed rows (several
@@ -44,9 +44,9 @@ from ...circle import CircleRoPEConfig
 from ...config import C2RoPEConfig
 from ...mrope import mm_token_type_ids_from_input_ids
 from ..packing import sample_ids
-from ..qwen2_vl import apply_circle_patch
-from ..qwen_c2rope import apply_c2rope_patch, call_arguments, find_parts
-from ..qwen_probe import _weight, probe_prompt, run_probe, token_mixer
+from .qwen_vl.circle_patch import apply_circle_patch
+from .qwen_vl.c2rope_patch import apply_c2rope_patch, call_arguments, find_parts
+from .qwen_vl.probe import _weight, probe_prompt, run_probe, token_mixer
 from ..record import PatchRecord
 from ..registry import register_patcher
 

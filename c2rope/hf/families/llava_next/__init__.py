@@ -1,7 +1,7 @@
 """Patcher for transformers' LLaVA-NeXT and LLaVA-OneVision (`LlavaNextForConditionalGeneration`,
 `LlavaOnevisionForConditionalGeneration`, and their bare `...Model`s), 4.57 and 5.x.
 
-The decoder is patched as for plain LLaVA (modern.patch_decoder). What differs is where
+The decoder is patched as for plain LLaVA (families/llama.py, patch_decoder). What differs is where
 the images are: an anyres image is not one grid of `image_token_id`s but a base view and
 an unpadded high-resolution grid with newline tokens (anyres.py), whose sizes depend on
 the call's `image_sizes`. So the inner model's entry hook (entry.py; every path that
@@ -18,11 +18,13 @@ from typing import Optional
 import torch
 
 from .anyres import AnyresGeometry, Spans, merge_rows, placeholder_spans
-from .introspect import parameter_names
-from .modern import patch_decoder
-from .pipeline import to_kwargs
-from .record import _Unpicklable
-from .registry import register_patcher
+from ...introspect import parameter_names
+from ..llama import patch_decoder
+from ...pipeline import to_kwargs
+from ...record import _Unpicklable
+from ...registry import register_patcher
+
+MODEL_TYPES = ("llava_next", "llava_onevision")
 
 
 def call_spans(geometry: AnyresGeometry, image_token_id: int, video_token_id: Optional[int], arguments: dict):
@@ -107,7 +109,7 @@ class AnyresSpans(_Unpicklable):
         return call_spans(self.geometry, self.image_token_id, self.video_token_id, to_kwargs(names, args, kwargs))
 
 
-@register_patcher("llava_next", "llava_onevision")
+@register_patcher(*MODEL_TYPES)
 def _patch_anyres(model, record, state):
     config = model.config
     if state.grid is not None:

@@ -18,18 +18,19 @@ from __future__ import annotations
 
 from torch import nn
 
-from .introspect import uses_global
-from .entry import add_entry_points
-from .pipeline import ROTARY_GLOBAL, LegacyDelivery, hook_decoder, legacy_apply_rotary_pos_emb
-from .record import PatchRecord, bind_forward_with_globals
-from .registry import register_patcher
-from .state import C2RoPEState
+from ..introspect import uses_global
+from ..entry import add_entry_points
+from ..pipeline import ROTARY_GLOBAL, LegacyDelivery, hook_decoder, legacy_apply_rotary_pos_emb
+from ..record import PatchRecord, bind_forward_with_globals
+from ..registry import register_patcher
+from ..state import C2RoPEState
 
+MODEL_TYPES = ("llama", "llava_llama")
 LLAVA_IMAGE_TOKEN_INDEX = -200  # llava.constants.IMAGE_TOKEN_INDEX
 
 
 def _legacy_rope(rotary_module: nn.Module, config):
-    from ..rotary import C2RotaryEmbedding
+    from ...rotary import C2RotaryEmbedding
 
     name = type(rotary_module).__name__
     if "Dynamic" in name:
@@ -84,7 +85,7 @@ def splice_spans(input_ids, attention_mask, grid, out_len: int, model_config):
     """Image spans of the sequences LLaVA's prepare_inputs_labels_for_multimodal builds:
     per row, padding removed, each IMAGE_TOKEN_INDEX replaced by H*W feature tokens,
     truncated to tokenizer_model_max_length, padded (right, or left) to out_len."""
-    from ..layout import VisualLayout
+    from ...layout import VisualLayout
 
     grids = VisualLayout._parse_grids(grid)  # (H, W) for every image, or a list per image
     next_grid = 0

@@ -27,13 +27,14 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ..circle import CircleRoPEConfig
-from ..mrope import mm_token_type_ids_from_input_ids, mrope_position_ids, qwen_vision_spans
-from . import context, packing, qwen_packing
-from .introspect import cache_argument, parameter_names, past_length
-from .qwen_c2rope import call_arguments, find_parts, release_deltas
-from .qwen_probe import CircleProbe, attention_layers
-from .record import PatchRecord
+from ....circle import CircleRoPEConfig
+from ....mrope import mm_token_type_ids_from_input_ids, mrope_position_ids, qwen_vision_spans
+from ... import context, packing
+from . import packed
+from ...introspect import cache_argument, parameter_names, past_length
+from .c2rope_patch import call_arguments, find_parts, release_deltas
+from .probe import CircleProbe, attention_layers
+from ...record import PatchRecord
 
 MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 # Model types whose processors write timestamp text between video frames.
@@ -225,14 +226,14 @@ def _inner_forward(original: Callable, inner: nn.Module, state: _CircleState, ca
     elif isinstance(arguments.get("mm_token_type_ids"), torch.Tensor) and arguments["mm_token_type_ids"].dim() == 2:
         types = arguments["mm_token_type_ids"]
     else:
-        qwen_packing.refuse_unplaceable(arguments)
+        packed.refuse_unplaceable(arguments)
     if grids and isinstance(ids, torch.Tensor) and types is not None and past and bool(types.any()):
         raise ValueError(
             "c2rope: Circle-RoPE cannot add images or videos to a conversation held in a KV cache (the "
             "model would place them at text positions); run the whole conversation without the cache, or "
             "use C2RoPEConfig, which places them (docs/qwen.md, 'Multi-turn')"
         )
-    samples = None if types is None else qwen_packing.packed_samples(arguments, *types.shape, types.device)
+    samples = None if types is None else packed.packed_samples(arguments, *types.shape, types.device)
     if samples is None or not grids or not bool(types.any()):
         return original(*args, **kwargs)  # not packed, or text only: transformers' own handling
     return _packed_call(original, inner, state, arguments, types, samples, past, args, kwargs)
@@ -246,14 +247,14 @@ def _packed_call(original, inner, state: _CircleState, arguments, types, samples
 
     spans = qwen_vision_spans(types, arguments.get("image_grid_thw"), arguments.get("video_grid_thw"),
                               spatial_merge_size=inner.config.vision_config.spatial_merge_size)
-    qwen_packing.check_packed(spans, samples, past)
+    packed.check_packed(spans, samples, past)
     lengths = packing.sample_lengths(samples)
     (circle, _), _, _ = _positions(inner, arguments, state.config, lengths)
     bound = inspect.signature(original).bind_partial(*args, **kwargs)
-    bound.arguments["position_ids"] = qwen_packing.four_rows(samples, circle.to(types.device))
+    bound.arguments["position_ids"] = packed.four_rows(samples, circle.to(types.device))
     embeds = arguments.get("inputs_embeds")
     dtype = embeds.dtype if embeds is not None else state.text.get_input_embeddings().weight.dtype
-    mask = qwen_packing.block_diagonal_mask(samples, state.text.config, None, dtype,
+    mask = packed.block_diagonal_mask(samples, state.text.config, None, dtype,
                                             types.device)
     if mask is not None:
         bound.arguments["attention_mask"] = mask
@@ -298,7 +299,7 @@ def apply_circle_patch(model: nn.Module, record: PatchRecord, config: CircleRoPE
 def patch_qwen2_vl(model: nn.Module, config: Optional[CircleRoPEConfig] = None) -> nn.Module:
     """Same as `c2rope.patch_model(model, config or CircleRoPEConfig())` (kept for
     existing callers; the registry is the one patching mechanism)."""
-    from . import patch_model
+    from ... import patch_model
 
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if isinstance(model, nn.Module) and model_type not in MODEL_TYPES:
@@ -310,7 +311,7 @@ def patch_qwen2_vl(model: nn.Module, config: Optional[CircleRoPEConfig] = None) 
 
 def unpatch_qwen2_vl(model: nn.Module) -> nn.Module:
     """Same as `c2rope.unpatch_model(model)`."""
-    from . import unpatch_model
+    from ... import unpatch_model
 
     return unpatch_model(model)
 

@@ -74,7 +74,7 @@ def shrink_qwen(config):
     the sum of mrope_section), a one-block vision tower projecting into it, a small
     vocabulary with the special tokens moved to its top. A hybrid stack keeps one
     linear-attention layer (small) before its full-attention layer."""
-    from .check import _drop_large_ids
+    from ...check import _drop_large_ids
 
     config = copy.deepcopy(config)
     text = _text_config(config)
@@ -111,7 +111,7 @@ def shrink_qwen(config):
 
 def split_line(config, patch_config=None, options=None) -> str:
     """Which frequency split the patch rotates by, in words."""
-    from ..circle import CircleRoPEConfig
+    from ....circle import CircleRoPEConfig
 
     sections = mrope_section(config)
     kind = "interleaved" if config.model_type in _INTERLEAVED else "chunked"
@@ -130,7 +130,7 @@ def split_line(config, patch_config=None, options=None) -> str:
     options = dict(options or {})
     frames = " (frame index on the slower half of m's slots)" if options.get("frame_axis") == "separate" else ""
     if options.get("frequencies", "model") == "c2rope":
-        from ..config import C2RoPEConfig
+        from ....config import C2RoPEConfig
 
         d_t, d_s = (patch_config or C2RoPEConfig()).split(2 * sum(sections))
         return (f"frequency split: c2rope's own (d_temporal={d_t}, d_spatial={d_s}) instead of {model}"
@@ -206,7 +206,7 @@ def run_qwen_check(plan, patch_config=None, options=None, say=print):
     c2rope.hf.check.prepare's, its config already shrunk by shrink_qwen."""
     import c2rope
 
-    from .check import CheckResult, build
+    from ...check import CheckResult, build
 
     small = plan.config
     model = build(small, plan.model_class)
