@@ -7,7 +7,7 @@ import pytest
 import c2rope
 
 transformers = pytest.importorskip("transformers")
-from c2rope.hf.check import main as check_main  # noqa: E402
+from c2rope.cli.check_model import main as check_main  # noqa: E402
 
 SECTIONS = {"qwen2_vl": [16, 24, 24], "qwen2_5_vl": [16, 24, 24], "qwen3_vl": [24, 20, 20]}
 CLASSES = {"qwen2_vl": ("Qwen2VLConfig", "Qwen2VLForConditionalGeneration"),

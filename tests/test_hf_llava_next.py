@@ -294,7 +294,7 @@ def test_unpatch_restores(kind):
 
 @pytest.mark.parametrize("kind", ["next", "onevision"])
 def test_check_command_builds_anyres_inputs(kind, tmp_path, capsys):
-    from c2rope.hf.check import main as check_main
+    from c2rope.cli.check_model import main as check_main
 
     config = tiny_model(kind).config
     config.architectures = [{"next": "LlavaNextForConditionalGeneration",

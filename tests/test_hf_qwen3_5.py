@@ -252,7 +252,7 @@ def _hub_config(kind, folder):
 @needs_qwen3_5
 @pytest.mark.parametrize("kind", QWEN3_5_KINDS)
 def test_check_passes_on_the_hub_config(kind, tmp_path, capsys):
-    from c2rope.hf.check import main as check_main
+    from c2rope.cli.check_model import main as check_main
 
     code = check_main(_hub_config(kind, tmp_path))
     out = capsys.readouterr().out

@@ -29,6 +29,8 @@ from ..registry import register_patcher
 from ..state import C2RoPEState
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
+CHECK_CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+DOCS = "docs/hf.md"
 
 
 def find_decoder(model: nn.Module) -> nn.Module:

@@ -7,6 +7,8 @@ from ..registry import register_patcher
 from .llama import patch_decoder
 
 MODEL_TYPES = ("llava",)
+CHECK_CLASSES = {"llava": "LlavaForConditionalGeneration"}
+DOCS = "docs/hf.md"
 
 
 @register_patcher(*MODEL_TYPES)

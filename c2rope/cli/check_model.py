@@ -13,75 +13,65 @@ is downloaded), patched, and these are checked against the unpatched copy:
 A model that does not generate (a reward model's LlamaForSequenceClassification) gets 1
 and 2 on its scores, and the report says plainly that 3 and 4 are not checked.
 Exit codes: 0 supported, 1 a check failed, 2 refused (the file, the options, or the model).
+
+What differs per family comes from the family's module in c2rope/hf/families/ (found by
+model_type through the families table), each attribute optional: `CHECK_CLASSES` (the
+class to build when config.json names none), `shrink_config(config)` (after the generic
+shrink, in place), `check_lines(config, patch_config, options)` (more header lines about
+the checkpoint's config), `check_inputs(model, generator)` (the prompt with one image)
+and `run_check(plan, patch_config, options, say)` (the whole check, in place of the
+generic one). A model type with no family module (registered with register_patcher
+alone) gets the generic path.
 """
 from __future__ import annotations
 
 import copy
 import os
 import sys
-from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
 import torch
 
-from .check_input import CheckInputError, config_path, dtype_line, model_config, read_fields
+from c2rope.hf.check_input import CheckInputError, config_path, dtype_line, model_config, read_fields
+
+from .check_parts import (SEQ_TEXT, VOCAB, CheckResult, CheckUsageError, NotSupported, Plan, TooLargeToCheck, build,
+                          config_image_token_id, image_prompt, surrounding_text)
 
 SMALL_TEXT = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=16)
 SMALL_VISION = dict(num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=2)
-VOCAB = 512
 # What the test model may cost, whatever config.json says: parameters and buffers of the
 # shrunk model (counted on the meta device before anything is allocated), pixels and
 # placeholder tokens of the synthetic inputs. Real checkpoints stay far below.
 MAX_ELEMENTS = 32_000_000
 MAX_PIXELS = 16_000_000
 MAX_IMAGE_TOKENS = 16_384
-# The class to build when config.json names none that transformers has.
-CLASSES = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration",
-           "llava_onevision": "LlavaOnevisionForConditionalGeneration",
-           "qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
-           "qwen3_vl": "Qwen3VLForConditionalGeneration", "qwen3_5": "Qwen3_5ForConditionalGeneration",
-           "qwen3_5_moe": "Qwen3_5MoeForConditionalGeneration"}
-
-
-class CheckUsageError(ValueError):
-    """An option that does not apply to this model (a usage error, not a verdict)."""
-
-
-class NotSupported(Exception):
-    """c2rope refuses this model; the message says why."""
-
-    verdict = "NOT SUPPORTED"
-
-
-class TooLargeToCheck(NotSupported):
-    """The test model or its synthetic inputs would be larger than the check builds."""
-
-    verdict = "NOT CHECKED"
-
-
-@dataclass
-class CheckResult:
-    name: str
-    passed: Optional[bool]  # None: not checked for this model (detail says why)
-    detail: str
-
-
-@dataclass
-class Plan:
-    """What the check builds: the shrunk config, the class, and the report's lines."""
-    path: str
-    config: object
-    model_class: type
-    class_reason: str
-    lines: List[str] = field(default_factory=list)
 
 
 def supported_model_types() -> List[str]:
-    from . import _load_families, supported_model_types as registered
+    from c2rope.hf import _load_families, supported_model_types as registered
 
     _load_families()
     return registered()
+
+
+def _family(model_type: str):
+    """The family module that handles `model_type` (None: the generic path)."""
+    from c2rope.hf.families import family_of
+
+    supported_model_types()  # loads the families
+    return family_of(model_type)
+
+
+def _check_classes() -> dict:
+    """model_type -> the class to build when config.json names none transformers has."""
+    from c2rope.hf.families import loaded_families
+
+    supported_model_types()
+    classes = {}
+    for _, module in loaded_families():
+        classes.update(getattr(module, "CHECK_CLASSES", {}))
+    return classes
 
 
 def model_class(config):
@@ -96,8 +86,9 @@ def model_class(config):
                 issubclass(config_class, getattr(cls, "config_class", None) or ()):
             return cls, "from architectures"
     named = f"config.json names {config.architectures}" if config.architectures else "config.json names no architectures"
-    if config.model_type in CLASSES:
-        return getattr(transformers, CLASSES[config.model_type]), f"from model_type; {named}"
+    classes = _check_classes()
+    if config.model_type in classes:
+        return getattr(transformers, classes[config.model_type]), f"from model_type; {named}"
     mapping = transformers.AutoModelForCausalLM._model_mapping
     if config_class in mapping:
         return mapping[config_class], f"from model_type; {named}"
@@ -155,14 +146,6 @@ def shrink(config):
     return config
 
 
-def _image_token_id(config) -> Optional[int]:
-    for name in ("image_token_id", "image_token_index"):
-        value = getattr(config, name, None)
-        if value is not None:
-            return value
-    return None
-
-
 def _vision_budget(config) -> str:
     """NotSupported when the synthetic image would be too large to build; else its
     description for the report."""
@@ -212,17 +195,10 @@ def _guard_size(cls, config) -> int:
     return count
 
 
-def build(config, cls=None):
-    if cls is None:
-        cls = model_class(config)[0]
-    torch.manual_seed(0)
-    return cls(config).to(torch.float32).eval()
-
-
 def check_usage(model_type: str, config_override, options) -> None:
     """CheckUsageError for a patch config or options this model type does not take (a
     model type c2rope does not patch is left to the NOT SUPPORTED verdict)."""
-    from .registry import check_config, check_options
+    from c2rope.hf.registry import check_config, check_options
 
     if model_type not in supported_model_types():  # also registers the families' options
         return
@@ -239,8 +215,6 @@ def prepare(path: str, config_override=None, options=None) -> Plan:
     anything), shrink it; the Plan carries the report's header lines."""
     import transformers
 
-    from .families.qwen_vl.check import is_qwen_vl, shrink_qwen, split_line
-
     path = config_path(path)
     fields = read_fields(path)
     model_type = fields["model_type"]
@@ -252,9 +226,13 @@ def prepare(path: str, config_override=None, options=None) -> Plan:
     config = model_config(fields, path)
     check_usage(model_type, config_override, options)
     cls, reason = model_class(config)
-    small = shrink_qwen(config) if is_qwen_vl(config) else shrink(config)
+    family = _family(model_type)
+    small = shrink(config)
+    if hasattr(family, "shrink_config"):
+        family.shrink_config(small)
     force_float32(small)
-    image = _vision_budget(small) if not is_qwen_vl(config) else ""
+    # The budget guards the generic synthetic image; a family's own run_check builds its own inputs.
+    image = "" if hasattr(family, "run_check") else _vision_budget(small)
     count = _guard_size(cls, small)
     header.append(f"  model: {model_type}, built as {cls.__name__} ({reason}); transformers {transformers.__version__}")
     header.append(f"  {dtype_line(fields)}")
@@ -265,61 +243,47 @@ def prepare(path: str, config_override=None, options=None) -> Plan:
     header.append(f"  test model: {text.num_hidden_layers} layers, hidden {text.hidden_size}, {heads} "
                   f"head{'s' if heads != 1 else ''} of {head_dim}{tower}, vocabulary {VOCAB}; random weights, "
                   f"{count / 1e6:.2f} M values")
-    if is_qwen_vl(config):
-        header.append(f"  {split_line(config, config_override, options)}")
+    if hasattr(family, "check_lines"):
+        header.extend(f"  {line}" for line in family.check_lines(config, config_override, options))
     return Plan(path, small, cls, reason, header)
 
 
-def _inputs(model, image_token_id, grid, seq_text=6):
-    """(kwargs with an image, kwargs text only, image rows, description of the image)."""
+def _inputs(model, image_token_id, grid):
+    """(kwargs with an image, kwargs text only, image rows, description of the image):
+    one grid of `image_token_id`s, the family's own prompt when its module has
+    check_inputs."""
     config = model.config
-    h, w = grid
     generator = torch.Generator().manual_seed(0)
-    vocab = VOCAB - 2
-    before = torch.randint(3, vocab, (1, seq_text), generator=generator)
-    after = torch.randint(3, vocab, (1, seq_text), generator=generator)
-    text_ids = torch.cat([before, after], dim=1)
+    family = _family(config.model_type)
+    if hasattr(family, "check_inputs"):
+        return family.check_inputs(model, generator)
+    h, w = grid
+    before, after = surrounding_text(generator)
     tokens, pixels = h * w, None
     vision = getattr(config, "vision_config", None)
-    if getattr(config, "image_grid_pinpoints", None) is not None:  # anyres: LLaVA-NeXT / OneVision
-        from .families.llava_next.anyres import AnyresGeometry
-        from .families.llava_next import check_image
-
-        tokens, pixels = check_image(model, generator)
-        height, width = pixels["image_sizes"][0].tolist()
-        parts = AnyresGeometry(model).image(height, width).describe()
-        what = (f"synthetic image: {height}x{width} px (image_sizes), {pixels['pixel_values'].shape[1]} tiles of "
-                f"{vision.image_size} px -> {tokens} image tokens ({parts})")
-    elif vision is not None:
+    if vision is not None:
         what = (f"synthetic image: {vision.image_size}x{vision.image_size} px, a {h}x{w} patch grid -> {tokens} "
                 f"image tokens (id {image_token_id})")
+        size = vision.image_size
+        pixels = {"pixel_values": torch.randn(1, getattr(vision, "num_channels", 3), size, size,
+                                              generator=generator)}
     else:
         what = (f"synthetic image: {tokens} placeholder tokens (id {image_token_id}) read as a {h}x{w} patch grid "
                 f"(a text decoder: only positions and mask change)")
-    image_ids = torch.cat([before, torch.full((1, tokens), image_token_id), after], dim=1)
-    with_image = {"input_ids": image_ids, "attention_mask": torch.ones_like(image_ids)}
-    if pixels is not None:
-        with_image.update(pixels)
-    elif vision is not None:
-        size = vision.image_size
-        with_image["pixel_values"] = torch.randn(1, getattr(vision, "num_channels", 3), size, size,
-                                                 generator=generator)
-    text = {"input_ids": text_ids, "attention_mask": torch.ones_like(text_ids)}
-    what += f", between {seq_text} + {seq_text} text tokens"
-    return with_image, text, slice(seq_text, seq_text + tokens + seq_text), what
+    with_image, text, rows = image_prompt(before, after, tokens, image_token_id, pixels)
+    return with_image, text, rows, f"{what}, between {SEQ_TEXT} + {SEQ_TEXT} text tokens"
 
 
 def run_check(plan: Plan, config_override=None, options=None, say: Callable[[str], None] = print) -> List[CheckResult]:
     import c2rope
 
-    from .families.qwen_vl.check import is_qwen_vl, run_qwen_check
-
-    if is_qwen_vl(plan.config):  # grids, pixels and videos: c2rope/hf/qwen_check.py
-        return run_qwen_check(plan, config_override, options, say)
+    family = _family(plan.config.model_type)
+    if hasattr(family, "run_check"):  # the family's whole check (Qwen-VL: grids, pixels and videos)
+        return family.run_check(plan, config_override, options, say)
     config = plan.config
     model = build(config, plan.model_class)
     reference = copy.deepcopy(model)
-    image_token_id = _image_token_id(config)
+    image_token_id = config_image_token_id(config)
     decoder_only = image_token_id is None
     if decoder_only:
         image_token_id = VOCAB - 1
