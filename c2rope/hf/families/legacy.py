@@ -13,6 +13,10 @@ sin, position_ids)` gathers them by `position_ids`. So, per instance:
 - LLaVA: `prepare_inputs_labels_for_multimodal` is wrapped to record where the image
   features were spliced into `inputs_embeds` (the ids never reach the decoder); the
   record lives only as long as those embeddings.
+
+It is a family module like the others (patchers registered by model_type), only for
+another transformers line: its row in FAMILIES says line="legacy", so it is imported
+instead of the 4.57 / 5.x families (it registers "llama" too, patched the 4.37 way).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from ..registry import register_patcher
 from ..state import C2RoPEState
 
 MODEL_TYPES = ("llama", "llava_llama")
+DOCS = "docs/hf.md"
 LLAVA_IMAGE_TOKEN_INDEX = -200  # llava.constants.IMAGE_TOKEN_INDEX
 
 
