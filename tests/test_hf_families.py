@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from test_hf_common import IMG, VOCAB, assert_close_valid, batch_with_images, reference_logits, text_config  # noqa: F401
+from test_hf_common import IMG, assert_close_valid, batch_with_images, reference_logits, text_config  # noqa: F401
 
 import c2rope  # noqa: E402
 from c2rope.cli import families as families_cli  # noqa: E402

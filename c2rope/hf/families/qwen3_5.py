@@ -46,7 +46,7 @@ from ...mrope import mm_token_type_ids_from_input_ids
 from ..packing import sample_ids
 from .qwen_vl.circle_patch import apply_circle_patch
 from .qwen_vl.c2rope_patch import apply_c2rope_patch, call_arguments, find_parts
-from .qwen_vl.check import check_lines, run_check, shrink_config  # the Qwen-VL check covers Qwen3.5
+from .qwen_vl.check import check_lines, run_check, shrink_config  # noqa: F401  (the Qwen-VL check covers Qwen3.5)
 from .qwen_vl.probe import _weight, probe_prompt, run_probe, token_mixer
 from ..record import PatchRecord
 from ..registry import register_patcher

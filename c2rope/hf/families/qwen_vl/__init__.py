@@ -13,7 +13,7 @@ from ....config import C2RoPEConfig
 from .circle_patch import apply_circle_patch
 from .c2rope_patch import apply_c2rope_patch
 from ...registry import register_patcher
-from .check import check_lines, run_check, shrink_config  # `python -m c2rope check` (check.py)
+from .check import check_lines, run_check, shrink_config  # noqa: F401  (`python -m c2rope check`: check.py)
 
 MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 CHECK_CLASSES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",

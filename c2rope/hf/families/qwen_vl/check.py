@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import List, Optional
+from typing import List
 
 import torch
 
