@@ -115,7 +115,12 @@ def test_second_turn_image_cached_equals_whole_conversation():
         whole = model(**join_turns(first, second)).logits
     start = first["input_ids"].shape[1]
     valid = second["attention_mask"].bool()
-    torch.testing.assert_close(turn[valid], whole[:, start:][valid], rtol=0, atol=LINEAR_CACHE_TOLERANCE)
+    # Two turns through the cache run the release's float32 Gated DeltaNet kernel in other
+    # chunks than one call over the whole conversation: over 40 seeds the max |diff| was
+    # 6.4e-6 (median) to 3.8e-5, one seed 1.2e-4 (C2ROPE_TEST_SEED=1319240200); the
+    # unpatched model on text-only turns: up to 2.7e-5. A model that ignored c2rope's
+    # positions and mask on the second turn is off by 0.05-0.19 (5 seeds).
+    torch.testing.assert_close(turn[valid], whole[:, start:][valid], rtol=0, atol=5e-4)
 
 
 @needs_qwen3_5
