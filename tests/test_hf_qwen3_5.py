@@ -28,7 +28,7 @@ from c2rope import C2RoPEConfig
 from c2rope.reference import chebyshev_mask_ref, position_ids_ref
 
 transformers = pytest.importorskip("transformers")
-from qwen_tiny import (HAS_QWEN3_5, LINEAR_CACHE_TOLERANCE, QWEN3_5_KINDS, SUPPRESS, join_turns,  # noqa: E402
+from qwen_tiny import (HAS_QWEN3_5, QWEN3_5_KINDS, SUPPRESS, join_turns,  # noqa: E402
                        make_model, make_prompt)
 from test_hf_qwen_c2rope import CONFIGS, _image_tensors, _valid_rows, reference_logits  # noqa: E402
 
