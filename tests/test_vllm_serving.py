@@ -1,0 +1,116 @@
+"""c2rope's vLLM plugin against c2rope-patched transformers (the vLLM lane:
+scripts/vllm_lane.sh; skipped where vLLM is not installed).
+
+A tiny random Qwen2-VL / Qwen2.5-VL is patched with C2RoPEConfig(mask="causal"), recorded
+with c2rope.record_config and saved; vLLM serves that folder through the plugin (found by
+its entry point) and must generate what patched transformers generates: the same greedy
+tokens and log-probs within 1e-4, over 64 tokens, for a batch of text and image prompts."""
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+vllm = pytest.importorskip("vllm", reason="vLLM is not installed: the vLLM tests run in scripts/vllm_lane.sh")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import c2rope  # noqa: E402
+import vllm_tiny  # noqa: E402
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+NEW_TOKENS = 64
+TOLERANCE = 1e-4
+HF_CLASSES = {"qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
+              "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration}
+
+
+def _seed():
+    return int(os.environ["C2ROPE_TEST_SEED"])
+
+
+def save_patched(folder, kind, config, options=None):
+    """The tiny checkpoint, patched, recorded and saved as a fine-tuned model would be."""
+    vllm_tiny.save_tiny_qwen(folder, kind, seed=_seed())
+    model = HF_CLASSES[kind].from_pretrained(folder, dtype=torch.float32).eval()
+    c2rope.patch_model(model, config, options=options)
+    c2rope.record_config(model)
+    model.save_pretrained(folder)
+    return model
+
+
+def make_llm(folder, **kwargs):
+    return vllm.LLM(folder, dtype="float32", enforce_eager=True, max_model_len=1024, max_num_seqs=8,
+                    limit_mm_per_prompt={"image": 2, "video": 0}, seed=0, **kwargs)
+
+
+def random_image(rng):
+    # Sides that the processor keeps (multiples of patch * merge = 4, within 16 ... 576 pixels).
+    height, width = rng.choice([4, 8, 12, 16]), rng.choice([4, 8, 12, 16, 20])
+    pixels = np.random.default_rng(rng.randrange(2**31)).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def random_prompts(rng):
+    """Two text prompts and three image prompts (one with two images), shuffled."""
+    prompts = [{"prompt": vllm_tiny.random_text(rng)} for _ in range(2)]
+    for count in (1, 1, 2):
+        text, images = vllm_tiny.random_text(rng, 1, 4), []
+        for _ in range(count):
+            images.append(random_image(rng))
+            text += " " + vllm_tiny.IMAGE + " " + vllm_tiny.random_text(rng, 1, 4)
+        prompts.append({"prompt": text, "multi_modal_data": {"image": images}})
+    rng.shuffle(prompts)
+    return prompts
+
+
+def hf_greedy(model, processor, prompt, suppress):
+    images = prompt.get("multi_modal_data", {}).get("image")
+    inputs = processor(text=[prompt["prompt"]], images=images, return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, suppress_tokens=suppress,
+                         output_logits=True, return_dict_in_generate=True)
+    tokens = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+    logprobs = torch.stack([torch.log_softmax(step[0].double(), dim=-1) for step in out.logits])
+    return inputs["input_ids"][0].tolist(), tokens, logprobs
+
+
+def vllm_greedy(llm, prompts, vocab_size, suppress):
+    allowed = [i for i in range(vocab_size) if i not in suppress]
+    params = vllm.SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, logprobs=1,
+                                 allowed_token_ids=allowed)
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    results = []
+    for out in outputs:
+        completion = out.outputs[0]
+        logprobs = [step[token].logprob for step, token in zip(completion.logprobs, completion.token_ids)]
+        results.append((list(out.prompt_token_ids), list(completion.token_ids), logprobs))
+    return results
+
+
+@pytest.mark.parametrize("kind", ["qwen2_vl", "qwen2_5_vl"])
+def test_vllm_serves_what_patched_hf_generates(tmp_path, kind):
+    folder = str(tmp_path / kind)
+    model = save_patched(folder, kind, c2rope.C2RoPEConfig(mask="causal"))
+    stock = HF_CLASSES[kind].from_pretrained(folder, dtype=torch.float32).eval()  # unpatched: its own M-RoPE
+    processor = transformers.AutoProcessor.from_pretrained(folder)
+    suppress = [0, 1, 2, 3, 4]  # end of text and the vision specials: every step is a text token
+    rng = random.Random(_seed())
+    prompts = random_prompts(rng)
+    llm = make_llm(folder)
+    served = vllm_greedy(llm, prompts, model.config.text_config.vocab_size, suppress)
+    for prompt, (prompt_ids, tokens, logprobs) in zip(prompts, served):
+        hf_ids, hf_tokens, hf_logprobs = hf_greedy(model, processor, prompt, suppress)
+        assert prompt_ids == hf_ids, "vLLM and transformers tokenised the prompt differently"
+        assert len(tokens) == NEW_TOKENS
+        assert tokens == hf_tokens, f"greedy tokens differ for {prompt['prompt']!r}"
+        mine = hf_logprobs[torch.arange(NEW_TOKENS), torch.tensor(tokens)]
+        diff = (torch.tensor(logprobs, dtype=torch.float64) - mine).abs().max().item()
+        assert diff <= TOLERANCE, f"log-probs differ by {diff:.2e} for {prompt['prompt']!r}"
+        if "multi_modal_data" in prompt:  # the comparison sees positions: the model's own give other numbers
+            _, stock_tokens, stock_logprobs = hf_greedy(stock, processor, prompt, suppress)
+            assert stock_tokens != tokens or (stock_logprobs - hf_logprobs).abs().max() > 1e-3
+
