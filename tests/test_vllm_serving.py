@@ -12,6 +12,11 @@ import sys
 
 import pytest
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded: the model is written in code
+# vLLM's engine in this process (refusals surface as the plugin's own exception, and the
+# comparison reads both sides in one process), and a small CPU KV cache (GiB).
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed: the vLLM tests run in scripts/vllm_lane.sh")
 
 import numpy as np  # noqa: E402
@@ -22,7 +27,6 @@ from PIL import Image  # noqa: E402
 import c2rope  # noqa: E402
 import vllm_tiny  # noqa: E402
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 NEW_TOKENS = 64
 TOLERANCE = 1e-4
 HF_CLASSES = {"qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
@@ -91,10 +95,18 @@ def vllm_greedy(llm, prompts, vocab_size, suppress):
     return results
 
 
-@pytest.mark.parametrize("kind", ["qwen2_vl", "qwen2_5_vl"])
-def test_vllm_serves_what_patched_hf_generates(tmp_path, kind):
+# (family, C2RoPEConfig.from_name, options): the default configuration; the paper's
+# (concentric m: an image's mean m is any rational, merged coordinates) on c2rope's
+# frequency split; the recommended one (shared, half-integer m) on the model's sections.
+SERVED = [("qwen2_vl", "causal", None),
+          ("qwen2_5_vl", "paper-causal", {"frequencies": "c2rope"}),
+          ("qwen2_5_vl", "recommended-causal", None)]
+
+
+@pytest.mark.parametrize("kind,name,options", SERVED, ids=[f"{k}-{n}-{o}" for k, n, o in SERVED])
+def test_vllm_serves_what_patched_hf_generates(tmp_path, kind, name, options):
     folder = str(tmp_path / kind)
-    model = save_patched(folder, kind, c2rope.C2RoPEConfig(mask="causal"))
+    model = save_patched(folder, kind, c2rope.C2RoPEConfig.from_name(name), options)
     stock = HF_CLASSES[kind].from_pretrained(folder, dtype=torch.float32).eval()  # unpatched: its own M-RoPE
     processor = transformers.AutoProcessor.from_pretrained(folder)
     suppress = [0, 1, 2, 3, 4]  # end of text and the vision specials: every step is a text token
@@ -114,3 +126,57 @@ def test_vllm_serves_what_patched_hf_generates(tmp_path, kind):
             _, stock_tokens, stock_logprobs = hf_greedy(stock, processor, prompt, suppress)
             assert stock_tokens != tokens or (stock_logprobs - hf_logprobs).abs().max() > 1e-3
 
+
+
+STOCK_SCRIPT = """
+import sys
+from vllm import LLM
+try:
+    LLM(sys.argv[1], dtype="float32", enforce_eager=True, max_model_len=1024)
+except Exception as exc:
+    print("REFUSED:", type(exc).__name__, exc)
+    sys.exit(3)
+print("SERVED")
+"""
+
+
+def test_stock_vllm_refuses_a_recorded_checkpoint(tmp_path):
+    """Without the plugin (VLLM_PLUGINS names only vLLM's own), vLLM does not know the
+    serving architecture the folder names, and refuses to build it."""
+    folder = str(tmp_path / "model")
+    save_patched(folder, "qwen2_vl", c2rope.C2RoPEConfig(mask="causal"))
+    env = dict(os.environ, VLLM_PLUGINS="lora_filesystem_resolver", HF_HUB_OFFLINE="1")
+    run = subprocess.run([sys.executable, "-c", STOCK_SCRIPT, folder], env=env, capture_output=True, text=True,
+                         timeout=600)
+    output = run.stdout + run.stderr
+    assert run.returncode == 3, output[-3000:]
+    assert "C2RoPEQwen2VLForConditionalGeneration" in output
+
+
+@pytest.mark.parametrize("mask", ["outward", "inward"])
+def test_plugin_refuses_the_chebyshev_mask(tmp_path, mask):
+    folder = str(tmp_path / "model")
+    save_patched(folder, "qwen2_vl", c2rope.C2RoPEConfig(mask=mask))
+    with pytest.raises(Exception, match="Chebyshev") as caught:
+        make_llm(folder)
+    assert f"mask={mask!r}" in str(caught.value)
+
+
+def _config(entry, **extra):
+    return type("Config", (), {"c2rope": entry, **extra})()
+
+
+def test_check_servable_refusals():
+    from c2rope.serving import config_entry
+    from c2rope.vllm.qwen import check_servable
+
+    with pytest.raises(ValueError, match="no 'c2rope' entry"):
+        check_servable(_config(None))
+    with pytest.raises(ValueError, match="C2RoPEConfig only"):
+        check_servable(_config(config_entry(c2rope.CircleRoPEConfig())))
+    with pytest.raises(ValueError, match="frame_axis"):
+        check_servable(_config(config_entry(c2rope.C2RoPEConfig(mask="causal"), {"frame_axis": "separate"})))
+    with pytest.raises(ValueError, match="Chebyshev"):
+        check_servable(_config(config_entry(c2rope.C2RoPEConfig())))
+    recorded = check_servable(_config(config_entry(c2rope.C2RoPEConfig(mask="causal"))))
+    assert recorded["config"] == c2rope.C2RoPEConfig(mask="causal")
