@@ -27,13 +27,14 @@ def _tokenizer():
     return tokenizer, vocab
 
 
-def save_tiny_qwen(folder, kind="qwen2_vl", seed=0):
-    """Write a random tiny `kind` checkpoint (float32) to `folder`; returns the vocabulary."""
+def save_tiny_qwen(folder, kind="qwen2_vl", seed=0, **text_sizes):
+    """Write a random tiny `kind` checkpoint (float32) to `folder`; returns the vocabulary.
+    `text_sizes` override the text model's sizes (TEXT), e.g. for a benchmark."""
     torch.manual_seed(seed)
     tokenizer, vocab = _tokenizer()
     ids = dict(image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
                vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"])
-    text = dict(TEXT, vocab_size=len(vocab), bos_token_id=0, eos_token_id=0, pad_token_id=0,
+    text = dict(TEXT, **text_sizes, vocab_size=len(vocab), bos_token_id=0, eos_token_id=0, pad_token_id=0,
                 rope_parameters={"rope_type": "default", "rope_theta": 100.0, "mrope_section": SECTION})
     vision = dict(depth=1, num_heads=2, patch_size=PATCH, spatial_merge_size=MERGE, temporal_patch_size=TEMPORAL,
                   in_channels=3)
