@@ -4,7 +4,7 @@ scripts/vllm_lane.sh; skipped where vLLM is not installed).
 A tiny random Qwen2-VL / Qwen2.5-VL is patched with C2RoPEConfig(mask="causal"), recorded
 with c2rope.record_config and saved; vLLM serves that folder through the plugin (found by
 its entry point) and must generate what patched transformers generates: the same greedy
-tokens and log-probs within 1e-4, over 64 tokens, for a batch of text and image prompts."""
+tokens and log-probs within 1e-4, over 64 tokens, for a batch of text, image and video prompts."""
 import os
 import random
 import subprocess
@@ -49,7 +49,7 @@ def save_patched(folder, kind, config, options=None):
 
 def make_llm(folder, **kwargs):
     return vllm.LLM(folder, dtype="float32", enforce_eager=True, max_model_len=1024, max_num_seqs=8,
-                    limit_mm_per_prompt={"image": 2, "video": 0}, seed=0, **kwargs)
+                    limit_mm_per_prompt={"image": 2, "video": 1}, seed=0, **kwargs)
 
 
 def random_image(rng):
@@ -59,22 +59,31 @@ def random_image(rng):
     return Image.fromarray(pixels)
 
 
+def random_video(rng):
+    frames, height, width = rng.choice([2, 4]), rng.choice([4, 8]), rng.choice([4, 8, 12])
+    return np.random.default_rng(rng.randrange(2**31)).integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
+
+
 def random_prompts(rng):
-    """Two text prompts and three image prompts (one with two images), shuffled."""
+    """Two text prompts, three image prompts (one with two images), a video prompt and an
+    image + video prompt, shuffled."""
     prompts = [{"prompt": vllm_tiny.random_text(rng)} for _ in range(2)]
-    for count in (1, 1, 2):
-        text, images = vllm_tiny.random_text(rng, 1, 4), []
-        for _ in range(count):
-            images.append(random_image(rng))
-            text += " " + vllm_tiny.IMAGE + " " + vllm_tiny.random_text(rng, 1, 4)
-        prompts.append({"prompt": text, "multi_modal_data": {"image": images}})
+    for images, videos in ((1, 0), (1, 0), (2, 0), (0, 1), (1, 1)):
+        text, data = vllm_tiny.random_text(rng, 1, 4), {}
+        for kind, count, placeholder, make in (("image", images, vllm_tiny.IMAGE, random_image),
+                                               ("video", videos, vllm_tiny.VIDEO, random_video)):
+            for _ in range(count):
+                data.setdefault(kind, []).append(make(rng))
+                text += " " + placeholder + " " + vllm_tiny.random_text(rng, 1, 4)
+        prompts.append({"prompt": text, "multi_modal_data": data})
     rng.shuffle(prompts)
     return prompts
 
 
 def hf_greedy(model, processor, prompt, suppress):
-    images = prompt.get("multi_modal_data", {}).get("image")
-    inputs = processor(text=[prompt["prompt"]], images=images, return_tensors="pt")
+    data = prompt.get("multi_modal_data", {})
+    inputs = processor(text=[prompt["prompt"]], images=data.get("image"), videos=data.get("video"),
+                       do_sample_frames=False, return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, suppress_tokens=suppress,
                          output_logits=True, return_dict_in_generate=True)
     tokens = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
@@ -109,7 +118,7 @@ def test_vllm_serves_what_patched_hf_generates(tmp_path, kind, name, options):
     model = save_patched(folder, kind, c2rope.C2RoPEConfig.from_name(name), options)
     stock = HF_CLASSES[kind].from_pretrained(folder, dtype=torch.float32).eval()  # unpatched: its own M-RoPE
     processor = transformers.AutoProcessor.from_pretrained(folder)
-    suppress = [0, 1, 2, 3, 4]  # end of text and the vision specials: every step is a text token
+    suppress = list(range(len(vllm_tiny.SPECIALS)))  # end of text and the vision specials: text tokens only
     rng = random.Random(_seed())
     prompts = random_prompts(rng)
     llm = make_llm(folder)

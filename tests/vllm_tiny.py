@@ -72,3 +72,4 @@ def random_text(rng: random.Random, low=2, high=8) -> str:
 
 
 IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
