@@ -53,14 +53,15 @@ def make_llm(folder, **kwargs):
 
 
 def random_image(rng):
-    # Sides that the processor keeps (multiples of patch * merge = 4, within 16 ... 576 pixels).
+    # Sides the processor keeps (multiples of patch * merge = 4, at most 576 pixels).
     height, width = rng.choice([4, 8, 12, 16]), rng.choice([4, 8, 12, 16, 20])
     pixels = np.random.default_rng(rng.randrange(2**31)).integers(0, 256, (height, width, 3), dtype=np.uint8)
     return Image.fromarray(pixels)
 
 
 def random_video(rng):
-    frames, height, width = rng.choice([2, 4]), rng.choice([4, 8]), rng.choice([4, 8, 12])
+    # Frames of height 8 or 12: a first side of 4 would make transformers read the array channels-first.
+    frames, height, width = rng.choice([2, 4]), rng.choice([8, 12]), rng.choice([4, 8, 12])
     return np.random.default_rng(rng.randrange(2**31)).integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
 
 
