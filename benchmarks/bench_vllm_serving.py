@@ -3,8 +3,11 @@ same model in transformers' generate (c2rope.patch_model), on the same prompts.
 
 Run in the vLLM lane's venv (scripts/vllm_lane.sh builds it), from the repository root:
 
-    VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1 \
+    VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1 \
         .venv-vllm/bin/python benchmarks/bench_vllm_serving.py --requests 8 --new-tokens 64
+
+(vLLM as it runs by default: its engine in a process of its own, where the plugin is
+loaded through its entry point, and the model compiled with torch.compile.)
 
 A random model (nothing downloaded): text model hidden 512, 4 layers, 8 heads of 64;
 every request is text + one 16x16-pixel image (16 image tokens); greedy, no EOS stop.
@@ -56,8 +59,9 @@ def main():
     inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
     start = time.perf_counter()
     with torch.no_grad():
-        model.generate(**inputs, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                       do_sample=False, suppress_tokens=suppress)
+        hf_out = model.generate(**inputs, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                do_sample=False, suppress_tokens=suppress)
+    hf_tokens = hf_out[:, inputs["input_ids"].shape[1]:].tolist()
     hf_seconds = time.perf_counter() - start
 
     llm = vllm.LLM(folder, dtype="float32", max_model_len=1024, max_num_seqs=args.requests,
@@ -68,12 +72,13 @@ def main():
     prompts = [{"prompt": t, "multi_modal_data": {"image": im}} for t, im in zip(texts, images)]
     llm.generate(prompts[:1], params, use_tqdm=False)  # warm-up (first-call compilation)
     start = time.perf_counter()
-    llm.generate(prompts, params, use_tqdm=False)
+    served = llm.generate(prompts, params, use_tqdm=False)
     vllm_seconds = time.perf_counter() - start
+    same = sum(list(out.outputs[0].token_ids) == tokens for out, tokens in zip(served, hf_tokens))
     print(f"{args.requests} requests x {args.new_tokens} new tokens, torch threads {torch.get_num_threads()}: "
           f"transformers generate {total / hf_seconds:.1f} tok/s ({hf_seconds:.1f} s), "
           f"vLLM + c2rope plugin {total / vllm_seconds:.1f} tok/s ({vllm_seconds:.1f} s), "
-          f"x{hf_seconds / vllm_seconds:.2f}")
+          f"x{hf_seconds / vllm_seconds:.2f}; same greedy tokens in {same}/{args.requests} requests")
 
 
 if __name__ == "__main__":
