@@ -41,7 +41,7 @@ def main():
 
     folder = tempfile.mkdtemp()
     vllm_tiny.save_tiny_qwen(folder, "qwen2_vl", hidden_size=512, intermediate_size=1024, num_hidden_layers=4,
-                             num_attention_heads=8, num_key_value_heads=8)
+                             num_attention_heads=8, num_key_value_heads=8, section=[8, 12, 12])
     model = transformers.Qwen2VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
     c2rope.patch_model(model, c2rope.C2RoPEConfig(mask="causal"))
     c2rope.record_config(model)
@@ -54,6 +54,7 @@ def main():
     suppress = [0, 1, 2, 3, 4]
     total = args.requests * args.new_tokens
 
+    stock = transformers.Qwen2VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
     processor = transformers.AutoProcessor.from_pretrained(folder)
     processor.tokenizer.padding_side = "left"
     inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
@@ -62,6 +63,11 @@ def main():
         hf_out = model.generate(**inputs, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                                 do_sample=False, suppress_tokens=suppress)
     hf_tokens = hf_out[:, inputs["input_ids"].shape[1]:].tolist()
+    start = time.perf_counter()
+    with torch.no_grad():  # the same model without c2rope: what the patch costs in transformers
+        stock.generate(**inputs, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
+                       suppress_tokens=suppress)
+    stock_seconds = time.perf_counter() - start
     hf_seconds = time.perf_counter() - start
 
     llm = vllm.LLM(folder, dtype="float32", max_model_len=1024, max_num_seqs=args.requests,
@@ -76,7 +82,8 @@ def main():
     vllm_seconds = time.perf_counter() - start
     same = sum(list(out.outputs[0].token_ids) == tokens for out, tokens in zip(served, hf_tokens))
     print(f"{args.requests} requests x {args.new_tokens} new tokens, torch threads {torch.get_num_threads()}: "
-          f"transformers generate {total / hf_seconds:.1f} tok/s ({hf_seconds:.1f} s), "
+          f"transformers generate {total / hf_seconds:.1f} tok/s ({hf_seconds:.1f} s; unpatched "
+          f"{total / stock_seconds:.1f} tok/s), "
           f"vLLM + c2rope plugin {total / vllm_seconds:.1f} tok/s ({vllm_seconds:.1f} s), "
           f"x{hf_seconds / vllm_seconds:.2f}; same greedy tokens in {same}/{args.requests} requests")
 

@@ -27,24 +27,26 @@ def _tokenizer():
     return tokenizer, vocab
 
 
-def save_tiny_qwen(folder, kind="qwen2_vl", seed=0, **text_sizes):
+def save_tiny_qwen(folder, kind="qwen2_vl", seed=0, section=SECTION, **text_sizes):
     """Write a random tiny `kind` checkpoint (float32) to `folder`; returns the vocabulary.
-    `text_sizes` override the text model's sizes (TEXT), e.g. for a benchmark."""
+    `text_sizes` override the text model's sizes (TEXT), e.g. for a benchmark; `section`
+    (the M-RoPE split) must sum to half the head size."""
     torch.manual_seed(seed)
     tokenizer, vocab = _tokenizer()
     ids = dict(image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
                vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"])
     text = dict(TEXT, **text_sizes, vocab_size=len(vocab), bos_token_id=0, eos_token_id=0, pad_token_id=0,
-                rope_parameters={"rope_type": "default", "rope_theta": 100.0, "mrope_section": SECTION})
+                rope_parameters={"rope_type": "default", "rope_theta": 100.0, "mrope_section": list(section)})
     vision = dict(depth=1, num_heads=2, patch_size=PATCH, spatial_merge_size=MERGE, temporal_patch_size=TEMPORAL,
                   in_channels=3)
     if kind == "qwen2_vl":
-        config = transformers.Qwen2VLConfig(text_config=text, vision_config=dict(vision, embed_dim=64, hidden_size=64,
+        config = transformers.Qwen2VLConfig(text_config=text, vision_config=dict(vision, embed_dim=64,
+                                                                                  hidden_size=text["hidden_size"],
                                                                                   mlp_ratio=2), **ids)
         model = transformers.Qwen2VLForConditionalGeneration(config)
     elif kind == "qwen2_5_vl":
         config = transformers.Qwen2_5_VLConfig(
-            text_config=text, vision_config=dict(vision, hidden_size=64, intermediate_size=96, out_hidden_size=64,
+            text_config=text, vision_config=dict(vision, hidden_size=64, intermediate_size=96, out_hidden_size=text["hidden_size"],
                                                  window_size=8, fullatt_block_indexes=[0]), **ids)
         model = transformers.Qwen2_5_VLForConditionalGeneration(config)
     else:
