@@ -9,6 +9,9 @@ import os
 from ..serving import KEY, SERVING_ARCHITECTURES, config_entry
 from . import _RECORD_ATTR, _base_model
 
+# docs/qwen.md: options={"frequencies": ..., "frame_axis": ...} of a C2RoPEConfig patch.
+QWEN_C2ROPE_OPTION_DEFAULTS = {"frequencies": "model", "frame_axis": "temporal"}
+
 
 def record_config(model):
     """Record the C2RoPE / Circle-RoPE settings `model` is patched with in `model.config`
@@ -30,9 +33,8 @@ def record_config(model):
     state = record.state
     options = dict(getattr(state, "options", None) or {})
     if type(state.config).__name__ == "C2RoPEConfig":
-        from .qwen_c2rope import check_options
-
-        options = check_options(options)  # with the defaults written out
+        # The Qwen-VL options' defaults written out (patch_model validated the values).
+        options = {**QWEN_C2ROPE_OPTION_DEFAULTS, **options}
     record.set_attr(base.config, KEY, config_entry(state.config, options))
     record.set_attr(base, "save_pretrained", functools.partial(_save_pretrained, base.save_pretrained,
                                                                SERVING_ARCHITECTURES[name]))
