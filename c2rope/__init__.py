@@ -41,6 +41,8 @@ _LAZY = {
     "is_patched": "hf",
     "verify": "hf",
     "C2RoPECallback": "hf",
+    "record_config": "hf.serving",
+    "recorded_config": "serving",
     "CircleRoPEConfig": "circle",
     "circle_position_ids": "circle",
     "per_token_distance": "metrics",

@@ -1,0 +1,60 @@
+"""`c2rope.record_config(model)`: make a patched model's `save_pretrained` write its c2rope
+settings into config.json, for serving with the vLLM plugin (docs/serving.md)."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+from ..serving import KEY, SERVING_ARCHITECTURES, config_entry
+from . import _RECORD_ATTR, _base_model
+
+# docs/qwen.md: options={"frequencies": ..., "frame_axis": ...} of a C2RoPEConfig patch.
+QWEN_C2ROPE_OPTION_DEFAULTS = {"frequencies": "model", "frame_axis": "temporal"}
+
+
+def record_config(model):
+    """Record the C2RoPE / Circle-RoPE settings `model` is patched with in `model.config`
+    (key "c2rope"), so that the next `save_pretrained` writes them to config.json, and make
+    that `save_pretrained` name c2rope's serving class in config.json's `architectures`
+    (e.g. "C2RoPEQwen2VLForConditionalGeneration"), which stock vLLM refuses and the vLLM
+    plugin serves. Undone by `c2rope.unpatch_model`. Returns the model.
+
+    TypeError when the model is not patched by c2rope, or is a class the plugin does not
+    serve (the settings would be recorded for nothing)."""
+    base = _base_model(model)
+    record = vars(base).get(_RECORD_ATTR)
+    if record is None:
+        raise TypeError("model: record_config needs a model patched by c2rope.patch_model (nothing to record)")
+    name = type(base).__name__
+    if name not in SERVING_ARCHITECTURES:
+        raise TypeError(f"model: c2rope's vLLM plugin serves {sorted(SERVING_ARCHITECTURES)}, not {name}; "
+                        "there is no serving class to record")
+    state = record.state
+    options = dict(getattr(state, "options", None) or {})
+    if type(state.config).__name__ == "C2RoPEConfig":
+        # The Qwen-VL options' defaults written out (patch_model validated the values).
+        options = {**QWEN_C2ROPE_OPTION_DEFAULTS, **options}
+    record.set_attr(base.config, KEY, config_entry(state.config, options))
+    record.set_attr(base, "save_pretrained", functools.partial(_save_pretrained, base.save_pretrained,
+                                                               SERVING_ARCHITECTURES[name]))
+    return model
+
+
+def _save_pretrained(original, architecture, save_directory, *args, **kwargs):
+    """transformers' save_pretrained writes the class name into `architectures`; put the
+    serving class there instead, in the config.json it just wrote."""
+    result = original(save_directory, *args, **kwargs)
+    path = os.path.join(os.fspath(save_directory), "config.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            written = json.load(handle)
+        if KEY in written:
+            written["architectures"] = [architecture]
+            with open(path, "w", encoding="utf-8") as handle:
+                json.dump(written, handle, indent=2, sort_keys=True)
+                handle.write("\n")
+    return result
+
+
+__all__ = ["record_config"]

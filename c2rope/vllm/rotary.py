@@ -1,0 +1,75 @@
+"""The rotary the plugin puts into every attention layer of the served text model.
+
+vLLM's MRotaryEmbedding looks cos/sin up in a table indexed by integer positions; this
+one computes them from the float32 positions `positions.decode_positions` recovers, as
+transformers' rotary does (cos(p * inv_freq) in float32, then the attention dtype), with
+each frequency slot rotated by the position row its axis table names: the model's
+M-RoPE sections (t, h, w) or c2rope's split. The rotation itself is vLLM's own
+(`apply_rotary_emb.forward_native` of the original module).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .positions import decode_positions
+
+
+def section_rows(mrope_section: Sequence[int]) -> list:
+    """Qwen2/2.5-VL's chunked M-RoPE: which row (t, h, w) = (0, 1, 2) each slot rotates by."""
+    return [row for row, size in enumerate(mrope_section) for _ in range(int(size))]
+
+
+def c2rope_rows(config, rotary_dim: int) -> list:
+    """c2rope's split (`C2RoPEConfig.axis_table`) in rows: m on t, y on h, x on w."""
+    from ..config import AXIS_M, AXIS_X, AXIS_Y
+
+    row_of_axis = {AXIS_M: 0, AXIS_Y: 1, AXIS_X: 2}
+    return [row_of_axis[axis] for axis in config.axis_table(rotary_dim)]
+
+
+class C2RoPEMRotary(nn.Module):
+    """Drop-in for a vLLM MRotaryEmbedding: forward(positions, query, key) -> (query, key)."""
+
+    def __init__(self, original: nn.Module, slot_rows: Sequence[int]):
+        super().__init__()
+        if getattr(original, "scaling_factor", None) is not None:
+            raise ValueError("c2rope.vllm serves rotaries without YaRN scaling only; this model's rotary has "
+                             f"scaling_factor={original.scaling_factor}")
+        if len(slot_rows) != original.rotary_dim // 2:
+            raise ValueError(f"slot_rows must name a row for each of the {original.rotary_dim // 2} frequency "
+                             f"slots, got {len(slot_rows)}")
+        # Not a submodule: one original is shared by every layer (vLLM caches rotaries).
+        self.__dict__["original"] = original
+        self.head_size, self.rotary_dim = original.head_size, original.rotary_dim
+        self.register_buffer("inv_freq", original._compute_inv_freq(original.base).to(torch.float32),
+                             persistent=False)
+        self.register_buffer("slot_rows", torch.tensor(list(slot_rows), dtype=torch.int64), persistent=False)
+
+    def cos_sin(self, positions: torch.Tensor):
+        """cos, sin float32 [num_tokens, rotary_dim / 2] for int64 positions [3, num_tokens]."""
+        values = decode_positions(positions)  # float32 [3, N]
+        per_slot = values.index_select(0, self.slot_rows.to(values.device)).t()  # [N, slots]
+        freqs = per_slot * self.inv_freq.to(values.device)
+        return freqs.cos(), freqs.sin()
+
+    def forward(self, positions, query, key=None, offsets=None):
+        if positions.ndim != 2 or key is None or offsets is not None:
+            return self.original(positions, query, key, offsets) if offsets is not None else \
+                self.original(positions, query, key)
+        cos, sin = self.cos_sin(positions)
+        cos, sin = cos.to(query.dtype), sin.to(query.dtype)
+        num_tokens = positions.shape[-1]
+        rotate = self.original.apply_rotary_emb.forward_native
+        out = []
+        for x in (query, key):
+            shape = x.shape
+            x = x.view(num_tokens, -1, self.head_size)
+            turned = rotate(x[..., :self.rotary_dim], cos, sin)
+            out.append(torch.cat((turned, x[..., self.rotary_dim:]), dim=-1).reshape(shape))
+        return out[0], out[1]
+
+
+__all__ = ["C2RoPEMRotary", "c2rope_rows", "section_rows"]

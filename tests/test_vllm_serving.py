@@ -1,0 +1,233 @@
+"""c2rope's vLLM plugin against c2rope-patched transformers (the vLLM lane:
+scripts/vllm_lane.sh; skipped where vLLM is not installed).
+
+A tiny random Qwen2-VL / Qwen2.5-VL is patched with C2RoPEConfig(mask="causal"), recorded
+with c2rope.record_config and saved; vLLM serves that folder through the plugin (found by
+its entry point) and must generate what patched transformers generates: the same greedy
+tokens and log-probs within 1e-4, over 64 tokens, for a batch of text, image and video prompts."""
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded: the model is written in code
+# vLLM's engine in this process (refusals surface as the plugin's own exception, and the
+# comparison reads both sides in one process), and a small CPU KV cache (GiB).
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+vllm = pytest.importorskip("vllm", reason="vLLM is not installed: the vLLM tests run in scripts/vllm_lane.sh")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import c2rope  # noqa: E402
+import vllm_tiny  # noqa: E402
+
+NEW_TOKENS = 64
+TOLERANCE = 1e-4
+HF_CLASSES = {"qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
+              "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration}
+
+
+def _seed():
+    return int(os.environ["C2ROPE_TEST_SEED"])
+
+
+def save_patched(folder, kind, config, options=None):
+    """The tiny checkpoint, patched, recorded and saved as a fine-tuned model would be."""
+    vllm_tiny.save_tiny_qwen(folder, kind, seed=_seed())
+    model = HF_CLASSES[kind].from_pretrained(folder, dtype=torch.float32).eval()
+    c2rope.patch_model(model, config, options=options)
+    c2rope.record_config(model)
+    model.save_pretrained(folder)
+    return model
+
+
+def make_llm(folder, **kwargs):
+    return vllm.LLM(folder, dtype="float32", enforce_eager=True, max_model_len=1024, max_num_seqs=8,
+                    limit_mm_per_prompt={"image": 2, "video": 1}, seed=0, **kwargs)
+
+
+def random_image(rng):
+    # Sides the processor keeps (multiples of patch * merge = 4, at most 576 pixels).
+    height, width = rng.choice([4, 8, 12, 16]), rng.choice([4, 8, 12, 16, 20])
+    pixels = np.random.default_rng(rng.randrange(2**31)).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def random_video(rng):
+    """(frames, metadata): Qwen2.5-VL's processors in vLLM ask for the metadata."""
+    # Frames of height 8 or 12: a first side of 4 would make transformers read the array channels-first.
+    frames, height, width = rng.choice([2, 4]), rng.choice([8, 12]), rng.choice([4, 8, 12])
+    pixels = np.random.default_rng(rng.randrange(2**31)).integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
+    metadata = {"fps": 2.0, "total_num_frames": frames, "duration": frames / 2.0,
+                "frames_indices": list(range(frames)), "video_backend": "opencv"}
+    return pixels, metadata
+
+
+def random_prompts(rng):
+    """Two text prompts, three image prompts (one with two images), a video prompt and an
+    image + video prompt, shuffled."""
+    prompts = [{"prompt": vllm_tiny.random_text(rng)} for _ in range(2)]
+    for images, videos in ((1, 0), (1, 0), (2, 0), (0, 1), (1, 1)):
+        text, data = vllm_tiny.random_text(rng, 1, 4), {}
+        for kind, count, placeholder, make in (("image", images, vllm_tiny.IMAGE, random_image),
+                                               ("video", videos, vllm_tiny.VIDEO, random_video)):
+            for _ in range(count):
+                data.setdefault(kind, []).append(make(rng))
+                text += " " + placeholder + " " + vllm_tiny.random_text(rng, 1, 4)
+        prompts.append({"prompt": text, "multi_modal_data": data})
+    rng.shuffle(prompts)
+    return prompts
+
+
+def hf_inputs(processor, prompt):
+    data = prompt.get("multi_modal_data", {})
+    videos = data.get("video")
+    return processor(text=[prompt["prompt"]], images=data.get("image"),
+                     videos=None if videos is None else [v for v, _ in videos],
+                     video_metadata=None if videos is None else [m for _, m in videos],
+                     do_sample_frames=False, return_tensors="pt")
+
+
+def hf_generate(model, inputs, suppress):
+    """transformers' greedy generate (KV cache): the new tokens."""
+    out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, suppress_tokens=suppress)
+    return out[0, inputs["input_ids"].shape[1]:].tolist()
+
+
+def hf_logprobs(model, inputs, tokens):
+    """float64 [len(tokens), vocab]: transformers' log-probs for each of `tokens` given the
+    prompt and the tokens before it (one forward over prompt + tokens)."""
+    new = torch.tensor([tokens])
+    kwargs = dict(inputs, input_ids=torch.cat([inputs["input_ids"], new], dim=1))
+    kwargs["attention_mask"] = torch.ones_like(kwargs["input_ids"])
+    if "mm_token_type_ids" in inputs:
+        kwargs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(new)], dim=1)
+    with torch.no_grad():
+        logits = model(**kwargs).logits[0, inputs["input_ids"].shape[1] - 1:-1]
+    return torch.log_softmax(logits.double(), dim=-1)
+
+
+def vllm_greedy(llm, prompts, vocab_size, suppress):
+    allowed = [i for i in range(vocab_size) if i not in suppress]
+    params = vllm.SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, logprobs=1,
+                                 allowed_token_ids=allowed)
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    results = []
+    for out in outputs:
+        completion = out.outputs[0]
+        logprobs = [step[token].logprob for step, token in zip(completion.logprobs, completion.token_ids)]
+        results.append((list(out.prompt_token_ids), list(completion.token_ids), logprobs))
+    return results
+
+
+def compare(model, processor, prompt, served, suppress):
+    """Asserts that vLLM's greedy completion is patched transformers': every token is
+    transformers' greedy choice given the same prefix (a different token only where the two
+    best are tied within TOLERANCE, after which the runs may part) and every log-prob equal
+    within TOLERANCE. Returns (inputs, transformers' log-probs, first step where transformers'
+    generate chose another, tied, token or None)."""
+    prompt_ids, tokens, logprobs = served
+    inputs = hf_inputs(processor, prompt)
+    assert prompt_ids == inputs["input_ids"][0].tolist(), "vLLM and transformers tokenised the prompt differently"
+    assert len(tokens) == NEW_TOKENS
+    reference = hf_logprobs(model, inputs, tokens)
+    steps = torch.arange(NEW_TOKENS)
+    diff = (torch.tensor(logprobs, dtype=torch.float64) - reference[steps, tokens]).abs().max().item()
+    assert diff <= TOLERANCE, f"log-probs differ by {diff:.2e} for {prompt['prompt']!r}"
+    allowed = reference.clone()
+    allowed[:, suppress] = -float("inf")
+    shortfall = (allowed.max(dim=-1).values - reference[steps, tokens]).max().item()
+    assert shortfall <= TOLERANCE, f"vLLM chose a token {shortfall:.2e} below the best for {prompt['prompt']!r}"
+    generated = hf_generate(model, inputs, suppress)
+    parted = next((k for k in range(NEW_TOKENS) if generated[k] != tokens[k]), None)
+    if parted is not None:  # allowed only at a tie: both tokens within TOLERANCE of each other
+        gap = abs(reference[parted, generated[parted]] - reference[parted, tokens[parted]]).item()
+        assert gap <= TOLERANCE, f"greedy tokens part at step {parted} (gap {gap:.2e}) for {prompt['prompt']!r}"
+    return inputs, reference, parted
+
+
+# (family, C2RoPEConfig.from_name, options): the default configuration; the paper's
+# (concentric m: an image's mean m is any rational, merged coordinates) on c2rope's
+# frequency split; the recommended one (shared, half-integer m) on the model's sections.
+SERVED = [("qwen2_vl", "causal", None),
+          ("qwen2_5_vl", "paper-causal", {"frequencies": "c2rope"}),
+          ("qwen2_5_vl", "recommended-causal", None)]
+
+
+@pytest.mark.parametrize("kind,name,options", SERVED, ids=[f"{k}-{n}-{o}" for k, n, o in SERVED])
+def test_vllm_serves_what_patched_hf_generates(tmp_path, kind, name, options):
+    folder = str(tmp_path / kind)
+    model = save_patched(folder, kind, c2rope.C2RoPEConfig.from_name(name), options)
+    stock = HF_CLASSES[kind].from_pretrained(folder, dtype=torch.float32).eval()  # unpatched: its own M-RoPE
+    processor = transformers.AutoProcessor.from_pretrained(folder)
+    suppress = list(range(len(vllm_tiny.SPECIALS)))  # end of text and the vision specials: text tokens only
+    rng = random.Random(_seed())
+    prompts = random_prompts(rng)
+    llm = make_llm(folder)
+    served = vllm_greedy(llm, prompts, model.config.text_config.vocab_size, suppress)
+    parted = []
+    for prompt, result in zip(prompts, served):
+        inputs, reference, step = compare(model, processor, prompt, result, suppress)
+        parted += [] if step is None else [step]
+        if "multi_modal_data" in prompt:  # the comparison sees positions: the model's own give other numbers
+            assert (hf_logprobs(stock, inputs, result[1]) - reference).abs().max() > 1e-3
+    assert len(parted) <= 1, f"greedy runs parted at ties in {len(parted)} of {len(prompts)} prompts"
+
+STOCK_SCRIPT = """
+import sys
+from vllm import LLM
+try:
+    LLM(sys.argv[1], dtype="float32", enforce_eager=True, max_model_len=1024)
+except Exception as exc:
+    print("REFUSED:", type(exc).__name__, exc)
+    sys.exit(3)
+print("SERVED")
+"""
+
+
+def test_stock_vllm_refuses_a_recorded_checkpoint(tmp_path):
+    """Without the plugin (VLLM_PLUGINS names only vLLM's own), vLLM does not know the
+    serving architecture the folder names, and refuses to build it."""
+    folder = str(tmp_path / "model")
+    save_patched(folder, "qwen2_vl", c2rope.C2RoPEConfig(mask="causal"))
+    env = dict(os.environ, VLLM_PLUGINS="lora_filesystem_resolver", HF_HUB_OFFLINE="1")
+    run = subprocess.run([sys.executable, "-c", STOCK_SCRIPT, folder], env=env, capture_output=True, text=True,
+                         timeout=600)
+    output = run.stdout + run.stderr
+    assert run.returncode == 3, output[-3000:]
+    assert "C2RoPEQwen2VLForConditionalGeneration" in output
+
+
+@pytest.mark.parametrize("mask", ["outward", "inward"])
+def test_plugin_refuses_the_chebyshev_mask(tmp_path, mask):
+    folder = str(tmp_path / "model")
+    save_patched(folder, "qwen2_vl", c2rope.C2RoPEConfig(mask=mask))
+    with pytest.raises(Exception, match="Chebyshev") as caught:
+        make_llm(folder)
+    assert f"mask={mask!r}" in str(caught.value)
+
+
+def _config(entry, **extra):
+    return type("Config", (), {"c2rope": entry, **extra})()
+
+
+def test_check_servable_refusals():
+    from c2rope.serving import config_entry
+    from c2rope.vllm.qwen import check_servable
+
+    with pytest.raises(ValueError, match="no 'c2rope' entry"):
+        check_servable(_config(None))
+    with pytest.raises(ValueError, match="C2RoPEConfig only"):
+        check_servable(_config(config_entry(c2rope.CircleRoPEConfig())))
+    with pytest.raises(ValueError, match="frame_axis"):
+        check_servable(_config(config_entry(c2rope.C2RoPEConfig(mask="causal"), {"frame_axis": "separate"})))
+    with pytest.raises(ValueError, match="Chebyshev"):
+        check_servable(_config(config_entry(c2rope.C2RoPEConfig())))
+    recorded = check_servable(_config(config_entry(c2rope.C2RoPEConfig(mask="causal"))))
+    assert recorded["config"] == c2rope.C2RoPEConfig(mask="causal")
