@@ -32,9 +32,9 @@ from ...pipeline import ROTARY_GLOBAL, hook_decoder
 from ...record import PatchRecord, bind_forward_with_globals
 from ...registry import register_patcher
 from . import geometry
-from .masks import GiveBackModelMask, HandPadding, InnerMask
+from .masks import GiveBackModelMask, HandPadding, InnerMask, LayerTypeDelivery
 from .probe import GemmaProbe
-from .rotary import LayerTypeDelivery, LayerTypeRotary
+from .rotary import LayerTypeRotary
 
 MODEL_TYPES = ("gemma3", "gemma4")
 DOCS = "docs/gemma.md"

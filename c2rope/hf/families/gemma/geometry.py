@@ -49,12 +49,13 @@ def setup(model: nn.Module, inner: nn.Module, state):
 
 def calls_pair_rotary(attention: nn.Module) -> bool:
     """Whether the layer calls apply_rotary_pos_emb(q, k, cos, sin) (Gemma 3), rather
-    than a one-tensor apply_rotary_pos_emb(x, cos, sin) (Gemma 4)."""
+    than a one-tensor apply_rotary_pos_emb(x, cos, sin) (Gemma 4). The probe checks
+    that every rebound layer really calls c2rope's kernel."""
     if not uses_global(type(attention).forward, ROTARY_GLOBAL):
         return False
     function = inspect.unwrap(type(attention).forward).__globals__.get(ROTARY_GLOBAL)
-    try:
-        names = list(inspect.signature(function).parameters)
+    try:  # a hub-kernel wrapper (5.x) shows (*args, **kwargs): read as the pair form
+        names = list(inspect.signature(inspect.unwrap(function)).parameters)
     except (TypeError, ValueError):
         return False
-    return names[:2] == ["q", "k"]
+    return names[:1] != ["x"]

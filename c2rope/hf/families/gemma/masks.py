@@ -21,16 +21,25 @@ A dict handed to the text model directly (no multimodal model around it) is left
 """
 from __future__ import annotations
 
+import inspect
 import threading
 
+import torch
+
 from ... import context
-from ...pipeline import to_kwargs
+from ...masks import additive, decoder_mask, dense_mask
+from ...pipeline import Delivery, _same_tensor, to_kwargs
 from ...record import _Unpicklable
 
 
 class _Stack(threading.local):
+    """Per-thread stack of the calls running; a deep copy of the model starts empty."""
+
     def __init__(self):
         self.items = []
+
+    def __deepcopy__(self, memo):
+        return _Stack()
 
 
 class InnerMask(_Unpicklable):
@@ -104,9 +113,56 @@ class GiveBackModelMask(_Unpicklable):
             return None
         bound = to_kwargs(self.names, args, kwargs)
         bound["attention_mask"] = own
-        if frame is not None and delivered is not None:
-            frame.mask = own  # what the checks compare the layers' masks with
+        if frame is not None:
+            frame.mask = None  # the model's own mask: nothing of c2rope's for the checks to find
         return (), bound
 
     def post(self, module, args, kwargs, output):
         return None
+
+
+def layer_mask_sizes(cache, layer: int, past: int, q_len: int, device):
+    """(kv_len, kv_offset) of the keys layer `layer` sees in the next call: a sliding
+    layer's cache keeps only its window, so its keys start at kv_offset."""
+    get = getattr(cache, "get_mask_sizes", None)
+    if cache is None or get is None:
+        return past + q_len, 0
+    parameters = inspect.signature(get).parameters
+    extra = {"layer_idx": layer} if "layer_idx" in parameters else {}
+    first = next(iter(parameters), None)
+    if first == "cache_position":
+        return tuple(int(v) for v in get(torch.arange(past, past + q_len, device=device), **extra))
+    return tuple(int(v) for v in get(q_len, **extra))
+
+
+class LayerTypeDelivery(Delivery):
+    """The mask of a call with images, one per layer type, each sized to the keys that
+    type's layers hold (a sliding layer's cache keeps only its window: its keys start at
+    kv_offset), and what reaching a layer means (its position_embeddings are the tables
+    the rotary adapter built for its layer type in this call)."""
+
+    def mask(self, state, plan, decoder, cache, q_len, dtype, device):
+        config = decoder.config
+        implementation = config._attn_implementation
+        if cache is None or implementation not in ("eager", "sdpa"):
+            return decoder_mask(state, plan, config, cache, q_len, dtype, device)  # the corridor's (flex too)
+        state.check_implementation(implementation)
+        types = list(config.layer_types)[:len(decoder.layers)]
+        past = plan.total_len - q_len
+        masks = {}
+        for kind in sorted(set(types)):
+            kv_len, kv_offset = layer_mask_sizes(cache, types.index(kind), past, q_len, device)
+            window = config.sliding_window if kind == "sliding_attention" else None
+            whole = dense_mask(state, plan, q_len, max(plan.total_len, kv_offset + kv_len), window)
+            own = whole[..., kv_offset:kv_offset + kv_len]
+            masks[kind] = additive(own, dtype) if implementation == "eager" else own
+        return masks
+
+    def positions_reached(self, attention, kwargs: dict, frame) -> bool:
+        received = kwargs.get("position_embeddings")
+        if frame is None or frame.positions is None or not isinstance(frame.tables, dict):
+            return False
+        tables = frame.tables.get(getattr(attention, "layer_type", None))
+        if tables is None or not isinstance(received, (tuple, list)):
+            return False
+        return all(_same_tensor(a, b) for a, b in zip(received[:2], tables[:2]))

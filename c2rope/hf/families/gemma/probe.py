@@ -21,7 +21,7 @@ from ....layout import VisualLayout
 from ....positions import build_position_ids
 from ...checks import AttentionWatch, describe_path
 from ...pipeline import ROTARY_GLOBAL, _probe_implementation
-from ...record import rebound_namespace
+from ...record import ReboundForward, rebound_namespace
 from ...verify import _probe_ids, _probe_paths
 
 
@@ -44,7 +44,7 @@ class GemmaProbe:
         ids = _probe_ids(self.text, state, weight.device)
         layout = VisualLayout.from_spans([[(2, 2, 2)]], ids.shape[1], device=weight.device)
         expected = build_position_ids(layout, state.config)
-        want_mask = state.config.mask != "causal"
+        want_mask = state.config.mask != "causal" and not self.keep_model_mask
         for label, module in _probe_paths(self.base, self.base, self.record):
             watch = AttentionWatch(state, self.attentions, self.delivery).start()
             counts = self._count_kernel_calls() if self.rebound else None
@@ -76,7 +76,10 @@ class _KernelCalls:
         self.running = []
         self.seen = {id(a): {"calls": 0, "same": True} for a in attentions}
         self.handles = []
-        self.namespaces = {id(ns): ns for ns in (rebound_namespace(a) for a in attentions) if ns is not None}
+        # only the layers running c2rope's rebound forward: the class's own globals are the
+        # release module's, shared with every unpatched model
+        self.rebound = {id(a) for a in attentions if isinstance(vars(a).get("forward"), ReboundForward)}
+        self.namespaces = {id(ns): ns for ns in (rebound_namespace(a) for a in attentions if id(a) in self.rebound)}
         self.originals = {key: ns[ROTARY_GLOBAL] for key, ns in self.namespaces.items()}
         for key, ns in self.namespaces.items():
             ns[ROTARY_GLOBAL] = self._counting(self.originals[key])
@@ -112,7 +115,7 @@ class _KernelCalls:
         for index, attention in enumerate(self.attentions):
             entry = self.seen[id(attention)]
             name = f"layer {index} ({type(attention).__name__})"
-            if entry["calls"] == 0:
+            if id(attention) not in self.rebound or entry["calls"] == 0:
                 return f"{name} never called c2rope's {ROTARY_GLOBAL} on the path {path}"
             if not entry["same"]:
                 return f"{name} rotated by tables other than its position_embeddings on the path {path}"

@@ -21,7 +21,7 @@ from torch import nn
 
 from ....rotary import C2RotaryEmbedding
 from ... import context
-from ...pipeline import Delivery, _same_tensor, _text_positions
+from ...pipeline import _text_positions
 from ...record import Disarmable
 
 # Rope types whose inv_freq changes during forward: c2rope's tables would freeze them.
@@ -81,17 +81,3 @@ class LayerTypeRotary(Disarmable, nn.Module):
                 frame.tables = {}
             frame.tables[layer_type] = tables
         return tables
-
-
-class LayerTypeDelivery(Delivery):
-    """What reaching a layer means here: the layer's position_embeddings are the tables
-    the adapter built for that layer's type in this call."""
-
-    def positions_reached(self, attention: nn.Module, kwargs: dict, frame) -> bool:
-        received = kwargs.get("position_embeddings")
-        if frame is None or frame.positions is None or not isinstance(frame.tables, dict):
-            return False
-        tables = frame.tables.get(getattr(attention, "layer_type", None))
-        if tables is None or not isinstance(received, (tuple, list)):
-            return False
-        return all(_same_tensor(a, b) for a, b in zip(received[:2], tables[:2]))
