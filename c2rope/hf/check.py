@@ -44,6 +44,18 @@ CLASSES = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextFor
            "qwen3_5_moe": "Qwen3_5MoeForConditionalGeneration"}
 
 
+def _family(model_type):
+    """The families-wing module that handles `model_type` and has check hooks (None:
+    the generic check). The wing's check turns into a dispatch over these attributes."""
+    from .families import gemma
+
+    return gemma if model_type in gemma.MODEL_TYPES else None
+
+
+for _module in filter(None, [_family("gemma3")]):
+    CLASSES.update(_module.CHECK_CLASSES)
+
+
 class CheckUsageError(ValueError):
     """An option that does not apply to this model (a usage error, not a verdict)."""
 
@@ -152,6 +164,9 @@ def shrink(config):
         value = getattr(config, name, None)
         if isinstance(value, int) and value >= VOCAB:
             setattr(config, name, VOCAB - (2 if name.startswith("video") else 1))
+    family = _family(getattr(config, "model_type", None))
+    if family is not None and hasattr(family, "shrink_config"):
+        family.shrink_config(config)
     return config
 
 
@@ -326,7 +341,11 @@ def run_check(plan: Plan, config_override=None, options=None, say: Callable[[str
     grid = (2, 3) if decoder_only else None
     c2rope.patch_model(model, config_override, image_token_id=image_token_id, grid=grid, options=options)
     state = vars(model)["_c2rope_record"].state
-    with_image, text, image_rows, what = _inputs(model, image_token_id, tuple(state.grid))
+    family = _family(config.model_type)
+    if family is not None and hasattr(family, "check_inputs"):
+        with_image, text, image_rows, what = family.check_inputs(model, torch.Generator().manual_seed(0))
+    else:
+        with_image, text, image_rows, what = _inputs(model, image_token_id, tuple(state.grid))
     say(f"  {what}")
     results = []
     with torch.no_grad():

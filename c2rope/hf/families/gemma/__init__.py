@@ -20,7 +20,9 @@ What is particular to these families, on top of the generic decoder corridor
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import inspect
 
 from torch import nn
 
@@ -32,6 +34,7 @@ from ...pipeline import ROTARY_GLOBAL, hook_decoder
 from ...record import PatchRecord, bind_forward_with_globals
 from ...registry import register_patcher
 from . import geometry
+from .check import check_inputs, shrink_config
 from .masks import GiveBackModelMask, HandPadding, InnerMask, LayerTypeDelivery
 from .probe import GemmaProbe
 from .rotary import LayerTypeRotary
@@ -43,17 +46,32 @@ IMAGE_ATTENTION = ("chebyshev", "bidirectional")
 _NAMES = {"gemma3": "Gemma 3", "gemma4": "Gemma 4"}
 
 
-def require_release(model_type: str) -> None:
-    """TypeError unless the installed transformers ships the family (Gemma 4: 5.24 and
-    later; Gemma 3 ships in 4.57 too, but with two rotary modules, which rotary.py
-    refuses by name)."""
-    if importlib.util.find_spec(f"transformers.models.{model_type}") is None:
-        import transformers
+def unsupported_reason(model_type: str):
+    """Why the installed transformers cannot be patched for this family, or None.
+    Gemma 4 ships from 5.24 on; Gemma 3 from 4.50 on, but before 5.0 with one rotary
+    module per rope base (rotary_emb and rotary_emb_local), which c2rope does not patch."""
+    import transformers
 
-        raise TypeError(
-            f"c2rope: {_NAMES.get(model_type, model_type)} (model_type {model_type!r}) needs a transformers release "
-            f"that ships transformers.models.{model_type}; transformers {transformers.__version__} does not "
-            f"({DOCS})")
+    if importlib.util.find_spec(f"transformers.models.{model_type}") is None:
+        return (f"{_NAMES.get(model_type, model_type)} (model_type {model_type!r}) needs a transformers release that "
+                f"ships transformers.models.{model_type}; transformers {transformers.__version__} does not ({DOCS})")
+    modeling = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    rotary = getattr(modeling, f"{model_type.capitalize()}RotaryEmbedding", None)
+    if rotary is None:
+        rotary = getattr(modeling, f"{model_type.capitalize()}TextRotaryEmbedding", None)
+    if rotary is not None and "layer_type" not in inspect.signature(rotary.forward).parameters:
+        return (f"{_NAMES.get(model_type, model_type)} of transformers {transformers.__version__} builds one rotary "
+                "module per rope base (rotary_emb, rotary_emb_local); c2rope patches the releases whose rotary "
+                f"module takes a layer_type (5.0 and later) ({DOCS})")
+    return None
+
+
+def require_release(model_type: str) -> None:
+    """TypeError naming the release when it lacks the family or builds it in a way
+    c2rope does not patch (unsupported_reason)."""
+    reason = unsupported_reason(model_type)
+    if reason is not None:
+        raise TypeError(f"c2rope: {reason}")
 
 
 def read_options(options) -> str:
@@ -108,5 +126,5 @@ def _patch_gemma(model: nn.Module, record: PatchRecord, state) -> None:
                               keep_model_mask=image_attention == "bidirectional")
 
 
-__all__ = ["CHECK_CLASSES", "DOCS", "IMAGE_ATTENTION", "MODEL_TYPES", "find_parts", "read_options",
-           "require_release"]
+__all__ = ["CHECK_CLASSES", "DOCS", "IMAGE_ATTENTION", "MODEL_TYPES", "check_inputs", "find_parts", "read_options",
+           "require_release", "shrink_config", "unsupported_reason"]
