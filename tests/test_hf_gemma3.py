@@ -20,7 +20,7 @@ import c2rope
 from c2rope.reference import chebyshev_mask_ref, cos_sin_ref, position_ids_ref
 
 transformers = pytest.importorskip("transformers")
-from gemma_tiny import IMG, LAYER_TYPES, WINDOW, gemma3_prompt, make_gemma3, text_prompt  # noqa: E402
+from gemma_tiny import IMG, gemma3_prompt, make_gemma3, text_prompt  # noqa: E402
 
 HAS_GEMMA3 = hasattr(transformers, "Gemma3ForConditionalGeneration")
 # 5.x: one rotary module serves both layer types (forward(x, position_ids, layer_type))
@@ -41,6 +41,21 @@ def _additive(allowed):
     return torch.zeros(allowed.shape, dtype=torch.float64).masked_fill(~allowed, torch.finfo(torch.float64).min)
 
 
+def reference_tables(positions, inv_freq, config, scaling):
+    """HF-format cos/sin of the reference triplets on one layer type's frequencies. A
+    zero tail of inv_freq (partial rotary) is left out of c2rope's split and does not
+    rotate (cos 1, sin 0)."""
+    rotated = int((inv_freq != 0).sum())
+    cos, sin = cos_sin_ref(positions, inv_freq[:rotated], config.axis_table(2 * rotated), scaling,
+                           dtype=torch.float64)
+    rest = inv_freq.numel() - rotated
+    if rest:
+        ones = torch.ones(*cos.shape[:-1], rest, dtype=cos.dtype)
+        cos = torch.cat([cos[..., :rotated], ones] * 2, dim=-1)
+        sin = torch.cat([sin[..., :rotated], ones * 0] * 2, dim=-1)
+    return cos, sin
+
+
 def reference_logits(model, config, inputs, spans, model_mask=False, **extra):
     """The unpatched model with reference positions (and masks)."""
     ref = copy.deepcopy(model)
@@ -52,11 +67,9 @@ def reference_logits(model, config, inputs, spans, model_mask=False, **extra):
     seq = ids.shape[1]
     layout = c2rope.VisualLayout.from_spans(spans, seq, attention_mask=padding)
     positions = position_ids_ref(spans, layout.valid, config)
-    tables = {}
-    for kind in set(LAYER_TYPES):
-        inv_freq = getattr(rotary, f"{kind}_inv_freq")
-        tables[kind] = cos_sin_ref(positions, inv_freq, config.axis_table(2 * inv_freq.numel()),
-                                   getattr(rotary, f"{kind}_attention_scaling"), dtype=torch.float64)
+    tables = {kind: reference_tables(positions, getattr(rotary, f"{kind}_inv_freq"), config,
+                                     getattr(rotary, f"{kind}_attention_scaling"))
+              for kind in set(text.config.layer_types)}
     rotary.forward = lambda x, position_ids, layer_type: tables[layer_type]
     arguments = dict(inputs, **extra)
     if not model_mask:
@@ -64,7 +77,7 @@ def reference_logits(model, config, inputs, spans, model_mask=False, **extra):
         q = torch.arange(seq)[:, None]
         k = torch.arange(seq)[None, :]
         arguments["attention_mask"] = {"full_attention": _additive(allowed),
-                                       "sliding_attention": _additive(allowed & (q - k < WINDOW))}
+                                       "sliding_attention": _additive(allowed & (q - k < text.config.sliding_window))}
     with torch.no_grad():
         return ref(**arguments)
 

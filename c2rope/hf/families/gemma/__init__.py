@@ -102,7 +102,7 @@ def _patch_gemma(model: nn.Module, record: PatchRecord, state) -> None:
     require_release(model_type)
     image_attention = read_options(getattr(state, "options", None))
     inner, text = find_parts(model)
-    spans = geometry.setup(model, inner, state)
+    spans = geometry.setup(model, inner, state, record)
     attentions = [layer.self_attn for layer in text.layers]
     record.set_attr(text, "rotary_emb", LayerTypeRotary(text.rotary_emb, state, state.config))
     # Gemma 3's layers call apply_rotary_pos_emb(q, k, cos, sin): c2rope's fused kernel

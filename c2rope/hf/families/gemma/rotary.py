@@ -7,6 +7,11 @@ use a small rope base, global layers a large one, possibly scaled). c2rope's tab
 must follow each type's own frequencies, so the adapter holds one
 `C2RotaryEmbedding` per layer type, built on that type's inv_freq and scaling.
 
+Partial rotary (Gemma 4's global layers, rope_type "proportional"): the release pads
+inv_freq with zeros for the dims it does not rotate. c2rope splits only the rotated
+frequencies between m, x and y and gives the zero-frequency dims cos 1, sin 0, as the
+release does; splitting all of them would put x and y on dims that never rotate.
+
 Text-only calls (no image in the call or its cache) get the release's own module,
 untouched: text-only logits are the unpatched model's, bit for bit.
 """
@@ -53,6 +58,37 @@ def layer_type_frequencies(rotary: nn.Module) -> Dict[str, SimpleNamespace]:
     return found
 
 
+class RotatedPrefix(nn.Module):
+    """c2rope's tables on the first `rotated` frequencies of a head whose other
+    frequencies are zero (pass-through dims: cos 1, sin 0), at the head's full width."""
+
+    def __init__(self, rope: C2RotaryEmbedding, passthrough: int):
+        super().__init__()
+        self.rope = rope
+        self.passthrough = passthrough
+
+    def forward(self, x, position_ids):
+        cos, sin = self.rope(x, position_ids)
+        half = cos.shape[-1] // 2
+        ones = torch.ones(*cos.shape[:-1], self.passthrough, dtype=cos.dtype, device=cos.device)
+        zeros = torch.zeros_like(ones)
+        cos_half = torch.cat([cos[..., :half], ones], dim=-1)
+        sin_half = torch.cat([sin[..., :half], zeros], dim=-1)
+        return torch.cat([cos_half, cos_half], dim=-1), torch.cat([sin_half, sin_half], dim=-1)
+
+
+def build_rope(frequencies: SimpleNamespace, config) -> nn.Module:
+    """C2RotaryEmbedding on a layer type's frequencies; on the rotated prefix only when
+    the rest are zero (partial rotary)."""
+    inv_freq = frequencies.inv_freq
+    nonzero = int((inv_freq != 0).sum())
+    if 0 < nonzero < inv_freq.numel() and bool((inv_freq[:nonzero] != 0).all()):
+        prefix = SimpleNamespace(inv_freq=inv_freq[:nonzero], attention_scaling=frequencies.attention_scaling,
+                                 rope_type=frequencies.rope_type)
+        return RotatedPrefix(C2RotaryEmbedding.from_hf(prefix, config), inv_freq.numel() - nonzero)
+    return C2RotaryEmbedding.from_hf(frequencies, config)
+
+
 class LayerTypeRotary(Disarmable, nn.Module):
     """Stands in for the text model's `rotary_emb`: the release's module for text-only
     calls, c2rope's triplet tables (on the layer type's own frequencies) for calls that
@@ -62,7 +98,7 @@ class LayerTypeRotary(Disarmable, nn.Module):
         super().__init__()
         self.original = original
         self.state = state
-        self.ropes = nn.ModuleDict({kind: C2RotaryEmbedding.from_hf(frequencies, config)
+        self.ropes = nn.ModuleDict({kind: build_rope(frequencies, config)
                                     for kind, frequencies in layer_type_frequencies(original).items()})
 
     def forward(self, x, position_ids, layer_type=None, *args, **kwargs):
