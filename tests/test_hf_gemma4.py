@@ -202,3 +202,25 @@ def test_refused_without_gemma4():
         return
     with pytest.raises(TypeError, match="does not ship|does not"):
         require_release("gemma4")
+
+
+@needs_gemma4
+def test_check_says_supported(tmp_path, capsys):
+    """`python -m c2rope check` on a Gemma 4 config.json as transformers writes it for
+    its defaults (the library's stand-in for google/gemma-4-e2b-it: vision and audio
+    towers, per-layer inputs, bfloat16 declared)."""
+    from c2rope.hf.check import main as check_main
+
+    config = transformers.Gemma4Config(vision_config=transformers.Gemma4VisionConfig(),
+                                       audio_config=transformers.Gemma4AudioConfig())
+    config.architectures = ["Gemma4ForConditionalGeneration"]
+    fields = config.to_dict()
+    fields["dtype"] = fields["text_config"]["dtype"] = "bfloat16"
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps(fields))
+    code = check_main(str(tmp_path))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.count("PASS") == 4 and "FAIL" not in out and out.splitlines()[-1] == "supported", out
+    assert "pooled 3x3 to a 3x4 grid" in out and "bfloat16" in out, out

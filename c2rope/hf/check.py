@@ -52,7 +52,7 @@ def _family(model_type):
     return gemma if model_type in gemma.MODEL_TYPES else None
 
 
-for _module in filter(None, [_family("gemma3")]):
+for _module in filter(None, [_family("gemma3"), _family("gemma4")]):
     CLASSES.update(_module.CHECK_CLASSES)
 
 
