@@ -1,8 +1,9 @@
 """C2RoPE on tiny random Gemma 3 models (c2rope/hf/families/gemma), in float64.
 
 References are independent of the patch: the UNPATCHED model (a deep copy, the same
-attention implementation: the release's eager softmax runs in float32) handed c2rope.reference's triplets as cos/sin through its rotary module
-(each layer type on its own inv_freq) and an explicit dict of 4-D masks: the reference
+attention implementation: the release's eager softmax runs in float32) handed
+c2rope.reference's triplets as cos/sin through its rotary module (each layer type on
+its own inv_freq) and an explicit dict of 4-D masks: the reference
 Chebyshev mask for global layers, the same and-ed with the sliding window
 (q - k < window) for sliding layers, or with image_attention="bidirectional" the
 model's own masks (token_type_ids).

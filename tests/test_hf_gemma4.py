@@ -181,12 +181,12 @@ def test_grids_come_from_each_images_positions():
 def test_wrong_grid_or_video_is_refused():
     model = make_gemma4()
     c2rope.patch_model(model)
-    inputs, _ = gemma4_prompt(images_per_row=(1, 1))
-    swapped = dict(inputs, image_position_ids=inputs["image_position_ids"].flip(0))
-    shapes_differ = not torch.equal(swapped["image_position_ids"], inputs["image_position_ids"])
-    if shapes_differ:  # the two images' grids no longer fit their token runs
-        with pytest.raises(ValueError):
-            model(**swapped)
+    inputs, spans = gemma4_prompt(images_per_row=(1, 1))
+    (_, h, w), = spans[0]
+    wrong = inputs["image_position_ids"].clone()
+    wrong[0] = gemma4_image(h + 1, w)[1]  # the first image's patches say one more row of tokens
+    with pytest.raises(ValueError, match="does not split into images"):
+        model(**dict(inputs, image_position_ids=wrong))
     ids = inputs["input_ids"].clone()
     ids[0, -1] = VIDEO
     with pytest.raises(ValueError, match="video is not supported"):
