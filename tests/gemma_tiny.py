@@ -85,17 +85,18 @@ VIDEO = 92
 GEMMA4_LAYER_TYPES = ("sliding_attention", "full_attention", "sliding_attention", "full_attention")
 
 
-def gemma4_config():
+def gemma4_config(kv_shared_layers=0):
     """Sliding layers: head_dim 16, base 10,000. Global layers: head_dim 32 with rope
     "proportional", partial_rotary_factor 0.25 (as Gemma 4 publishes): 4 of 16
-    frequencies rotate, the rest are zero. Per-layer inputs, KV sharing of the last
-    layer of each type off (num_kv_shared_layers 0), image blocks bidirectional on
+    frequencies rotate, the rest are zero. Per-layer inputs; the last
+    `kv_shared_layers` layers reuse the keys and values of the last earlier layer of
+    their type (as the small Gemma 4 checkpoints do); image blocks bidirectional on
     sliding layers (use_bidirectional_attention "vision")."""
     text = transformers.Gemma4TextConfig(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=len(GEMMA4_LAYER_TYPES),
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, global_head_dim=32, sliding_window=WINDOW,
         layer_types=list(GEMMA4_LAYER_TYPES), vocab_size_per_layer_input=VOCAB, hidden_size_per_layer_input=8,
-        use_bidirectional_attention="vision", max_position_embeddings=512)
+        use_bidirectional_attention="vision", max_position_embeddings=512, num_kv_shared_layers=kv_shared_layers)
     vision = transformers.Gemma4VisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=1,
                                              num_attention_heads=2, num_key_value_heads=2, head_dim=16,
                                              patch_size=PATCH, pooling_kernel_size=KERNEL, position_embedding_size=64)
@@ -104,8 +105,8 @@ def gemma4_config():
                                      boa_token_id=90, eoa_token_index=89)
 
 
-def make_gemma4(implementation="sdpa", dtype=torch.float64):
-    model = transformers.Gemma4ForConditionalGeneration(gemma4_config()).to(dtype).eval()
+def make_gemma4(implementation="sdpa", dtype=torch.float64, kv_shared_layers=0):
+    model = transformers.Gemma4ForConditionalGeneration(gemma4_config(kv_shared_layers)).to(dtype).eval()
     model.set_attn_implementation(implementation)
     return model
 

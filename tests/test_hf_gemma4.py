@@ -26,9 +26,10 @@ needs_gemma4 = pytest.mark.skipif(not HAS_GEMMA4,
 
 
 @needs_gemma4
+@pytest.mark.parametrize("kv_shared_layers", [0, 2])
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])
-def test_images_match_reference(implementation):
-    model = make_gemma4(implementation)
+def test_images_match_reference(implementation, kv_shared_layers):
+    model = make_gemma4(implementation, kv_shared_layers=kv_shared_layers)
     config = random.choice(CONFIGS)
     inputs, spans = gemma4_prompt()
     want = reference_logits(model, config, inputs, spans).logits
@@ -87,9 +88,10 @@ def test_text_only_is_exact():
 
 
 @needs_gemma4
+@pytest.mark.parametrize("kv_shared_layers", [0, 2])
 @pytest.mark.parametrize("beams", [1, 2])
-def test_generate_cached_equals_uncached(beams):
-    model = make_gemma4()
+def test_generate_cached_equals_uncached(beams, kv_shared_layers):
+    model = make_gemma4(kv_shared_layers=kv_shared_layers)
     c2rope.patch_model(model, random.choice(CONFIGS))
     inputs, _ = gemma4_prompt()
     kw = dict(inputs, max_new_tokens=6, do_sample=False, num_beams=beams, pad_token_id=0,
