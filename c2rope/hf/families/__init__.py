@@ -56,6 +56,7 @@ FAMILIES: List[Family] = [
     Family(".llava_next", "LLaVA-NeXT, LLaVA-OneVision (anyres)", _ALL_LINES),
     Family(".qwen_vl", "Qwen2-VL, Qwen2.5-VL, Qwen3-VL", _ALL_LINES),
     Family(".qwen3_5", "Qwen3.5 dense and MoE", "5.24.0, 5.25.0 (not in 4.57.6, 5.0.0)"),
+    Family(".gemma", "Gemma 3, Gemma 4", "Gemma 3: 5.0.0, 5.24.0, 5.25.0; Gemma 4: 5.24.0, 5.25.0 (both refused on 4.57.6)"),
     Family(".legacy", "Llama, original LLaVA (llava-torch 1.2.2.post1)", "4.37.2", line="legacy"),
 ]
 
