@@ -123,6 +123,6 @@ def test_training_backward():
     c2rope.patch_model(model, CircleRoPEConfig(age_strategy="alternate"))
     model.train()
     model(**inputs, labels=labels).loss.backward()
-    for layer in model.model.language_model.layers:
+    for layer in attention_layers(model.model.language_model):
         grad = layer.self_attn.q_proj.weight.grad
         assert grad is not None and bool(torch.isfinite(grad).all()) and grad.abs().sum() > 0
