@@ -78,7 +78,7 @@ def __getattr__(name):
 
 # Model-family modules that register patchers; per transformers line.
 _FAMILY_MODULES = {
-    "modern": ("modern", "qwen_vl", "llava_next", "families.qwen3_5"),
+    "modern": ("modern", "qwen_vl", "llava_next", "families.qwen3_5", "families.idefics3"),
     "legacy": ("legacy",),
 }
 _loaded = False
