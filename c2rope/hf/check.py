@@ -44,6 +44,15 @@ CLASSES = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextFor
            "qwen3_5_moe": "Qwen3_5MoeForConditionalGeneration"}
 
 
+def _family(model_type):
+    """The families-wing module handling `model_type` with its own check hooks
+    (CHECK_CLASSES, check_inputs), or None. (Interim wiring: the families wing turns this
+    into a dispatch over every family module's attributes.)"""
+    from .families import idefics3
+
+    return idefics3 if model_type in idefics3.MODEL_TYPES else None
+
+
 class CheckUsageError(ValueError):
     """An option that does not apply to this model (a usage error, not a verdict)."""
 
@@ -96,8 +105,10 @@ def model_class(config):
                 issubclass(config_class, getattr(cls, "config_class", None) or ()):
             return cls, "from architectures"
     named = f"config.json names {config.architectures}" if config.architectures else "config.json names no architectures"
-    if config.model_type in CLASSES:
-        return getattr(transformers, CLASSES[config.model_type]), f"from model_type; {named}"
+    family = _family(config.model_type)
+    classes = dict(CLASSES, **(family.CHECK_CLASSES if family is not None else {}))
+    if config.model_type in classes:
+        return getattr(transformers, classes[config.model_type]), f"from model_type; {named}"
     mapping = transformers.AutoModelForCausalLM._model_mapping
     if config_class in mapping:
         return mapping[config_class], f"from model_type; {named}"
@@ -275,6 +286,9 @@ def _inputs(model, image_token_id, grid, seq_text=6):
     config = model.config
     h, w = grid
     generator = torch.Generator().manual_seed(0)
+    family = _family(config.model_type)
+    if family is not None and hasattr(family, "check_inputs"):
+        return family.check_inputs(model, generator, vocab=VOCAB - 2)
     vocab = VOCAB - 2
     before = torch.randint(3, vocab, (1, seq_text), generator=generator)
     after = torch.randint(3, vocab, (1, seq_text), generator=generator)
