@@ -193,12 +193,19 @@ def test_text_only_matches_unpatched(kind):
         assert_close_valid(got, expected, mask, atol=tolerance, rtol=tolerance)
 
 
+def _suppressed(model):
+    """The image token and the end-of-sequence tokens: greedy runs of a random model then
+    never stop early (generate() pads a finished row, a plain loop would not)."""
+    eos = model.generation_config.eos_token_id
+    return [IMG] + (list(eos) if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+
+
 def _greedy_without_cache(model, ids, mask, pixels, steps):
     """Greedy decoding by full forwards with the images on every step (no KV cache)."""
     for _ in range(steps):
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, use_cache=False).logits[:, -1]
-        logits[:, IMG] = float("-inf")
+        logits[:, _suppressed(model)] = float("-inf")
         ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
     return ids
@@ -214,7 +221,7 @@ def test_generate_cached_equals_uncached(kind, name):
     c2rope.patch_model(model, _config(name))
     ids, mask, _, pixels = two_rows(kind)
     cached = model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=5,
-                            do_sample=False, pad_token_id=0, suppress_tokens=[IMG])
+                            do_sample=False, pad_token_id=0, suppress_tokens=_suppressed(model))
     torch.testing.assert_close(cached, _greedy_without_cache(model, ids, mask, pixels, 5), rtol=0, atol=0)
     with torch.no_grad():
         batched = model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits[1, 9:]
@@ -230,7 +237,7 @@ def _uncached_generate_keeps_images(model, ids, mask, pixels) -> bool:
     if c2rope.hf.is_patched(plain):
         c2rope.unpatch_model(plain)
     tokens = plain.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=4,
-                            do_sample=False, pad_token_id=0, suppress_tokens=[IMG], use_cache=False)
+                            do_sample=False, pad_token_id=0, suppress_tokens=_suppressed(plain), use_cache=False)
     return bool(torch.equal(tokens, _greedy_without_cache(plain, ids, mask, pixels, 4)))
 
 
@@ -243,7 +250,7 @@ def test_beam_search_with_images(kind):
     c2rope.patch_model(model, c2rope.C2RoPEConfig())
     ids, mask, _, pixels = two_rows(kind)
     common = dict(input_ids=ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=4, do_sample=False,
-                  pad_token_id=0, suppress_tokens=[IMG], num_beams=2, num_return_sequences=2)
+                  pad_token_id=0, suppress_tokens=_suppressed(model), num_beams=2, num_return_sequences=2)
     cached = model.generate(**common)
     assert cached.shape[0] == 4
     if not _uncached_generate_keeps_images(model, ids, mask, pixels):

@@ -248,5 +248,26 @@ def check_inputs(model: nn.Module, generator: torch.Generator, text_tokens: int 
     return with_image, text, rows, what
 
 
-__all__ = ["CHECK_CLASSES", "DOCS", "MODEL_TYPES", "TileGeometry", "call_spans", "check_inputs", "require_release",
+def check_uncached_tokens(model: nn.Module, generate: dict) -> torch.Tensor:
+    """`python -m c2rope check`: the greedy tokens of full forwards without a KV cache, the
+    image given at every step (one row), for comparison with generate()'s cached tokens.
+    Not generate(use_cache=False): transformers 5.0's Idefics3 / SmolVLM drop the pixels
+    after its first step, patched or not, so its uncached tokens are not the model's."""
+    arguments = {k: v for k, v in generate.items()
+                 if k not in ("max_new_tokens", "do_sample", "pad_token_id", "suppress_tokens")}
+    ids, mask = arguments.pop("input_ids"), arguments.pop("attention_mask")
+    eos = model.generation_config.eos_token_id
+    stop = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+    for _ in range(generate["max_new_tokens"]):
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False, **arguments).logits[:, -1].clone()
+        logits[:, list(generate.get("suppress_tokens") or [])] = float("-inf")
+        token = logits.argmax(-1, keepdim=True)
+        ids = torch.cat([ids, token], dim=1)
+        mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+        if int(token[0, 0]) in stop:
+            break
+    return ids
+
+
+__all__ = ["CHECK_CLASSES", "DOCS", "MODEL_TYPES", "TileGeometry", "call_spans", "check_inputs", "check_uncached_tokens", "require_release",
            "tile_spans"]
