@@ -373,3 +373,19 @@ def test_check_command(kind, tmp_path, capsys):
     assert out.count("PASS") == 4 and "FAIL" not in out and out.strip().endswith("supported"), out
     side, n = _tile(kind)
     assert f"1x2 tiles + the global image" in out and f"into {side}x{side} = {n} image tokens" in out, out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_release_without_the_family_is_refused(kind, monkeypatch):
+    """Every release the HF lanes test ships both families; one that does not (as seen
+    through importlib) is refused with a TypeError naming the release."""
+    import importlib.util
+
+    model = tiny_model(kind)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == f"transformers.models.{kind}" else real(name, *a))
+    with pytest.raises(TypeError, match=rf"model_type '{kind}'\) needs a transformers release that ships "
+                                        rf"transformers.models.{kind}; transformers {transformers.__version__}"):
+        c2rope.patch_model(model, c2rope.C2RoPEConfig())
+    assert not c2rope.hf.is_patched(model)
