@@ -389,3 +389,40 @@ def test_release_without_the_family_is_refused(kind, monkeypatch):
                                         rf"transformers.models.{kind}; transformers {transformers.__version__}"):
         c2rope.patch_model(model, c2rope.C2RoPEConfig())
     assert not c2rope.hf.is_patched(model)
+
+
+def _encoded_features(model, pixels, drop_last_tile=False):
+    """{argument: features} handing the forward the image features encoded beforehand
+    (`mm_encoder_outputs` from 5.24, `image_hidden_states` before), optionally without
+    the last tile's tokens."""
+    import inspect
+
+    with torch.no_grad():
+        out = model.model.get_image_features(pixels)
+    features = getattr(out, "pooler_output", out)
+    _, n = _tile(model.config.model_type)
+    if drop_last_tile:
+        features = list(features[:-1]) + [features[-1][:-n]] if isinstance(features, (list, tuple)) \
+            else features[:-1]
+    if "mm_encoder_outputs" in inspect.signature(type(model).forward).parameters:
+        out = copy.copy(out)
+        out.pooler_output = features
+        return {"mm_encoder_outputs": {"image": out}}
+    if isinstance(features, (list, tuple)):
+        features = torch.cat([f.reshape(-1, f.shape[-1]) for f in features])
+    return {"image_hidden_states": features}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_features_encoded_beforehand(kind):
+    """Image features handed over already encoded are placed like pixels; features that
+    hold fewer tiles than the image tokens are refused."""
+    model = tiny_model(kind)
+    c2rope.patch_model(model, c2rope.C2RoPEConfig())
+    ids, mask, _, pixels = two_rows(kind)
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits
+        got = model(input_ids=ids, attention_mask=mask, **_encoded_features(model, pixels)).logits
+        assert_close_valid(got, expected, mask, atol=1e-10, rtol=1e-10)
+        with pytest.raises(ValueError, match=r"hold 7 tile\(s\) of image tokens .* encoded image features hold 6 "):
+            model(input_ids=ids, attention_mask=mask, **_encoded_features(model, pixels, drop_last_tile=True))

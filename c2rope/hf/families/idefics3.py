@@ -140,18 +140,15 @@ def _pixel_tiles(pixel_values, geometry: TileGeometry) -> int:
     return int((flat != 0).any(dim=1).sum())
 
 
-def _feature_tiles(features, geometry: TileGeometry) -> Optional[int]:
-    """Tiles held by features the model encoded earlier (None when the call gives none)."""
+def _feature_rows(features) -> Optional[int]:
+    """Image-token rows held by features the model encoded earlier; None when the call
+    hands over none (no argument, or a dict without image features)."""
     if isinstance(features, dict):
-        features = features.get("image")
-        if features is None:
-            return None
-        features = getattr(features, "pooler_output", features)
+        features = getattr(features.get("image"), "pooler_output", features.get("image"))
     if features is None:
         return None
     parts = list(features) if isinstance(features, (list, tuple)) else [features]
-    rows = sum(part.numel() // part.shape[-1] for part in parts if isinstance(part, torch.Tensor) and part.dim())
-    return rows // geometry.tokens if rows % geometry.tokens == 0 else rows / geometry.tokens
+    return sum(part.numel() // part.shape[-1] for part in parts if isinstance(part, torch.Tensor) and part.dim())
 
 
 def call_spans(geometry: TileGeometry, image_token_id: int, arguments: dict) -> Optional[Spans]:
@@ -159,27 +156,29 @@ def call_spans(geometry: TileGeometry, image_token_id: int, arguments: dict) -> 
     when the call scatters no image features."""
     ids = arguments.get("input_ids")
     pixels = arguments.get("pixel_values")
-    features = next((arguments[n] for n in _FEATURE_ARGUMENTS if arguments.get(n) is not None), None)
+    rows = next((r for r in (_feature_rows(arguments.get(n)) for n in _FEATURE_ARGUMENTS) if r is not None), None)
     if ids is None:
-        if pixels is not None or features is not None:
+        if pixels is not None or rows is not None:
             raise ValueError(f"c2rope: {geometry.model_type}: images given with inputs_embeds: c2rope finds the tiles "
                              "in input_ids; pass input_ids, or the layout as visual_layout=")
         return None
     if ids.dim() != 2:
         return None
     empty = tuple(() for _ in range(ids.shape[0]))
-    if pixels is None and features is None:
-        return empty  # nothing is scattered: image tokens stay text, as in transformers
-    if not bool((ids == image_token_id).any()):
-        return empty
+    if (pixels is None and rows is None) or not bool((ids == image_token_id).any()):
+        return empty  # nothing is scattered into image tokens: they stay text, as in transformers
     spans, tiles = tile_spans(ids, image_token_id, geometry)
-    given = _pixel_tiles(pixels, geometry) if pixels is not None else _feature_tiles(features, geometry)
-    if given is not None and given != tiles:
-        where = "pixel_values hold" if pixels is not None else "the encoded image features hold"
+    if pixels is not None:
+        given, what = _pixel_tiles(pixels, geometry), "pixel_values hold"
+        given_tokens = given * geometry.tokens
+    else:
+        given_tokens, what = rows, "the encoded image features hold"
+        given = rows / geometry.tokens
+    if given_tokens != tiles * geometry.tokens:
         raise ValueError(
             f"c2rope: {geometry.model_type}: input_ids hold {tiles} tile(s) of image tokens "
-            f"({tiles * geometry.tokens} tokens, {geometry.tokens} per tile) but {where} {given} tile(s) "
-            f"({geometry.describe()})")
+            f"({tiles * geometry.tokens} tokens, {geometry.tokens} per tile) but {what} {given:g} tile(s) "
+            f"({given_tokens} tokens; {geometry.describe()})")
     return spans
 
 
