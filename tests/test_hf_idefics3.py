@@ -372,7 +372,7 @@ def test_check_command(kind, tmp_path, capsys):
     assert code == 0, out
     assert out.count("PASS") == 4 and "FAIL" not in out and out.strip().endswith("supported"), out
     side, n = _tile(kind)
-    assert f"1x2 tiles + the global image" in out and f"into {side}x{side} = {n} image tokens" in out, out
+    assert "1x2 tiles + the global image" in out and f"into {side}x{side} = {n} image tokens" in out, out
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -35,7 +35,6 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
-from ..introspect import parameter_names
 from ..modern import patch_decoder
 from ..pipeline import to_kwargs
 from ..record import _Unpicklable
@@ -268,5 +267,5 @@ def check_uncached_tokens(model: nn.Module, generate: dict) -> torch.Tensor:
     return ids
 
 
-__all__ = ["CHECK_CLASSES", "DOCS", "MODEL_TYPES", "TileGeometry", "call_spans", "check_inputs", "check_uncached_tokens", "require_release",
-           "tile_spans"]
+__all__ = ["CHECK_CLASSES", "DOCS", "MODEL_TYPES", "TileGeometry", "call_spans", "check_inputs",
+           "check_uncached_tokens", "require_release", "tile_spans"]
