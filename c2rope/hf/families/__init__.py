@@ -8,6 +8,7 @@ loaded through one line of `_FAMILY_MODULES` in c2rope/hf/__init__.py: that tabl
 one list of families. Members so far:
 
 - qwen3_5.py: Qwen3.5, dense and MoE (model types qwen3_5, qwen3_5_moe).
+- idefics3.py: Idefics3 and SmolVLM / SmolVLM2 (model types idefics3, smolvlm): one grid per tile.
 
 The older families (c2rope/hf/modern.py, llava_next.py, qwen_vl.py and the qwen_*
 modules) move here in a later change.
