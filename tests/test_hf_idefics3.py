@@ -260,8 +260,9 @@ def test_beam_search_with_images(kind):
     torch.testing.assert_close(cached, model.generate(**common, use_cache=False), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("reentrant", [False, True])
 @pytest.mark.parametrize("kind", KINDS)
-def test_training_step_with_gradient_checkpointing(kind):
+def test_training_step_with_gradient_checkpointing(kind, reentrant):
     """A training step with gradient checkpointing: the loss is the reference's, every
     gradient finite, the decoder and the connector trained; the first training forward's
     check passes."""
@@ -271,7 +272,7 @@ def test_training_step_with_gradient_checkpointing(kind):
     ids, mask, spans, pixels = two_rows(kind)
     labels = ids.masked_fill(mask == 0, -100).masked_fill(ids == IMG, -100)
     c2rope.patch_model(model, config)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     model.train()
     loss = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels).loss
     loss.backward()
