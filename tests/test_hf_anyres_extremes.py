@@ -13,7 +13,7 @@ from test_hf_common import assert_close_valid, batch_with_images, reference_logi
 from test_hf_llava_next import MAX_TILES, tiny_model
 
 import c2rope
-from c2rope.hf.anyres import AnyresGeometry
+from c2rope.hf.families.llava_next.anyres import AnyresGeometry
 
 TILE = 8  # the tiny models' vision image_size (tiles of 8x8 pixels, patch 2)
 

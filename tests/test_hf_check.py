@@ -9,7 +9,7 @@ import c2rope
 
 from test_hf_common import text_config, transformers  # noqa: F401  (skips under transformers < 4.57)
 
-from c2rope.hf.check import main as check_main
+from c2rope.cli.check_model import main as check_main
 
 
 def _write(config, folder):

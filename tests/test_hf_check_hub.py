@@ -9,7 +9,7 @@ import pytest
 
 from test_hf_common import transformers  # noqa: F401  (skips under transformers < 4.57)
 
-from c2rope.hf.check import main as check_main
+from c2rope.cli.check_model import main as check_main
 
 HUB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "hub_configs")
 CHECKPOINTS = sorted(name for name in os.listdir(HUB) if os.path.isdir(os.path.join(HUB, name)))

@@ -10,7 +10,7 @@ import pytest
 
 from test_hf_common import transformers  # noqa: F401  (skips under transformers < 4.57)
 
-from c2rope.hf.check import main as check_main
+from c2rope.hf.check import main as check_main  # the documented path (docs/hf.md)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HUB = os.path.join(ROOT, "tests", "data", "hub_configs")

@@ -1,4 +1,4 @@
-"""`python -m c2rope check MODEL` on Qwen-VL configs (c2rope/hf/qwen_check.py): a
+"""`python -m c2rope check MODEL` on Qwen-VL configs (c2rope/hf/families/qwen_vl/check.py): a
 config.json with the checkpoints' real sizes and M-RoPE sections, written to tmp_path,
 built at test size with random weights, patched and compared with the unpatched model
 on text, an image and a video; the output says which frequency split is used."""
@@ -7,7 +7,7 @@ import pytest
 import c2rope
 
 transformers = pytest.importorskip("transformers")
-from c2rope.hf.check import main as check_main  # noqa: E402
+from c2rope.cli.check_model import main as check_main  # noqa: E402
 
 SECTIONS = {"qwen2_vl": [16, 24, 24], "qwen2_5_vl": [16, 24, 24], "qwen3_vl": [24, 20, 20]}
 CLASSES = {"qwen2_vl": ("Qwen2VLConfig", "Qwen2VLForConditionalGeneration"),

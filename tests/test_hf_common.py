@@ -100,7 +100,7 @@ def cache_kwargs(model, cache):
 
 
 def find_decoder(model):
-    from c2rope.hf.modern import find_decoder as find
+    from c2rope.hf.families.llama import find_decoder as find
 
     return find(model)
 

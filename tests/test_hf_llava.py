@@ -43,6 +43,26 @@ def test_llava_matches_reference(implementation, name):
     assert_close_valid(out, expected, mask)
 
 
+def test_llava_inner_model_given_input_ids_positionally():
+    """The inner model's entry hook finds input_ids passed positionally (its decoder sees
+    only inputs_embeds, so the images are found there or nowhere)."""
+    from c2rope.hf.introspect import parameter_names
+
+    config = c2rope.C2RoPEConfig()
+    model = tiny_llava()
+    ids, mask, spans, pixels = _inputs()
+    expected = reference_logits(model, config, ids, mask, spans, pixel_values=pixels)
+    c2rope.patch_model(model, config)
+    names = parameter_names(model.model.forward)
+    given = {"input_ids": ids, "pixel_values": pixels, "attention_mask": mask}
+    count = max(names.index(name) for name in given) + 1
+    assert set(names[:count]) == set(given), names[:count]  # all three fit positionally
+    with torch.no_grad():
+        hidden = model.model(*[given[name] for name in names[:count]]).last_hidden_state
+        out = model.lm_head(hidden)
+    assert_close_valid(out, expected, mask)
+
+
 def test_llava_text_only_matches_unpatched():
     assert_text_only_unchanged(tiny_llava("sdpa", family="mistral"))
 

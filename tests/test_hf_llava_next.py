@@ -12,7 +12,7 @@ from test_hf_common import (  # noqa: F401  (skips under transformers < 4.57)
 )
 
 import c2rope
-from c2rope.hf.anyres import AnyresGeometry
+from c2rope.hf.families.llava_next.anyres import AnyresGeometry
 
 VIDEO = VOCAB - 2  # OneVision's video placeholder (batch_with_images draws ids below it)
 PINPOINTS = [[8, 16], [16, 8], [16, 16]]  # tiles of 8x8 pixels, patch 2: 4x4 tokens per tile
@@ -294,7 +294,7 @@ def test_unpatch_restores(kind):
 
 @pytest.mark.parametrize("kind", ["next", "onevision"])
 def test_check_command_builds_anyres_inputs(kind, tmp_path, capsys):
-    from c2rope.hf.check import main as check_main
+    from c2rope.cli.check_model import main as check_main
 
     config = tiny_model(kind).config
     config.architectures = [{"next": "LlavaNextForConditionalGeneration",

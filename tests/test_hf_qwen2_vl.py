@@ -1,5 +1,5 @@
 """Circle-RoPE + AGE on tiny random transformers 5.x Qwen2-VL / Qwen2.5-VL models
-(c2rope.hf.qwen2_vl), in float64 so a wrong position anywhere shows.
+(c2rope.hf.families.qwen_vl.circle_patch), in float64 so a wrong position anywhere shows.
 
 The reference is the *unpatched* model fed Circle-RoPE positions explicitly, with
 forward pre-hooks that hand each AGE M-RoPE layer the cos/sin of transformers' own

@@ -1,4 +1,4 @@
-"""The patch-time probe of the Qwen-VL patchers (c2rope/hf/qwen_probe.py): patch_model
+"""The patch-time probe of the Qwen-VL patchers (c2rope/hf/families/qwen_vl/probe.py): patch_model
 (verify=True, the default) checks that every decoder attention layer gets c2rope's
 tables and mask, and a layer the patch does not reach is named."""
 import random

@@ -1,4 +1,4 @@
-"""`python -m c2rope check MODEL`: the command line of c2rope.hf.check, which builds the
+"""`python -m c2rope check MODEL`: the command line of c2rope.cli.check_model, which builds the
 model from its config at test size, patches it and compares it with the unpatched copy.
 
 Arguments that do not fit the model (a --config name that does not exist, a Qwen-VL
@@ -6,7 +6,7 @@ option on another family) are usage errors: argparse's usage line and the reason
 code 2, never a verdict on the model."""
 from __future__ import annotations
 
-from c2rope.hf.qwen_c2rope import FRAME_AXES, FREQUENCIES  # patch_model's Qwen-VL options
+from c2rope.hf.families.qwen_vl.c2rope_patch import FRAME_AXES, FREQUENCIES  # patch_model's Qwen-VL options
 
 from .main import UsageError
 
@@ -25,7 +25,7 @@ def add_arguments(parser) -> None:
 def _check_options_fit(model: str, config, options: dict) -> None:
     """UsageError when the options do not apply to the model config.json names. A file
     that cannot be read is left to the check itself, which reports why."""
-    from c2rope.hf.check import CheckUsageError, check_usage
+    from .check_model import CheckUsageError, check_usage
     from c2rope.hf.check_input import CheckInputError, config_path, read_fields
 
     try:
@@ -42,7 +42,7 @@ def _check_options_fit(model: str, config, options: dict) -> None:
 
 def run(args) -> int:
     import c2rope
-    from c2rope.hf.check import main as check_main
+    from .check_model import main as check_main
 
     config = None
     if args.config is not None:

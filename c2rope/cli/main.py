@@ -1,4 +1,4 @@
-"""Command line: `python -m c2rope demo | info | check | diagnose` (also installed as `c2rope`).
+"""Command line: `python -m c2rope demo | info | check | families | diagnose` (also installed as `c2rope`).
 
 Each command lives in its own module, imported only when that command runs, so one
 command's dependencies (matplotlib for the pictures, the diagnostics for `diagnose`)
@@ -28,6 +28,8 @@ COMMANDS = {
     "info": ("c2rope.cli.info", "torch version, kernels built, which path each op takes per device, OpenMP threads"),
     "check": ("c2rope.cli.check", "is a model (local folder or config.json) supported on this transformers? "
               "builds it at 2 layers with random weights, patches, compares"),
+    "families": ("c2rope.cli.families", "the model families c2rope patches on this transformers (--markdown: the "
+                 "README's table)"),
     "diagnose": ("c2rope.cli.diagnose", "measure positional attention of 1D RoPE, C2RoPE, M-RoPE, "
                  "Circle-RoPE; markdown + PNG heat maps"),
 }

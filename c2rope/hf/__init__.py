@@ -9,16 +9,19 @@ Patching is per model instance: attributes of the model's own modules are swappe
 (forward wrappers, the decoder's rotary module, the attention forwards' lookup of
 `apply_rotary_pos_emb`), never transformers' module-level functions, so unpatched models
 in the same process are unaffected. Supported: transformers 4.37.x with the original
-LLaVA code (legacy.py), 4.57.x and every 5.x (modern.py), read from the model's own code
-through `introspect.py`. docs/hf.md has the user-facing details.
+LLaVA code (families/legacy.py), 4.57.x and every 5.x (the other families), read from
+the model's own code through `introspect.py`. docs/hf.md has the user-facing details.
 
 Adding a model family (the registry interface)
 -----------------------------------------------
-Write a module c2rope/hf/<family>.py with
+Write a module c2rope/hf/families/<family>.py (docs/code.md, "Adding a model family") with
 
-    from .registry import register_patcher
+    from ..registry import register_patcher
 
-    @register_patcher("my_model_type", ...)        # values of model.config.model_type
+    MODEL_TYPES = ("my_model_type",)               # values of model.config.model_type
+    DOCS = "docs/<page>.md"
+
+    @register_patcher(*MODEL_TYPES)
     def _patch(model, record, state):
         # model:  the (PEFT-unwrapped) transformers model being patched
         # record: c2rope.hf.record.PatchRecord -- make EVERY change through it:
@@ -33,14 +36,14 @@ Write a module c2rope/hf/<family>.py with
         #         .grid (fill in defaults from model.config when None)
         ...
 
-and add its name to `_FAMILY_MODULES` below (one line). A patcher may raise
-TypeError/ValueError for a model it cannot handle; patch_model then undoes whatever the
-patcher already changed. modern.patch_decoder is reusable for any decoder whose layers call
-`apply_rotary_pos_emb` and whose inner model has `rotary_emb` and `layers`.
+and add its row to `FAMILIES` in c2rope/hf/families/__init__.py (one line). A patcher may
+raise TypeError/ValueError for a model it cannot handle; patch_model then undoes whatever
+the patcher already changed. families/llama.py's patch_decoder is reusable for any
+decoder whose layers call `apply_rotary_pos_emb` and whose inner model has `rotary_emb`
+and `layers`.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -76,21 +79,12 @@ def __getattr__(name):
         return C2RoPECallback
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-# Model-family modules that register patchers; per transformers line.
-_FAMILY_MODULES = {
-    "modern": ("modern", "qwen_vl", "llava_next", "families.qwen3_5", "families.idefics3"),
-    "legacy": ("legacy",),
-}
-_loaded = False
-
-
 def _load_families() -> None:
-    global _loaded
-    if _loaded:
-        return
-    for name in _FAMILY_MODULES[transformers_line()]:
-        importlib.import_module(f".{name}", __name__)
-    _loaded = True
+    """Import the family modules of this transformers line (c2rope/hf/families: the one
+    table of families); each registers its patchers."""
+    from .families import load_families
+
+    load_families(transformers_line())
 
 
 def _base_model(model):

@@ -36,6 +36,7 @@ from torch import nn
 
 from . import context
 from .introspect import parameter_names
+from .pipeline import to_kwargs
 from .record import PatchRecord, _Unpicklable
 
 PIXEL_ARGUMENTS = ("pixel_values", "pixel_values_videos")
@@ -53,9 +54,7 @@ class EntryHooks(_Unpicklable):
 
     def pre(self, module, args, kwargs):
         layout = kwargs.pop("visual_layout", None)
-        ids = kwargs.get("input_ids")
-        if ids is None and "input_ids" in self.names and len(args) > self.names.index("input_ids"):
-            ids = args[self.names.index("input_ids")]
+        ids = to_kwargs(self.names, args, kwargs).get("input_ids")
         frame = context.open_frame(self.state, module, self.name, input_ids=ids, visual_layout=layout)
         if any(kwargs.get(name) is not None for name in PIXEL_ARGUMENTS):
             frame.images_given = True

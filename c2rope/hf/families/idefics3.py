@@ -35,7 +35,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
-from ..modern import patch_decoder
+from .llama import patch_decoder
 from ..pipeline import to_kwargs
 from ..record import _Unpicklable
 from ..registry import register_patcher

@@ -7,8 +7,8 @@
 
 Qwen3.5 is a Qwen3-VL-style model (interleaved M-RoPE, timestamp text between video
 frames, the same get_rope_index / generate() machinery) with two differences, and this
-module handles only those; everything else is the Qwen-VL patch (qwen_c2rope.py,
-qwen2_vl.py), unchanged:
+module handles only those; everything else is the Qwen-VL patch (qwen_vl/c2rope_patch.py,
+qwen_vl/circle_patch.py), unchanged:
 
 - partial rotary: only the first `head_dim * partial_rotary_factor` dims of each head
   are rotated. The text model's rotary module is built on that width and its attention
@@ -24,7 +24,7 @@ qwen2_vl.py), unchanged:
   full-attention layers only.
 
 The probe (`patch_model(..., verify=True)`) checks both: full-attention layers rotate by
-c2rope's positions and get its mask (qwen_probe.py), and every linear-attention layer
+c2rope's positions and get its mask (qwen_vl/probe.py), and every linear-attention layer
 gets, on a left-padded prompt, the very mask the unpatched text model hands it.
 
 Refused: a transformers release without Qwen3.5 (TypeError); packed rows (several
@@ -44,13 +44,16 @@ from ...circle import CircleRoPEConfig
 from ...config import C2RoPEConfig
 from ...mrope import mm_token_type_ids_from_input_ids
 from ..packing import sample_ids
-from ..qwen2_vl import apply_circle_patch
-from ..qwen_c2rope import apply_c2rope_patch, call_arguments, find_parts
-from ..qwen_probe import _weight, probe_prompt, run_probe, token_mixer
+from .qwen_vl.circle_patch import apply_circle_patch
+from .qwen_vl.c2rope_patch import apply_c2rope_patch, call_arguments, find_parts
+from .qwen_vl.check import check_lines, run_check, shrink_config  # noqa: F401  (the Qwen-VL check covers Qwen3.5)
+from .qwen_vl.probe import _weight, probe_prompt, run_probe, token_mixer
 from ..record import PatchRecord
 from ..registry import register_patcher
 
 MODEL_TYPES = ("qwen3_5", "qwen3_5_moe")
+CHECK_CLASSES = {"qwen3_5": "Qwen3_5ForConditionalGeneration", "qwen3_5_moe": "Qwen3_5MoeForConditionalGeneration"}
+DOCS = "docs/qwen.md"
 FULL_ATTENTION = "full_attention"
 _MASK_BUILDER = "create_recurrent_attention_mask"  # what the release's text forward calls for linear layers
 
@@ -107,11 +110,12 @@ class LayerTypeMasks:
         position_ids = bound.get("position_ids")
         text_positions = position_ids[0] if isinstance(position_ids, torch.Tensor) and position_ids.dim() == 3 \
             and position_ids.shape[0] == 4 else None
-        offered = {"config": self.text.config, "inputs_embeds": embeds, "attention_mask": bound.get("attention_mask"),
-                   "cache": bound.get("cache", bound.get("past_key_values")),
-                   "past_key_values": bound.get("past_key_values", bound.get("cache")),
-                   "position_ids": text_positions}
         names = inspect.signature(self.builder).parameters
+        # The cache under one name only: 5.25 takes `cache` and still accepts the deprecated
+        # `past_key_values`, warning (FutureWarning) when both are passed.
+        cache_name = "cache" if "cache" in names else "past_key_values"
+        offered = {"config": self.text.config, "inputs_embeds": embeds, "attention_mask": bound.get("attention_mask"),
+                   cache_name: bound.get("cache", bound.get("past_key_values")), "position_ids": text_positions}
         own = self.builder(**{name: value for name, value in offered.items() if name in names})
         for kind in self.other_types:
             masks[kind] = own

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import List, Optional
+from typing import List
 
 import torch
 
-MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe")
+MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe")  # this check's (Qwen3.5 included)
 # Interleaved M-RoPE sections, and timestamp text between video frames.
 _INTERLEAVED = ("qwen3_vl", "qwen3_5", "qwen3_5_moe")
 # Hybrid stacks at test size: one linear-attention layer, then one full-attention layer.
@@ -33,13 +33,8 @@ _HYBRID_SMALL = dict(linear_num_key_heads=1, linear_num_value_heads=1, linear_ke
                      shared_expert_intermediate_size=32)
 LAYERS = 2
 VISION = dict(depth=1, hidden_size=32, intermediate_size=64, embed_dim=32, num_heads=2)
-VOCAB = 512
 _SPECIAL = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
 _TEXT = 5  # a plain text token id (below every special id after shrinking)
-
-
-def is_qwen_vl(config) -> bool:
-    return getattr(config, "model_type", None) in MODEL_TYPES
 
 
 def _text_config(config):
@@ -69,14 +64,14 @@ def linear_layers(config) -> int:
     return sum(kind == "linear_attention" for kind in (getattr(_text_config(config), "layer_types", None) or ()))
 
 
-def shrink_qwen(config):
-    """2 text layers of one head whose rotated part is the checkpoint's rotary width (twice
-    the sum of mrope_section), a one-block vision tower projecting into it, a small
-    vocabulary with the special tokens moved to its top. A hybrid stack keeps one
-    linear-attention layer (small) before its full-attention layer."""
-    from .check import _drop_large_ids
+def shrink_config(config) -> None:
+    """In place, after check's generic shrink (which already dropped special ids past the
+    small vocabulary): 2 text layers of one head whose rotated part is the checkpoint's
+    rotary width (twice the sum of mrope_section), a one-block vision tower projecting
+    into it, a small vocabulary with the special tokens moved to its top. A hybrid stack
+    keeps one linear-attention layer (small) before its full-attention layer."""
+    from ....cli.check_parts import VOCAB
 
-    config = copy.deepcopy(config)
     text = _text_config(config)
     width = 2 * sum(mrope_section(config))
     head_dim = round(width / partial_rotary_factor(config))
@@ -84,7 +79,6 @@ def shrink_qwen(config):
                             num_attention_heads=1, num_key_value_heads=1, head_dim=head_dim,
                             vocab_size=VOCAB).items():
         setattr(text, name, value)
-    _drop_large_ids({id(h): h for h in (config, text)}.values())
     if linear_layers(config):
         text.layer_types = list(_HYBRID_LAYERS)
         for name, value in _HYBRID_SMALL.items():
@@ -106,12 +100,16 @@ def shrink_qwen(config):
         for holder in (config, text):
             if getattr(holder, name, None) is not None:
                 setattr(holder, name, VOCAB - offset)
-    return config
+
+
+def check_lines(config, patch_config=None, options=None) -> List[str]:
+    """The report's header line on the checkpoint's config: its frequency split."""
+    return [split_line(config, patch_config, options)]
 
 
 def split_line(config, patch_config=None, options=None) -> str:
     """Which frequency split the patch rotates by, in words."""
-    from ..circle import CircleRoPEConfig
+    from ....circle import CircleRoPEConfig
 
     sections = mrope_section(config)
     kind = "interleaved" if config.model_type in _INTERLEAVED else "chunked"
@@ -130,7 +128,7 @@ def split_line(config, patch_config=None, options=None) -> str:
     options = dict(options or {})
     frames = " (frame index on the slower half of m's slots)" if options.get("frame_axis") == "separate" else ""
     if options.get("frequencies", "model") == "c2rope":
-        from ..config import C2RoPEConfig
+        from ....config import C2RoPEConfig
 
         d_t, d_s = (patch_config or C2RoPEConfig()).split(2 * sum(sections))
         return (f"frequency split: c2rope's own (d_temporal={d_t}, d_spatial={d_s}) instead of {model}"
@@ -201,12 +199,12 @@ def describe_inputs(config) -> str:
             f"{vt * vh * vw // merge ** 2} video tokens; random pixels")
 
 
-def run_qwen_check(plan, patch_config=None, options=None, say=print):
+def run_check(plan, patch_config=None, options=None, say=print):
     """The CheckResults of a Qwen-VL config (see the module docstring); `plan` is
-    c2rope.hf.check.prepare's, its config already shrunk by shrink_qwen."""
+    c2rope.cli.check_model.prepare's, its config already shrunk by shrink_config."""
     import c2rope
 
-    from .check import CheckResult, build
+    from ....cli.check_parts import CheckResult, build
 
     small = plan.config
     model = build(small, plan.model_class)
@@ -239,4 +237,4 @@ def run_qwen_check(plan, patch_config=None, options=None, say=print):
     return results
 
 
-__all__ = ["MODEL_TYPES", "describe_inputs", "is_qwen_vl", "qwen_inputs", "run_qwen_check", "shrink_qwen", "split_line"]
+__all__ = ["MODEL_TYPES", "check_lines", "describe_inputs", "qwen_inputs", "run_check", "shrink_config", "split_line"]

@@ -26,32 +26,32 @@ What changes, on this model instance only (undone exactly by unpatching):
   d_temporal slots for m, then x/y interleaved or blocked), replacing the text model's
   rotary output; text positions (p, p, p) give plain RoPE under either split.
 - options={"frame_axis": "separate"}: the frame index of video tokens rotates the slower
-  half of the slots m has under that split (qwen_tables.FrameAxisTable; "temporal", the
+  half of the slots m has under that split (tables.FrameAxisTable; "temporal", the
   default, leaves the frame order to m).
 - A chunk with new images after a KV cache (a later turn, through forward) is placed as
   in one uncached call over the whole conversation (`continuation_positions`).
-- `record.probe` (qwen_probe.C2RoPEProbe) checks every layer at patch time.
+- `record.probe` (probe.C2RoPEProbe) checks every layer at patch time.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import inspect
-import threading
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 
-from ..mrope import IMAGE, VIDEO, c2rope_mrope_position_ids, mm_token_type_ids_from_input_ids, mrope_decode_position_ids
-from ..mrope import qwen_vision_spans
-from . import context, packing, qwen_packing
-from .introspect import cache_argument, parameter_names, past_length
-from .masks import decoder_mask
-from .pipeline import to_kwargs
-from .record import PatchRecord
-from .qwen_tables import C2RoPEAxisTable, FrameAxisTable, c2rope_row_table, model_row_table, three_rows
-from .state import MASKABLE_IMPLEMENTATIONS, C2RoPEState, CallPlan
+from ....mrope import IMAGE, VIDEO, c2rope_mrope_position_ids, mm_token_type_ids_from_input_ids, mrope_decode_position_ids
+from ....mrope import qwen_vision_spans
+from ... import context, packing
+from . import packed
+from ...introspect import cache_argument, parameter_names, past_length
+from ...masks import decoder_mask
+from ...pipeline import to_kwargs
+from ...record import PatchRecord
+from .tables import C2RoPEAxisTable, FrameAxisTable, c2rope_row_table, model_row_table, three_rows
+from ...state import MASKABLE_IMPLEMENTATIONS, C2RoPEState, CallPlan
 
 # Said with every refusal of grids that do not fit the tokens: the usual cause is a
 # conversation continued from a KV cache through generate().
@@ -107,10 +107,10 @@ class QwenC2RoPE:
         self.merge = int(vision.spatial_merge_size)
         self.image_token_id = inner.config.image_token_id
         self.video_token_id = getattr(inner.config, "video_token_id", None)
-        self.tables = []  # rotary wrappers (qwen_tables.py), innermost first
+        self.tables = []  # rotary wrappers (tables.py), innermost first
         # Hybrid stacks (Qwen3.5): (mask, text forward arguments) -> the per-layer-type masks.
         self.layer_masks: Optional[Callable] = None
-        self._local = threading.local()  # the last prompt's spans, per thread
+        self._local = context.ThreadMemory()  # the last prompt's spans, per thread
 
     def vision_types(self, input_ids, mm_token_type_ids) -> Optional[torch.Tensor]:
         """0 / 1 / 2 (text / image / video) per token: from the ids when given (what
@@ -254,27 +254,27 @@ def _inner_forward(original: Callable, qwen: QwenC2RoPE, cache_name, *args, **kw
     """Note the chunk's images and frames for the text model (a call frame) and the
     rotary; a chunk after a KV cache gets its positions here when transformers' forward
     would get them wrong (`continuation_positions`, `_decode_positions`); a packed row
-    gets every sample's positions alone and its sample ids (`qwen_packing`)."""
-    from ..layout import VisualLayout
+    gets every sample's positions alone and its sample ids (`packed.py`)."""
+    from ....layout import VisualLayout
 
     arguments = call_arguments(original, args, kwargs)
     types = qwen.vision_types(arguments.get("input_ids"), arguments.get("mm_token_type_ids"))
     past = past_length(arguments.get(cache_name)) if cache_name else 0
     layout = spans = position_ids = samples = None
     if types is not None:
-        samples = qwen_packing.packed_samples(arguments, *types.shape, types.device)
+        samples = packed.packed_samples(arguments, *types.shape, types.device)
     else:
-        qwen_packing.refuse_unplaceable(arguments)
+        packed.refuse_unplaceable(arguments)
     if _has_vision(types):
         spans, _ = qwen.spans(types, arguments)
     if spans is None:
         samples = None  # text-only packed rows stay transformers' (their boundaries were validated)
     if spans is not None and samples is not None:
-        qwen_packing.check_packed(spans, samples, past)
+        packed.check_packed(spans, samples, past)
         starts = packing.sample_starts(samples)
         rows, _ = c2rope_mrope_position_ids(spans, types.shape[1], qwen.state.config, None, device=types.device,
                                             sample_starts=starts)
-        position_ids = qwen_packing.four_rows(samples, rows)
+        position_ids = packed.four_rows(samples, rows)
     elif spans is not None:
         if past:
             _check_continuation(arguments, types, spans)
@@ -343,7 +343,7 @@ def continuation_positions(qwen: QwenC2RoPE, spans, types, arguments, past: int)
     only depend on m from there on (text counts on, an image's (x, y) are centred on its
     own mean m), so they are built for the chunk behind that many text tokens: the whole
     conversation in one uncached call gives the same numbers, rounded the same way."""
-    from ..mrope import VisionSpan
+    from ....mrope import VisionSpan
 
     inner = qwen.inner
     batch, q_len = types.shape
@@ -404,7 +404,7 @@ def _text_forward(original: Callable, qwen: QwenC2RoPE, names, cache_name, *args
 
 def apply_c2rope_patch(model: nn.Module, record: PatchRecord, state: C2RoPEState, options=None) -> QwenC2RoPE:
     """Make every change through `record` (so it can be undone)."""
-    from .qwen_probe import C2RoPEProbe
+    from .probe import C2RoPEProbe
 
     options = check_options(options)
     if state.config.text_spatial != "temporal":

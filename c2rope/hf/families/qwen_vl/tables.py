@@ -1,5 +1,5 @@
 """The cos/sin tables a patched Qwen-VL text model rotates by, when they are not the
-model's own (c2rope/hf/qwen_c2rope.py installs these on the text model's `rotary_emb`):
+model's own (c2rope_patch.py installs these on the text model's `rotary_emb`):
 
 - `C2RoPEAxisTable` (options frequencies="c2rope"): the rows (t, h, w) = (m, y, x)
   rotated by the config's axis table instead of the model's M-RoPE sections;
@@ -19,8 +19,8 @@ from typing import Callable, List
 import torch
 from torch import nn
 
-from ..config import AXIS_M, AXIS_X, AXIS_Y, C2RoPEConfig
-from ..mrope import frame_axis_positions, frame_axis_table, mrope_axis_table
+from ....config import AXIS_M, AXIS_X, AXIS_Y, C2RoPEConfig
+from ....mrope import frame_axis_positions, frame_axis_table, mrope_axis_table
 
 # Row of the [3, B, S] (t, h, w) positions each C2RoPE axis is delivered on.
 ROW_OF_AXIS = {AXIS_M: 0, AXIS_Y: 1, AXIS_X: 2}
@@ -77,7 +77,7 @@ def c2rope_row_table(rotary: nn.Module, config: C2RoPEConfig) -> List[int]:
 
 def _tables(rotary: nn.Module, positions: torch.Tensor, table, per_row: bool, dtype):
     """cos, sin for positions [A, B, S] (A rows) by `table` (one row index per slot)."""
-    from ..rotary import rotary_cos_sin
+    from ....rotary import rotary_cos_sin
 
     axis = torch.tensor(table, dtype=torch.int32, device=positions.device)
     cos, sin = rotary_cos_sin(positions.permute(1, 2, 0).to(torch.float32), rotary.inv_freq.to(positions.device),

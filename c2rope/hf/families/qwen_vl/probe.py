@@ -22,7 +22,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from ..mrope import IMAGE, VIDEO, VisionSpan, c2rope_mrope_position_ids, mrope_position_ids
+from ....mrope import IMAGE, VIDEO, VisionSpan, c2rope_mrope_position_ids, mrope_position_ids
 
 _PROBE_TOLERANCE = 1e-5  # tables of wrong positions differ by O(1)
 
@@ -85,7 +85,7 @@ def run_probe(inner: nn.Module, text: nn.Module, arguments: dict) -> List[dict]:
     """Run the inner model once; per decoder layer, its kind ("attention" / "linear",
     `token_mixer`) and the position_embeddings and attention_mask its token mixer got.
     The model's rope_deltas come back as they were."""
-    from .pipeline import _probe_implementation
+    from ...pipeline import _probe_implementation
 
     seen = [{"kind": token_mixer(layer)[0], "calls": 0, "cos": None, "mask": None} for layer in text.layers]
 
@@ -130,15 +130,15 @@ def _check_calls(seen, text) -> None:
 
 
 class C2RoPEProbe:
-    """`record.probe` of a C2RoPE-patched Qwen-VL model (c2rope/hf/qwen_c2rope.py)."""
+    """`record.probe` of a C2RoPE-patched Qwen-VL model (c2rope_patch.py)."""
 
     def __init__(self, qwen):
         self.qwen = qwen
 
     def __call__(self, state=None) -> None:
-        from .masks import dense_mask
-        from .pipeline import _is_expected_mask
-        from .state import C2RoPEState, CallPlan
+        from ...masks import dense_mask
+        from ...pipeline import _is_expected_mask
+        from ...state import C2RoPEState, CallPlan
 
         qwen = self.qwen
         inner, text = qwen.inner, qwen.text
@@ -172,7 +172,7 @@ class C2RoPEProbe:
 
 
 class CircleProbe:
-    """`record.probe` of a Circle-RoPE-patched Qwen-VL model (c2rope/hf/qwen2_vl.py)."""
+    """`record.probe` of a Circle-RoPE-patched Qwen-VL model (circle_patch.py)."""
 
     def __init__(self, circle, text: nn.Module):
         self.circle = circle

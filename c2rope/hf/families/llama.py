@@ -1,6 +1,6 @@
-"""Patchers for transformers 4.57.x and 5.x: Llama, Mistral, Qwen2 (and any decoder
-built the same way) and LLaVA (`LlavaForConditionalGeneration`, any of those as
-language model).
+"""The Llama family on transformers 4.57.x and 5.x: Llama, Mistral, Qwen2, and the
+generic decoder patch (`patch_decoder`) that LLaVA and LLaVA-NeXT / OneVision reuse for
+their language model (any decoder built the same way).
 
 These releases compute cos/sin once per forward in the decoder's `rotary_emb` and pass
 them to every attention layer, which calls the module-level `apply_rotary_pos_emb`.
@@ -21,12 +21,16 @@ from __future__ import annotations
 
 from torch import nn
 
-from .introspect import uses_global
-from .entry import add_entry_points
-from .pipeline import ROTARY_GLOBAL, C2RotaryAdapter, Delivery, hook_decoder
-from .record import PatchRecord, bind_forward_with_globals
-from .registry import register_patcher
-from .state import C2RoPEState
+from ..introspect import uses_global
+from ..entry import add_entry_points
+from ..pipeline import ROTARY_GLOBAL, C2RotaryAdapter, Delivery, hook_decoder
+from ..record import PatchRecord, bind_forward_with_globals
+from ..registry import register_patcher
+from ..state import C2RoPEState
+
+MODEL_TYPES = ("llama", "mistral", "qwen2")
+CHECK_CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+DOCS = "docs/hf.md"
 
 
 def find_decoder(model: nn.Module) -> nn.Module:
@@ -56,8 +60,8 @@ def check_attention_layers(attentions, release_hint: str) -> None:
 def patch_decoder(model: nn.Module, record: PatchRecord, state: C2RoPEState, inner_spans=None) -> None:
     import transformers
 
-    from .. import rotary as c2rope_rotary
-    from ..rotary import C2RotaryEmbedding
+    from ... import rotary as c2rope_rotary
+    from ...rotary import C2RotaryEmbedding
 
     decoder = find_decoder(model)
     attentions = [layer.self_attn for layer in decoder.layers]
@@ -72,20 +76,6 @@ def patch_decoder(model: nn.Module, record: PatchRecord, state: C2RoPEState, inn
     record.probe = (decoder, attentions)
 
 
-@register_patcher("llama", "mistral", "qwen2")
+@register_patcher(*MODEL_TYPES)
 def _patch_causal_lm(model, record, state):
-    patch_decoder(model, record, state)
-
-
-@register_patcher("llava")
-def _patch_llava(model, record, state):
-    config = model.config
-    if state.image_token_id is None:
-        state.image_token_id = getattr(config, "image_token_id", None)
-        if state.image_token_id is None:
-            state.image_token_id = getattr(config, "image_token_index", None)
-    if state.grid is None:
-        vision = config.vision_config
-        side = vision.image_size // vision.patch_size
-        state.grid = (side, side)
     patch_decoder(model, record, state)

@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from . import packing
+from ... import packing
 
 
 def text_row(position_ids) -> Optional[torch.Tensor]:
@@ -89,10 +89,10 @@ def block_diagonal_mask(samples: torch.Tensor, text_config, cache, dtype, device
     """The causal, block-diagonal mask of a packed row without c2rope's Chebyshev mask
     (Circle-RoPE), in the form the implementation takes; None where the implementation
     separates samples itself (FlashAttention)."""
-    from ..config import C2RoPEConfig
-    from ..layout import VisualLayout
-    from .masks import decoder_mask
-    from .state import MASKABLE_IMPLEMENTATIONS, C2RoPEState, CallPlan
+    from ....config import C2RoPEConfig
+    from ....layout import VisualLayout
+    from ...masks import decoder_mask
+    from ...state import MASKABLE_IMPLEMENTATIONS, C2RoPEState, CallPlan
 
     if getattr(text_config, "_attn_implementation", None) not in MASKABLE_IMPLEMENTATIONS:
         return None

@@ -1,7 +1,7 @@
 """Patcher for transformers' LLaVA-NeXT and LLaVA-OneVision (`LlavaNextForConditionalGeneration`,
 `LlavaOnevisionForConditionalGeneration`, and their bare `...Model`s), 4.57 and 5.x.
 
-The decoder is patched as for plain LLaVA (modern.patch_decoder). What differs is where
+The decoder is patched as for plain LLaVA (families/llama.py, patch_decoder). What differs is where
 the images are: an anyres image is not one grid of `image_token_id`s but a base view and
 an unpadded high-resolution grid with newline tokens (anyres.py), whose sizes depend on
 the call's `image_sizes`. So the inner model's entry hook (entry.py; every path that
@@ -18,11 +18,16 @@ from typing import Optional
 import torch
 
 from .anyres import AnyresGeometry, Spans, merge_rows, placeholder_spans
-from .introspect import parameter_names
-from .modern import patch_decoder
-from .pipeline import to_kwargs
-from .record import _Unpicklable
-from .registry import register_patcher
+from ...introspect import parameter_names
+from ..llama import patch_decoder
+from ...pipeline import to_kwargs
+from ...record import _Unpicklable
+from ...registry import register_patcher
+
+MODEL_TYPES = ("llava_next", "llava_onevision")
+CHECK_CLASSES = {"llava_next": "LlavaNextForConditionalGeneration",
+                 "llava_onevision": "LlavaOnevisionForConditionalGeneration"}
+DOCS = "docs/anyres.md"
 
 
 def call_spans(geometry: AnyresGeometry, image_token_id: int, video_token_id: Optional[int], arguments: dict):
@@ -107,7 +112,7 @@ class AnyresSpans(_Unpicklable):
         return call_spans(self.geometry, self.image_token_id, self.video_token_id, to_kwargs(names, args, kwargs))
 
 
-@register_patcher("llava_next", "llava_onevision")
+@register_patcher(*MODEL_TYPES)
 def _patch_anyres(model, record, state):
     config = model.config
     if state.grid is not None:
@@ -126,16 +131,24 @@ def _patch_anyres(model, record, state):
     patch_decoder(model, record, state, inner_spans=AnyresSpans(geometry, state.image_token_id, video_token_id))
 
 
-def check_image(model, generator: torch.Generator):
-    """`python -m c2rope check`: one image shaped like the smallest grid pinpoint with 30%
-    of its height cut (so the high-res part is unpadded). Returns (placeholder tokens,
-    {"pixel_values", "image_sizes"})."""
+def check_inputs(model, generator: torch.Generator):
+    """`python -m c2rope check`: a prompt with one image shaped like the smallest grid
+    pinpoint with 30% of its height cut (so the high-res part is unpadded), the
+    text-only prompt, the rows to compare and the report's line on the image."""
+    from ....cli.check_parts import SEQ_TEXT, config_image_token_id, image_prompt, surrounding_text
+
+    before, after = surrounding_text(generator)
     geometry = AnyresGeometry(model)
     height, width = min(geometry.pinpoints, key=lambda p: p[0] * p[1])
     height = max(1, round(height * 0.7))
     rows, cols = geometry.tile_grid(height, width)
     tiles = 1 + rows * cols  # the base view, then the tiles
-    channels = getattr(model.config.vision_config, "num_channels", 3)
-    pixels = torch.randn(1, tiles, channels, geometry.tile, geometry.tile, generator=generator)
-    return geometry.image(height, width).num_tokens, {"pixel_values": pixels,
-                                                      "image_sizes": torch.tensor([[height, width]])}
+    vision = model.config.vision_config
+    pixels = torch.randn(1, tiles, getattr(vision, "num_channels", 3), geometry.tile, geometry.tile,
+                         generator=generator)
+    image = geometry.image(height, width)
+    with_image, text, compared = image_prompt(before, after, image.num_tokens, config_image_token_id(model.config),
+                                              {"pixel_values": pixels, "image_sizes": torch.tensor([[height, width]])})
+    what = (f"synthetic image: {height}x{width} px (image_sizes), {tiles} tiles of {vision.image_size} px -> "
+            f"{image.num_tokens} image tokens ({image.describe()}), between {SEQ_TEXT} + {SEQ_TEXT} text tokens")
+    return with_image, text, compared, what

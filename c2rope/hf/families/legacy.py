@@ -13,23 +13,29 @@ sin, position_ids)` gathers them by `position_ids`. So, per instance:
 - LLaVA: `prepare_inputs_labels_for_multimodal` is wrapped to record where the image
   features were spliced into `inputs_embeds` (the ids never reach the decoder); the
   record lives only as long as those embeddings.
+
+It is a family module like the others (patchers registered by model_type), only for
+another transformers line: its row in FAMILIES says line="legacy", so it is imported
+instead of the 4.57 / 5.x families (it registers "llama" too, patched the 4.37 way).
 """
 from __future__ import annotations
 
 from torch import nn
 
-from .introspect import uses_global
-from .entry import add_entry_points
-from .pipeline import ROTARY_GLOBAL, LegacyDelivery, hook_decoder, legacy_apply_rotary_pos_emb
-from .record import PatchRecord, bind_forward_with_globals
-from .registry import register_patcher
-from .state import C2RoPEState
+from ..introspect import uses_global
+from ..entry import add_entry_points
+from ..pipeline import ROTARY_GLOBAL, LegacyDelivery, hook_decoder, legacy_apply_rotary_pos_emb
+from ..record import PatchRecord, bind_forward_with_globals
+from ..registry import register_patcher
+from ..state import C2RoPEState
 
+MODEL_TYPES = ("llama", "llava_llama")
+DOCS = "docs/hf.md"
 LLAVA_IMAGE_TOKEN_INDEX = -200  # llava.constants.IMAGE_TOKEN_INDEX
 
 
 def _legacy_rope(rotary_module: nn.Module, config):
-    from ..rotary import C2RotaryEmbedding
+    from ...rotary import C2RotaryEmbedding
 
     name = type(rotary_module).__name__
     if "Dynamic" in name:
@@ -84,7 +90,7 @@ def splice_spans(input_ids, attention_mask, grid, out_len: int, model_config):
     """Image spans of the sequences LLaVA's prepare_inputs_labels_for_multimodal builds:
     per row, padding removed, each IMAGE_TOKEN_INDEX replaced by H*W feature tokens,
     truncated to tokenizer_model_max_length, padded (right, or left) to out_len."""
-    from ..layout import VisualLayout
+    from ...layout import VisualLayout
 
     grids = VisualLayout._parse_grids(grid)  # (H, W) for every image, or a list per image
     next_grid = 0
