@@ -19,6 +19,14 @@ VENV=".venv-hf-$WANT"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv --system-site-packages "$VENV"
 # torch is the main environment's (pinned): never let this resolve another one.
 "$VENV/bin/python" -m pip install -q "transformers==$WANT" "torch==$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')"
+# `kernels` (a dependency from transformers 5.25, pinned in the main environment) is seen
+# through --system-site-packages. Releases 5.0-5.x older than its API build their hub-kernel
+# table at import and fail ("Either a revision or a version must be specified") with
+# kernels 0.19: such a release gets the kernels of its time in its own venv.
+if ! "$VENV/bin/python" -c 'from transformers import LlamaForCausalLM' 2>/dev/null; then
+    echo "transformers $WANT does not import beside kernels $("$PY" -c 'import importlib.metadata as m; print(m.version("kernels"))' 2>/dev/null); installing kernels<0.11 into its venv"
+    "$VENV/bin/python" -m pip install -q "kernels<0.11"
+fi
 "$VENV/bin/python" - <<'PY'
 import transformers, torch, c2rope
 print(f"lane: transformers {transformers.__version__}, torch {torch.__version__}, c2rope from {c2rope.__file__}")

@@ -18,8 +18,10 @@ What differs per family comes from the family's module in c2rope/hf/families/ (f
 model_type through the families table), each attribute optional: `CHECK_CLASSES` (the
 class to build when config.json names none), `shrink_config(config)` (after the generic
 shrink, in place), `check_lines(config, patch_config, options)` (more header lines about
-the checkpoint's config), `check_inputs(model, generator)` (the prompt with one image)
-and `run_check(plan, patch_config, options, say)` (the whole check, in place of the
+the checkpoint's config), `check_inputs(model, generator)` (the prompt with one image),
+`check_uncached_tokens(model, generate_kwargs)` (the greedy tokens without a KV cache,
+where the release's generate(use_cache=False) is not the model's: Idefics3 / SmolVLM on
+5.0) and `run_check(plan, patch_config, options, say)` (the whole check, in place of the
 generic one). A model type with no family module (registered with register_patcher
 alone) gets the generic path.
 """
@@ -316,7 +318,10 @@ def run_check(plan: Plan, config_override=None, options=None, say: Callable[[str
         generate = dict(with_image, max_new_tokens=4, do_sample=False, pad_token_id=0,
                         suppress_tokens=[image_token_id])
         cached = model.generate(**generate, use_cache=True)
-        uncached = model.generate(**generate, use_cache=False)
+        if hasattr(family, "check_uncached_tokens"):  # the release's uncached generate drops the images
+            uncached = family.check_uncached_tokens(model, generate)
+        else:
+            uncached = model.generate(**generate, use_cache=False)
         results.append(CheckResult("greedy tokens with and without the KV cache match",
                                    bool(torch.equal(cached, uncached)), f"{cached[0, -4:].tolist()} vs "
                                    f"{uncached[0, -4:].tolist()}"))

@@ -12,7 +12,7 @@ plus one line in it (docs/code.md, "Adding a model family"). A family module pro
 - optional `require_release(model_type)`: TypeError naming the release when the installed
   transformers lacks the family;
 - optional, for `python -m c2rope check` (c2rope/cli/check_model.py): `CHECK_CLASSES`,
-  `shrink_config`, `check_lines`, `check_inputs`, `run_check`.
+  `shrink_config`, `check_lines`, `check_inputs`, `check_uncached_tokens`, `run_check`.
 
 The README's family table is generated from this table and the modules' attributes
 (`python -m c2rope families --markdown`; tests/test_hf_families.py keeps them equal).
@@ -57,6 +57,7 @@ FAMILIES: List[Family] = [
     Family(".qwen_vl", "Qwen2-VL, Qwen2.5-VL, Qwen3-VL", _ALL_LINES),
     Family(".qwen3_5", "Qwen3.5 dense and MoE", "5.24.0, 5.25.0 (not in 4.57.6, 5.0.0)"),
     Family(".gemma", "Gemma 3, Gemma 4", "Gemma 3: 5.0.0, 5.24.0, 5.25.0; Gemma 4: 5.24.0, 5.25.0 (both refused on 4.57.6)"),
+    Family(".idefics3", "Idefics3, SmolVLM / SmolVLM2 (tiles)", _ALL_LINES),
     Family(".legacy", "Llama, original LLaVA (llava-torch 1.2.2.post1)", "4.37.2", line="legacy"),
 ]
 
