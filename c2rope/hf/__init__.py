@@ -78,7 +78,8 @@ def __getattr__(name):
 
 # Model-family modules that register patchers; per transformers line.
 _FAMILY_MODULES = {
-    "modern": ("modern", "qwen_vl", "llava_next", "families.qwen3_5"),
+    "modern": ("modern", "qwen_vl", "llava_next", "families.qwen3_5", "families.internvl",
+               "families.llava_onevision1_5"),
     "legacy": ("legacy",),
 }
 _loaded = False

@@ -84,6 +84,22 @@ def supported_model_types() -> List[str]:
     return registered()
 
 
+def family_module(model_type: str):
+    """The families-wing module (c2rope/hf/families/) that handles `model_type`, or None.
+    Its optional attributes drive the check: CHECK_CLASSES, require_release,
+    shrink_config, check_inputs."""
+    import sys
+
+    from . import _FAMILY_MODULES, _load_families
+
+    _load_families()
+    for name in _FAMILY_MODULES["modern"]:
+        module = sys.modules.get(f"{__package__}.{name}")
+        if name.startswith("families.") and model_type in getattr(module, "MODEL_TYPES", ()):
+            return module
+    return None
+
+
 def model_class(config):
     """(class, why): the first class of `architectures` transformers has and that takes
     this config; else the family's class by model_type; else AutoModelForCausalLM's."""
@@ -96,8 +112,9 @@ def model_class(config):
                 issubclass(config_class, getattr(cls, "config_class", None) or ()):
             return cls, "from architectures"
     named = f"config.json names {config.architectures}" if config.architectures else "config.json names no architectures"
-    if config.model_type in CLASSES:
-        return getattr(transformers, CLASSES[config.model_type]), f"from model_type; {named}"
+    classes = dict(CLASSES, **getattr(family_module(config.model_type), "CHECK_CLASSES", {}))
+    if config.model_type in classes:
+        return getattr(transformers, classes[config.model_type]), f"from model_type; {named}"
     mapping = transformers.AutoModelForCausalLM._model_mapping
     if config_class in mapping:
         return mapping[config_class], f"from model_type; {named}"
@@ -249,10 +266,18 @@ def prepare(path: str, config_override=None, options=None) -> Plan:
     if model_type not in supported:
         raise NotSupported(f"model_type {model_type!r} is not one c2rope patches (supported: {', '.join(supported)}); "
                            f"refused from config.json alone, nothing was built")
+    family = family_module(model_type)
+    if callable(getattr(family, "require_release", None)):
+        try:
+            family.require_release(model_type)
+        except TypeError as exc:
+            raise NotSupported(f"{exc}; refused from config.json alone, nothing was built") from None
     config = model_config(fields, path)
     check_usage(model_type, config_override, options)
     cls, reason = model_class(config)
     small = shrink_qwen(config) if is_qwen_vl(config) else shrink(config)
+    if callable(getattr(family, "shrink_config", None)):
+        family.shrink_config(small)
     force_float32(small)
     image = _vision_budget(small) if not is_qwen_vl(config) else ""
     count = _guard_size(cls, small)
@@ -326,7 +351,11 @@ def run_check(plan: Plan, config_override=None, options=None, say: Callable[[str
     grid = (2, 3) if decoder_only else None
     c2rope.patch_model(model, config_override, image_token_id=image_token_id, grid=grid, options=options)
     state = vars(model)["_c2rope_record"].state
-    with_image, text, image_rows, what = _inputs(model, image_token_id, tuple(state.grid))
+    family = family_module(config.model_type)
+    if callable(getattr(family, "check_inputs", None)):
+        with_image, text, image_rows, what = family.check_inputs(model, torch.Generator().manual_seed(0))
+    else:
+        with_image, text, image_rows, what = _inputs(model, image_token_id, tuple(state.grid))
     say(f"  {what}")
     results = []
     with torch.no_grad():

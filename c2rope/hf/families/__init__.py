@@ -8,6 +8,8 @@ loaded through one line of `_FAMILY_MODULES` in c2rope/hf/__init__.py: that tabl
 one list of families. Members so far:
 
 - qwen3_5.py: Qwen3.5, dense and MoE (model types qwen3_5, qwen3_5_moe).
+- internvl.py: InternVL (internvl), one grid per tile (docs/tiles.md).
+- llava_onevision1_5.py: LLaVA-OneVision-1.5 (llava_onevision1_5), one grid per image or frame.
 
 The older families (c2rope/hf/modern.py, llava_next.py, qwen_vl.py and the qwen_*
 modules) move here in a later change.
