@@ -247,3 +247,17 @@ def test_check_builds_from_model_type(tmp_path, capsys):
     assert "built as InternVLForConditionalGeneration (from model_type" in out, out
     assert "2 tiles of 12x12 px -> 2 grids of 3x3 tokens" in out, out
     assert out.count("PASS") == 4 and "FAIL" not in out and out.strip().endswith("supported"), out
+
+
+def test_packed_row_gives_each_sample_alone():
+    """Samples back to back in one row, position_ids restarting (DataCollatorWithFlattening)."""
+    model = tiny_model()
+    c2rope.patch_model(model, random.choice(CONFIGS))
+    text_ids = torch.randint(1, END - 1, (1, 7))
+    ids, mask, _, kwargs = prompt([[(2, 2)]], 30)
+    position_ids = torch.cat([torch.arange(7), torch.arange(30)]).unsqueeze(0)
+    with torch.no_grad():
+        packed = model(input_ids=torch.cat([text_ids, ids], dim=1), position_ids=position_ids, **kwargs).logits
+        alone = (model(input_ids=text_ids).logits, model(input_ids=ids, attention_mask=mask, **kwargs).logits)
+    torch.testing.assert_close(packed[:, :7], alone[0], **EXACT)
+    torch.testing.assert_close(packed[:, 7:], alone[1], **EXACT)

@@ -313,3 +313,18 @@ def test_refused_without_a_release_that_ships_the_family(monkeypatch, capsys):
     assert code == 2 and "NOT SUPPORTED" in out and "needs a transformers release" in out, out
     assert "nothing was built" in out
 
+
+
+@needs_family
+def test_packed_row_gives_each_sample_alone():
+    """Samples back to back in one row, position_ids restarting (DataCollatorWithFlattening)."""
+    model = tiny_model()
+    c2rope.patch_model(model, random.choice(CONFIGS))
+    text_ids = torch.randint(1, END - 1, (1, 7))
+    ids, mask, _, kwargs = prompt([[(2, 0), (12, 2)]], 30)
+    position_ids = torch.cat([torch.arange(7), torch.arange(30)]).unsqueeze(0)
+    with torch.no_grad():
+        packed = model(input_ids=torch.cat([text_ids, ids], dim=1), position_ids=position_ids, **kwargs).logits
+        alone = (model(input_ids=text_ids).logits, model(input_ids=ids, attention_mask=mask, **kwargs).logits)
+    torch.testing.assert_close(packed[:, :7], alone[0], **EXACT)
+    torch.testing.assert_close(packed[:, 7:], alone[1], **EXACT)
