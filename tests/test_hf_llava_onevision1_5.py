@@ -255,6 +255,8 @@ def test_tokens_that_disagree_with_the_grids_are_refused():
     model = tiny_model()
     with pytest.raises(ValueError, match="derives every image's grid"):
         c2rope.patch_model(model, c2rope.C2RoPEConfig(), grid=(2, 3))
+    with pytest.raises(TypeError, match="C2RoPEConfig"):
+        c2rope.patch_model(model, c2rope.CircleRoPEConfig())
     assert not c2rope.hf.is_patched(model)
     c2rope.patch_model(model, c2rope.C2RoPEConfig())
     ids, mask, _, kwargs = _two_rows()
