@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 import weakref
-from typing import List, Optional
+from typing import List
 
 import torch
 from torch import nn
