@@ -267,3 +267,18 @@ def test_packed_row_gives_each_sample_alone():
         alone = (model(input_ids=text_ids).logits, model(input_ids=ids, attention_mask=mask, **kwargs).logits)
     torch.testing.assert_close(packed[:, :7], alone[0], **EXACT)
     torch.testing.assert_close(packed[:, 7:], alone[1], **EXACT)
+
+
+def test_deep_copy_of_a_patched_model_computes_the_same():
+    model = tiny_model()
+    c2rope.patch_model(model, random.choice(CONFIGS))
+    ids, mask, _, kwargs = _two_rows()
+    common = dict(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0,
+                  suppress_tokens=[IMG], **kwargs)
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        assert torch.equal(clone(input_ids=ids, attention_mask=mask, **kwargs).logits,
+                           model(input_ids=ids, attention_mask=mask, **kwargs).logits)
+    assert torch.equal(clone.generate(**common), model.generate(**common))
+    c2rope.unpatch_model(clone)
+    assert c2rope.hf.is_patched(model) and not c2rope.hf.is_patched(clone)
