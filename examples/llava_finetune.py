@@ -51,7 +51,12 @@ def main(steps: int = 5, lora: bool = False) -> list:
         model = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
     # Non-reentrant checkpointing: with LoRA the frozen embeddings do not require grad, and
     # reentrant checkpointing (transformers 4.x's default) would then cut the graph.
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # transformers 5.25 renamed the method (activation_checkpointing_enable) and deprecated
+    # the old name; older releases have only gradient_checkpointing_enable.
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     losses = []

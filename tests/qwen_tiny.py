@@ -17,6 +17,18 @@ TIMESTAMPED = ("qwen3_vl",) + QWEN3_5_KINDS
 # Qwen3.5 tiny text stacks: one Gated DeltaNet layer, then one full-attention layer.
 QWEN3_5_LAYER_TYPES = ["linear_attention", "full_attention"]
 SUPPRESS = [IMAGE_ID, VIDEO_ID, VISION_START, VISION_END]
+HAS_QWEN3_5 = hasattr(transformers, "Qwen3_5ForConditionalGeneration")  # 4.57 and 5.0 lack it
+# Every kind the installed release can build: the shared Qwen tests run over all of them.
+ALL_KINDS = KINDS + (QWEN3_5_KINDS if HAS_QWEN3_5 else ())
+# Cached vs uncached: the release's own Gated DeltaNet (Qwen3.5), unpatched and in float64,
+# gives up to 1.1e-5 (|out| ~ 8) between one call over 70 tokens and 40 + 30 through its
+# cache (its chunked and continued kernels round differently); a wrong position or mask is O(0.1).
+LINEAR_CACHE_TOLERANCE = 1e-4
+
+
+def cache_tolerance(kind):
+    """atol of cached vs uncached logits for a kind (float32 generate() logits otherwise)."""
+    return LINEAR_CACHE_TOLERANCE if kind in QWEN3_5_KINDS else 1e-6
 
 
 def _text_config(kind, section=(2, 3, 3)):
@@ -149,11 +161,17 @@ def text_prompt():
     return ids, mask
 
 
+def attention_layers(text_model):
+    """The decoder layers that attend with positions (all of them but Qwen3.5's Gated
+    DeltaNet layers, which have no self_attn)."""
+    return [layer for layer in text_model.layers if hasattr(layer, "self_attn")]
+
+
 def age_hooks(text_model, plan, mrope):
-    """Pre-hooks that hand the layers AGE leaves on M-RoPE (plan[i] False) the cos/sin of
-    the model's own M-RoPE positions `mrope`; returns the handles."""
+    """Pre-hooks that hand the attention layers AGE leaves on M-RoPE (plan[i] False) the
+    cos/sin of the model's own M-RoPE positions `mrope`; returns the handles."""
     handles = []
-    for layer, use_circle in zip(text_model.layers, plan):
+    for layer, use_circle in zip(attention_layers(text_model), plan):
         if not use_circle:
             def hook(module, args, kwargs):
                 kwargs["position_embeddings"] = text_model.rotary_emb(args[0], mrope)

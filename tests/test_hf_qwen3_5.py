@@ -9,8 +9,13 @@ c2rope.reference, token by token, and the Chebyshev mask for the full-attention 
 the 2-D padding mask for the linear-attention ones), and for Circle-RoPE the unpatched
 model handed c2rope.mrope's Circle positions.
 
-On a transformers release without Qwen3.5 (4.57, 5.0) every model test is skipped with
-that reason, and patch_model's refusal is tested instead."""
+The tests every Qwen kind shares (prefill against the reference with both frequency
+options and the frame axis, text-only bit-exact, generate cached == uncached ==
+reference with left padding) run over Qwen3.5 too, in test_hf_qwen_c2rope.py; this file
+holds what is particular to Qwen3.5; Circle-RoPE on Qwen3.5 is tested with the other
+kinds in test_hf_qwen_circle.py. On a transformers release without Qwen3.5 (4.57,
+5.0) every model test is skipped with that reason, and patch_model's refusal is tested
+instead."""
 import importlib.util
 import json
 import random
@@ -19,50 +24,21 @@ import pytest
 import torch
 
 import c2rope
-from c2rope import C2RoPEConfig, CircleRoPEConfig
-from c2rope.circle import AGE_STRATEGIES
-from c2rope.mrope import mrope_position_ids
+from c2rope import C2RoPEConfig
 from c2rope.reference import chebyshev_mask_ref, position_ids_ref
 
 transformers = pytest.importorskip("transformers")
-from qwen_tiny import (IMAGE_ID, MERGE, QWEN3_5_KINDS, SUPPRESS, VIDEO_ID, join_turns, make_model,  # noqa: E402
-                       make_prompt, text_prompt)
+from qwen_tiny import (HAS_QWEN3_5, LINEAR_CACHE_TOLERANCE, QWEN3_5_KINDS, SUPPRESS, join_turns,  # noqa: E402
+                       make_model, make_prompt)
 from test_hf_qwen_c2rope import CONFIGS, _image_tensors, _valid_rows, reference_logits  # noqa: E402
-from test_hf_qwen_circle import _frames  # noqa: E402
 
-HAS_QWEN3_5 = hasattr(transformers, "Qwen3_5ForConditionalGeneration")
 needs_qwen3_5 = pytest.mark.skipif(
     not HAS_QWEN3_5, reason=f"transformers {transformers.__version__} does not ship Qwen3.5 (qwen3_5, qwen3_5_moe)")
 ROTARY_DIM = 16  # head_dim 64 * partial_rotary_factor 0.25
-# Cached vs uncached: the release's own Gated DeltaNet, unpatched and in float64, gives
-# up to 1.1e-5 (|out| ~ 8) between one call over 70 tokens and 40 + 30 through its cache
-# (its chunked and continued kernels round differently); a wrong position or mask is O(0.1).
-LINEAR_CACHE_TOLERANCE = 1e-4
 
 
 def _full_layers(model):
     return [layer for layer in model.model.language_model.layers if hasattr(layer, "self_attn")]
-
-
-@needs_qwen3_5
-@pytest.mark.parametrize("frequencies", ["model", "c2rope"])
-@pytest.mark.parametrize("kind", QWEN3_5_KINDS)
-def test_prefill_matches_reference(kind, frequencies):
-    model = make_model(kind)
-    config = random.choice(CONFIGS)
-    frame_axis = random.choice(["temporal", "separate"])
-    inputs, spans = make_prompt(kind)
-    want = reference_logits(model, inputs, spans, config, frequencies, frame_axis)
-    with torch.no_grad():
-        plain = model(**inputs).logits
-    c2rope.patch_model(model, config, options={"frequencies": frequencies, "frame_axis": frame_axis})
-    with torch.no_grad():
-        got = model(**inputs).logits
-    torch.testing.assert_close(_valid_rows(got, inputs), _valid_rows(want, inputs), rtol=1e-9, atol=1e-9)
-    assert (_valid_rows(got, inputs) - _valid_rows(plain, inputs)).abs().max() > 1e-3  # the patch matters
-    c2rope.unpatch_model(model)
-    with torch.no_grad():
-        assert torch.equal(model(**inputs).logits, plain)
 
 
 @needs_qwen3_5
@@ -111,60 +87,6 @@ def test_only_the_rotary_part_and_only_full_layers_change(kind):
     cos, _ = seen["full"][2]
     assert cos.shape[-1] == ROTARY_DIM < full.head_dim
     assert seen["full"][1].dim() == 4 and not torch.equal(seen["full"][1], plain["full"][1])
-
-
-@needs_qwen3_5
-@pytest.mark.parametrize("frequencies", ["model", "c2rope"])
-@pytest.mark.parametrize("kind", QWEN3_5_KINDS)
-def test_text_only_logits_unchanged(kind, frequencies):
-    model = make_model(kind)
-    ids, mask = text_prompt()
-    with torch.no_grad():
-        want = model(input_ids=ids, attention_mask=mask).logits
-    want_tokens = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
-    c2rope.patch_model(model, C2RoPEConfig(), options={"frequencies": frequencies,
-                                                       "frame_axis": random.choice(["temporal", "separate"])})
-    with torch.no_grad():
-        got = model(input_ids=ids, attention_mask=mask).logits
-        model(**make_prompt(kind)[0])  # an image prompt in between changes nothing for text
-        again = model(input_ids=ids, attention_mask=mask).logits
-    if frequencies == "model":  # the model's own rotary and masks: bit for bit
-        assert torch.equal(got, want) and torch.equal(again, want)
-    else:  # c2rope's cos/sin kernel on the same float32 inv_freq: plain RoPE at (p, p, p), to float32 rounding
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
-        torch.testing.assert_close(again, want, rtol=0, atol=1e-6)
-    got_tokens = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
-    assert torch.equal(got_tokens, want_tokens)
-
-
-@needs_qwen3_5
-@pytest.mark.parametrize("kind", QWEN3_5_KINDS)
-def test_generate_cached_equals_uncached_and_reference(kind):
-    model = make_model(kind)
-    config = random.choice(CONFIGS)
-    frequencies = random.choice(["model", "c2rope"])
-    frame_axis = random.choice(["temporal", "separate"])
-    inputs, spans = make_prompt(kind, batch=3)  # left-padded rows
-    c2rope.patch_model(model, config, options={"frequencies": frequencies, "frame_axis": frame_axis})
-    runs = {}
-    for use_cache in (True, False):
-        runs[use_cache] = model.generate(**inputs, max_new_tokens=4, do_sample=False, use_cache=use_cache,
-                                         return_dict_in_generate=True, output_logits=True,
-                                         suppress_tokens=SUPPRESS)
-    assert torch.equal(runs[True].sequences, runs[False].sequences)
-    for cached, uncached in zip(runs[True].logits, runs[False].logits):
-        torch.testing.assert_close(cached, uncached, rtol=0, atol=LINEAR_CACHE_TOLERANCE)
-    sequences = runs[True].sequences
-    seq = inputs["input_ids"].shape[1]
-    new = sequences[:, seq:]
-    full = dict(inputs, input_ids=sequences,
-                attention_mask=torch.cat([inputs["attention_mask"], torch.ones_like(new)], dim=1))
-    if "mm_token_type_ids" in inputs:
-        full["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(new)], dim=1)
-    c2rope.unpatch_model(model)
-    want = reference_logits(model, full, spans, config, frequencies, frame_axis)
-    for step, logits in enumerate(runs[True].logits):
-        torch.testing.assert_close(logits.double(), want[:, seq - 1 + step], rtol=1e-4, atol=1e-4)
 
 
 @needs_qwen3_5
@@ -250,58 +172,6 @@ def test_probe_checks_full_and_linear_layers(monkeypatch):
     monkeypatch.undo()
     c2rope.patch_model(model, C2RoPEConfig())
     assert model.model.rope_deltas is None  # the probe leaves the model's decoding state alone
-
-
-def _circle_reference(model, inputs, config):
-    """The unpatched model handed c2rope.mrope's Circle positions (one grid per video
-    frame); the full-attention layer AGE leaves on M-RoPE handed transformers' own."""
-    inner, text = model.model, model.model.language_model
-    ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    types = (ids == IMAGE_ID).long() + 2 * (ids == VIDEO_ID).long()
-    videos = inputs.get("video_grid_thw")
-    circle, _ = mrope_position_ids(ids, inputs["image_grid_thw"], None if videos is None else _frames(videos), mask,
-                                   mm_token_type_ids=types, spatial_merge_size=MERGE, circle=config)
-    handles = []
-    if not all(config.layer_plan(1)):  # one full-attention layer
-        arguments = {k: inputs[k] for k in ("image_grid_thw", "video_grid_thw", "mm_token_type_ids") if k in inputs}
-        mrope, _ = inner.get_rope_index(ids, attention_mask=mask, **arguments)
-        for layer in _full_layers(model):
-            def hook(module, args, kwargs):
-                kwargs["position_embeddings"] = text.rotary_emb(args[0], mrope)
-                return args, kwargs
-            handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
-    try:
-        with torch.no_grad():
-            return model(**inputs, position_ids=circle).logits
-    finally:
-        for handle in handles:
-            handle.remove()
-        inner.rope_deltas = None
-
-
-@needs_qwen3_5
-@pytest.mark.parametrize("kind", QWEN3_5_KINDS)
-def test_circle_rope(kind):
-    model = make_model(kind)
-    config = CircleRoPEConfig(alpha=random.random(), age_strategy=random.choice(AGE_STRATEGIES))
-    inputs, _ = make_prompt(kind)
-    ids, mask = text_prompt()
-    want = _circle_reference(model, inputs, config)
-    with torch.no_grad():
-        plain, plain_text = model(**inputs).logits, model(input_ids=ids, attention_mask=mask).logits
-    c2rope.patch_model(model, config)
-    with torch.no_grad():
-        got = model(**inputs).logits
-        assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, plain_text)
-    torch.testing.assert_close(_valid_rows(got, inputs), _valid_rows(want, inputs), rtol=1e-9, atol=1e-9)
-    if config.layer_plan(1)[0]:  # AGE may leave the one full-attention layer on M-RoPE: then nothing changes
-        assert (_valid_rows(got, inputs) - _valid_rows(plain, inputs)).abs().max() > 1e-4
-    runs = [model.generate(**inputs, max_new_tokens=3, do_sample=False, use_cache=use_cache,
-                           suppress_tokens=SUPPRESS) for use_cache in (True, False)]
-    assert torch.equal(runs[0], runs[1])
-    c2rope.unpatch_model(model)
-    with torch.no_grad():
-        assert torch.equal(model(**inputs).logits, plain)
 
 
 @needs_qwen3_5
@@ -391,3 +261,20 @@ def test_check_passes_on_the_hub_config(kind, tmp_path, capsys):
     layers = _HUB[kind]["text"]["num_hidden_layers"]
     assert "mrope_section=[11, 11, 10] (interleaved), rotating 64 of 256 head dims (partial_rotary_factor=0.25" in out
     assert f"full-attention layers only ({layers * 3 // 4} of {layers} layers are linear attention" in out
+
+
+@needs_qwen3_5
+@pytest.mark.parametrize("kind", QWEN3_5_KINDS)
+def test_no_deprecation_warning_from_the_linear_layer_masks(kind):
+    """c2rope hands the release's mask builder the cache under one name: 5.25 warns
+    (FutureWarning) when both `cache` and the deprecated `past_key_values` are given."""
+    import warnings
+
+    model = make_model(kind)
+    c2rope.patch_model(model, C2RoPEConfig())
+    inputs, _ = make_prompt(kind, videos=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        with torch.no_grad():
+            model(**inputs)
+            model.generate(**inputs, max_new_tokens=2, do_sample=False, suppress_tokens=SUPPRESS)

@@ -22,6 +22,16 @@ import torch
 _local = threading.local()
 
 
+class ThreadMemory(threading.local):
+    """Per-thread memory of one patched model's state objects (the last prompt's spans,
+    a packed row's positions). A deep copy of the model starts with empty memory: what
+    the original remembered belongs to its own calls, and a plain threading.local cannot
+    be copied at all (copy.deepcopy raised TypeError on a patched Qwen-VL model)."""
+
+    def __deepcopy__(self, memo):
+        return type(self)()
+
+
 class CallFrame:
     """One call of one patched model."""
 

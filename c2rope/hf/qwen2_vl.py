@@ -22,7 +22,6 @@ model's own.
 from __future__ import annotations
 
 import dataclasses
-import threading
 from typing import Callable, Optional
 
 import torch
@@ -59,7 +58,7 @@ class _CircleState:
         self.text = text
         self.plan = config.layer_plan(num_layers)  # over the layers that take positions
         self.prompt: Optional[_Prompt] = None
-        self._local = threading.local()  # a packed row's M-RoPE positions while it runs
+        self._local = context.ThreadMemory()  # a packed row's M-RoPE positions while it runs
 
     @property
     def packed_mrope(self) -> Optional[torch.Tensor]:

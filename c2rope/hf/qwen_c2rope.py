@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import threading
 from typing import Callable, Optional
 
 import torch
@@ -110,7 +109,7 @@ class QwenC2RoPE:
         self.tables = []  # rotary wrappers (qwen_tables.py), innermost first
         # Hybrid stacks (Qwen3.5): (mask, text forward arguments) -> the per-layer-type masks.
         self.layer_masks: Optional[Callable] = None
-        self._local = threading.local()  # the last prompt's spans, per thread
+        self._local = context.ThreadMemory()  # the last prompt's spans, per thread
 
     def vision_types(self, input_ids, mm_token_type_ids) -> Optional[torch.Tensor]:
         """0 / 1 / 2 (text / image / video) per token: from the ids when given (what

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import threading
 import weakref
 from typing import Any, List, Optional, Tuple
 
 import torch
 
 from ..config import C2RoPEConfig
+from .context import ThreadMemory
 from .introspect import past_length
 
 Spans = Tuple[Tuple[Tuple[int, int, int], ...], ...]
@@ -58,7 +58,7 @@ class C2RoPEState:
         self.image_token_id = image_token_id
         self.grid = grid
         self.family = family
-        self._local = threading.local()
+        self._local = ThreadMemory()
 
     def __deepcopy__(self, memo):
         return C2RoPEState(copy.deepcopy(self.config, memo), self.image_token_id, copy.deepcopy(self.grid, memo),

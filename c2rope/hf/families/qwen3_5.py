@@ -107,11 +107,12 @@ class LayerTypeMasks:
         position_ids = bound.get("position_ids")
         text_positions = position_ids[0] if isinstance(position_ids, torch.Tensor) and position_ids.dim() == 3 \
             and position_ids.shape[0] == 4 else None
-        offered = {"config": self.text.config, "inputs_embeds": embeds, "attention_mask": bound.get("attention_mask"),
-                   "cache": bound.get("cache", bound.get("past_key_values")),
-                   "past_key_values": bound.get("past_key_values", bound.get("cache")),
-                   "position_ids": text_positions}
         names = inspect.signature(self.builder).parameters
+        # The cache under one name only: 5.25 takes `cache` and still accepts the deprecated
+        # `past_key_values`, warning (FutureWarning) when both are passed.
+        cache_name = "cache" if "cache" in names else "past_key_values"
+        offered = {"config": self.text.config, "inputs_embeds": embeds, "attention_mask": bound.get("attention_mask"),
+                   cache_name: bound.get("cache", bound.get("past_key_values")), "position_ids": text_positions}
         own = self.builder(**{name: value for name, value in offered.items() if name in names})
         for kind in self.other_types:
             masks[kind] = own
