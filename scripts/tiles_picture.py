@@ -1,7 +1,7 @@
-"""Draws docs/img/idefics3_layout.png: how c2rope lays out one Idefics3 / SmolVLM image
-split into 1 x 2 tiles plus its global image (tiles of 3x3 tokens here; 13x13 on
-Idefics3-8B, 9x9 on SmolVLM2-2.2B), with the separator tokens as text, and the Chebyshev
-mask of that prompt. Run from the repo root: PYTHONPATH=. python scripts/tiles_picture.py"""
+"""Draws docs/img/tiles_layout.png: how c2rope lays out one InternVL image of three tiles
+(two crops and the thumbnail, 3x3 tokens each here; 16x16 on InternVL3.5) between its
+<img> and </img> tokens, and the mask of that prompt. Run from the repo root:
+PYTHONPATH=. python scripts/tiles_picture.py"""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -11,61 +11,49 @@ import torch  # noqa: E402
 from c2rope import C2RoPEConfig, VisualLayout, chebyshev_mask  # noqa: E402
 
 SIDE = 3
-# The prompt as the processor writes it (names of the separator tokens; None = an image token run).
-PIECES = ["text", "text", "<fake>", "<row_1_col_1>", None, "<fake>", "<row_1_col_2>", None, "\\n", "\\n",
-          "<fake>", "<global-img>", None, "<fake>", "text", "text"]
-TILE_NAMES = ["tile row 1, col 1", "tile row 1, col 2", "global image"]
-
-tokens, spans = [], []
-for piece in PIECES:
-    if piece is None:
-        spans.append((len(tokens), SIDE, SIDE))
-        tokens += [f"T{len(spans)}"] * SIDE * SIDE
-    else:
-        tokens.append(piece)
-seq = len(tokens)
-layout = VisualLayout.from_spans([spans], seq)
+TILES = ("tile 1", "tile 2", "thumbnail")
+TEXT_BEFORE = 2  # then <img>
+first = TEXT_BEFORE + 1
+starts = [first + i * SIDE * SIDE for i in range(len(TILES))]
+end_token = starts[-1] + SIDE * SIDE  # </img>
+seq = end_token + 1 + 2
+layout = VisualLayout.from_spans([[(s, SIDE, SIDE) for s in starts]], seq)
 mask = chebyshev_mask(layout, C2RoPEConfig(), dtype=torch.bool)[0, 0]
-colours = ["tab:blue", "tab:green", "tab:purple"]
 
-figure = plt.figure(figsize=(13, 6.2))
-strip = figure.add_axes([0.03, 0.78, 0.94, 0.12])
-for k, name in enumerate(tokens):
-    tile = int(name[1:]) - 1 if name.startswith("T") and name[1:].isdigit() else None
-    colour = colours[tile] if tile is not None else "0.9"
-    strip.add_patch(plt.Rectangle((k, 0), 1, 1, facecolor=colour, edgecolor="white"))
-    if tile is None:
-        strip.text(k + 0.5, 0.5, name, rotation=90, ha="center", va="center", fontsize=7)
-for (start, h, w), name, colour in zip(spans, TILE_NAMES, colours):
-    strip.text(start + h * w / 2, 1.15, f"{name}: {h}x{w} tokens {start}..{start + h * w - 1}", ha="center",
-               fontsize=8, color=colour)
+figure = plt.figure(figsize=(13, 5.6))
+grid = figure.add_gridspec(2, 4, height_ratios=[0.35, 1], width_ratios=[1, 1, 1, 1.6])
+strip = figure.add_subplot(grid[0, :])
+labels = ["text"] * TEXT_BEFORE + ["<img>"] + [f"t{1 + (k - first) // (SIDE * SIDE)}"
+                                              for k in range(first, end_token)] + ["</img>", "text", "text"]
+colours = {"text": "0.85", "<img>": "tab:orange", "</img>": "tab:orange"}
+for k, label in enumerate(labels):
+    strip.add_patch(plt.Rectangle((k, 0), 0.95, 1, color=colours.get(label, "tab:blue"), alpha=0.7))
+    strip.text(k + 0.47, 0.5, label, ha="center", va="center", fontsize=6, rotation=90 if "img" in label else 0)
 strip.set_xlim(0, seq)
-strip.set_ylim(0, 1.5)
+strip.set_ylim(0, 1)
 strip.axis("off")
-strip.set_title("the prompt, token by token: image tokens (coloured) in runs of one tile each; the fake, row/column, "
-                "global-image and newline tokens are text", fontsize=9, pad=14)
-
-for index, ((start, h, w), name, colour) in enumerate(zip(spans, TILE_NAMES, colours)):
-    axis = figure.add_axes([0.03 + 0.17 * index, 0.08, 0.15, 0.55])
-    rings = layout.ring[0, start:start + h * w].view(h, w)
+strip.set_title("the prompt: <img> and </img> are text (orange); every tile's tokens (blue) are one grid", fontsize=9)
+for index, (start, name) in enumerate(zip(starts, TILES)):
+    axis = figure.add_subplot(grid[1, index])
+    rings = layout.ring[0, start:start + SIDE * SIDE].view(SIDE, SIDE)
     axis.imshow(rings.numpy(), cmap="Blues_r", vmin=-1, vmax=int(rings.max()) + 2)
-    for r in range(h):
-        for c in range(w):
-            k = start + r * w + c
+    for r in range(SIDE):
+        for c in range(SIDE):
+            k = start + r * SIDE + c
             cx, cy = layout.cx2[0, k].item() / 2, layout.cy2[0, k].item() / 2
             axis.text(c, r - 0.15, f"ring {int(rings[r, c])}", ha="center", va="center", fontsize=7)
             axis.text(c, r + 0.25, f"({cx:g}, {cy:g})", ha="center", fontsize=6, color="0.3")
-    axis.set_title(f"{name}\nits own centre and rings", fontsize=9, color=colour)
-    axis.set_xticks([])
-    axis.set_yticks([])
-
-right = figure.add_axes([0.55, 0.06, 0.42, 0.6])
+    axis.set_title(f"{name}: its own centre and rings\ntokens {start}..{start + SIDE * SIDE - 1}", fontsize=9)
+    axis.set_xticks(range(SIDE))
+    axis.set_yticks(range(SIDE))
+right = figure.add_subplot(grid[1, 3])
 right.imshow(mask.numpy(), cmap="Greys", vmin=0, vmax=1.6)
-for (start, h, w), colour in zip(spans, colours):
-    size = h * w
-    right.add_patch(plt.Rectangle((start - 0.5, start - 0.5), size, size, fill=False, edgecolor=colour, lw=1.5))
-right.set_title("mask (dark = attends): Chebyshev inside each tile, causal between tiles and text", fontsize=9)
+for start, name in zip(starts, TILES):
+    size = SIDE * SIDE
+    right.add_patch(plt.Rectangle((start - 0.5, start - 0.5), size, size, fill=False, edgecolor="tab:red", lw=1.5))
+right.set_title("mask (dark = attends): Chebyshev inside each tile,\ncausal between tiles and text", fontsize=9)
 right.set_xlabel("key")
 right.set_ylabel("query")
-figure.savefig("docs/img/idefics3_layout.png", dpi=110)
-print("wrote docs/img/idefics3_layout.png")
+figure.tight_layout()
+figure.savefig("docs/img/tiles_layout.png", dpi=110)
+print("wrote docs/img/tiles_layout.png")

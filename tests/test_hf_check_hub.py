@@ -15,6 +15,17 @@ from c2rope.hf.families.gemma import MODEL_TYPES as GEMMA, unsupported_reason
 HUB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "hub_configs")
 CHECKPOINTS = sorted(name for name in os.listdir(HUB) if os.path.isdir(os.path.join(HUB, name)))
 QWEN_VL = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
+# Families checked with their own synthetic inputs (c2rope/hf/families/*.check_inputs):
+# what the report's "synthetic image" line must name.
+TILE_FAMILIES = {"internvl": "2 tiles of 448x448 px -> 2 grids of 16x16 tokens",
+                 "llava_onevision1_5": "8x12 patches of 14 px (image_grid_thw), merged 2x2 -> a 4x6 grid"}
+
+
+def _shipped(model_type):
+    """Whether the installed transformers has the family (llava_onevision1_5: from 5.25)."""
+    import importlib.util
+
+    return importlib.util.find_spec(f"transformers.models.{model_type}") is not None
 
 
 def _fields(name):
@@ -30,7 +41,8 @@ def _run(path, capsys):
 
 def test_every_family_the_readme_lists_has_a_published_config():
     types = {_fields(name)["model_type"] for name in CHECKPOINTS}
-    assert types >= {"llama", "mistral", "qwen2", "llava", "llava_next", "llava_onevision"} | QWEN_VL
+    assert types >= {"llama", "mistral", "qwen2", "llava", "llava_next", "llava_onevision"} | QWEN_VL | \
+        set(TILE_FAMILIES)
 
 
 @pytest.mark.parametrize("name", CHECKPOINTS)
@@ -41,6 +53,9 @@ def test_published_config_is_supported(name, capsys):
     if fields["model_type"] in GEMMA and unsupported_reason(fields["model_type"]) is not None:
         assert code == 2 and ("NOT SUPPORTED" in out or "error" in err), out + err  # refused on this release
         return
+    if not _shipped(fields["model_type"]):  # refused from the file, with the reason
+        assert code == 2 and "NOT SUPPORTED" in out and "needs a transformers release that ships" in out, out + err
+        return
     assert code == 0, out + err
     lines = out.splitlines()
     assert lines[0] == f"c2rope check: {os.path.join(folder, 'config.json')}"
@@ -50,7 +65,9 @@ def test_published_config_is_supported(name, capsys):
     declared = fields.get("torch_dtype") or fields.get("dtype") or fields["text_config"]["dtype"]
     assert declared in dtype_line and "float32" in dtype_line, dtype_line
     synthetic = next(line for line in lines if line.strip().startswith("synthetic image:"))
-    if fields["model_type"] in QWEN_VL:
+    if fields["model_type"] in TILE_FAMILIES:
+        assert TILE_FAMILIES[fields["model_type"]] in synthetic, synthetic
+    elif fields["model_type"] in QWEN_VL:
         assert "image_grid_thw (1, 4, 6)" in synthetic and "video_grid_thw (2, 4, 4)" in synthetic, synthetic
     elif "vision_config" in fields:
         size = fields["vision_config"]["image_size"]

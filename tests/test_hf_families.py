@@ -61,7 +61,7 @@ def test_a_family_from_outside_the_corridor_patches_through_its_row(toy_table):
 
     assert families.family_of("c2rope_toy") is toy_family
     assert "c2rope_toy" in c2rope.hf.supported_model_types()
-    assert families_cli.markdown_rows()[-1] == "| Toy (tests) | `c2rope_toy` | `ToyForCausalLM` | any | [code.md](docs/code.md) |"
+    assert families_cli.markdown_rows()[-1] == "| Toy (tests) | `c2rope_toy` | `ToyForCausalLM` | C²RoPE | any | [code.md](docs/code.md) |"
     fields = {k: v for k, v in text_config("llama").to_dict().items() if k != "model_type"}
     model = toy_family.ToyForCausalLM(toy_family.ToyConfig(**fields)).eval()
     assert model.config.model_type == "c2rope_toy"

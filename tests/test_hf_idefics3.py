@@ -362,7 +362,7 @@ def test_image_tokens_without_images_stay_text(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_check_command(kind, tmp_path, capsys):
-    from c2rope.hf.check import main as check_main
+    from c2rope.cli.check_model import main as check_main
 
     config = tiny_model(kind).config
     config.architectures = [{"idefics3": "Idefics3ForConditionalGeneration",

@@ -73,6 +73,12 @@ def default_config(model_type: str):
     return _CONFIG_TYPES.get(model_type, (C2RoPEConfig,))[0]()
 
 
+def config_types(model_type: str) -> Tuple[type, ...]:
+    """The config classes a model type's patcher accepts (C2RoPEConfig unless registered
+    otherwise)."""
+    return _CONFIG_TYPES.get(model_type, (C2RoPEConfig,))
+
+
 def check_config(model_type: str, config) -> None:
     """TypeError unless `config` is of a kind the model type's patcher accepts."""
     accepted = _CONFIG_TYPES.get(model_type, (C2RoPEConfig,))

@@ -58,6 +58,8 @@ FAMILIES: List[Family] = [
     Family(".qwen3_5", "Qwen3.5 dense and MoE", "5.24.0, 5.25.0 (not in 4.57.6, 5.0.0)"),
     Family(".gemma", "Gemma 3, Gemma 4", "Gemma 3: 5.0.0, 5.24.0, 5.25.0; Gemma 4: 5.24.0, 5.25.0 (both refused on 4.57.6)"),
     Family(".idefics3", "Idefics3, SmolVLM / SmolVLM2 (tiles)", _ALL_LINES),
+    Family(".internvl", "InternVL (tiles)", _ALL_LINES),
+    Family(".llava_onevision1_5", "LLaVA-OneVision-1.5", "5.25.0 (not in 4.57.6, 5.0.0, 5.24.0)"),
     Family(".legacy", "Llama, original LLaVA (llava-torch 1.2.2.post1)", "4.37.2", line="legacy"),
 ]
 

@@ -1,0 +1,348 @@
+"""LLaVA-OneVision-1.5 (c2rope/hf/families/llava_onevision1_5.py) on tiny random models
+built in code, in float64: a Qwen3 language model with 1-D RoPE; every image (one
+`image_grid_thw` row) and every video frame is its own grid of merged tokens; the
+vision start / end tokens are text. References are the UNPATCHED model fed
+c2rope.reference's cos/sin and a 4-D additive mask (test_hf_common.reference_logits).
+
+On a transformers release without the family (before 5.25) the model tests are
+skipped with that reason, and patch_model's and check's refusals are tested instead."""
+import copy
+import importlib.util
+import os
+import random
+
+import pytest
+import torch
+
+from test_hf_common import (  # noqa: F401  (skips under transformers < 4.57)
+    IMG, VOCAB, assert_close_valid, cache_kwargs, cache_of, reference_logits, transformers,
+)
+
+import c2rope
+from c2rope.hf.families.llava_onevision1_5 import require_release
+
+HAS_FAMILY = importlib.util.find_spec("transformers.models.llava_onevision1_5") is not None
+needs_family = pytest.mark.skipif(
+    not HAS_FAMILY, reason=f"transformers {transformers.__version__} does not ship llava_onevision1_5")
+VIDEO = VOCAB - 2
+START, END = VOCAB - 3, VOCAB - 4  # <|vision_start|>, <|vision_end|>: text tokens
+PATCH, MERGE = 2, 2
+# image_grid_thw rows (frames, height, width in patches) -> merged grids of (H/2, W/2) tokens
+SIZES = [(1, 4, 6), (1, 6, 6), (1, 6, 2)]
+CONFIGS = (c2rope.C2RoPEConfig(), c2rope.C2RoPEConfig.paper_code())
+# float64 models; the cos/sin tables (c2rope's and the reference's) are float32, which
+# leaves ~2e-7 between them: a wrong position or mask moves logits by 1e-2 and more.
+EXACT = dict(rtol=0, atol=1e-6)
+HUB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "hub_configs",
+                   "lmms-lab__LLaVA-OneVision-1.5-8B-Instruct")
+
+
+def tiny_model(implementation="sdpa", dtype=torch.float64):
+    text = transformers.Qwen3Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                    max_position_embeddings=256, pad_token_id=0)
+    vision = dict(depth=1, hidden_size=32, intermediate_size=48, num_heads=2, patch_size=PATCH,
+                  spatial_merge_size=MERGE, out_hidden_size=64)
+    config = transformers.LlavaOnevision15Config(text_config=text.to_dict(), vision_config=vision, image_token_id=IMG,
+                                                 video_token_id=VIDEO, vision_start_token_id=START,
+                                                 vision_end_token_id=END)
+    model = transformers.LlavaOnevision15ForConditionalGeneration(config).to(dtype).eval()
+    model.set_attn_implementation(implementation)
+    return model
+
+
+def _pixels(grid_thw, dtype=torch.float64):
+    return torch.randn(int(grid_thw.prod(-1).sum()), 3 * PATCH * PATCH, dtype=dtype)
+
+
+def prompt(rows, seq, left_pad=(), video=None):
+    """rows: per batch row, a list of (start from the first real token, index into SIZES
+    or "video"). Every image / video is <|vision_start|> tokens <|vision_end|>.
+    video: its grid_thw row (frames, h, w). Returns (ids, mask, reference spans, kwargs)."""
+    ids = torch.randint(1, END - 1, (len(rows), seq))
+    mask = torch.ones_like(ids)
+    spans, images = [], []
+    for b, row in enumerate(rows):
+        pad = left_pad[b] if b < len(left_pad) else 0
+        ids[b, :pad], mask[b, :pad] = 0, 0
+        spans.append([])
+        for start, which in row:
+            t, h, w = video if which == "video" else SIZES[which]
+            at = pad + start
+            ids[b, at] = START
+            first = at + 1
+            for _ in range(t):
+                spans[-1].append((first, h // MERGE, w // MERGE))
+                first += h * w // MERGE ** 2
+            ids[b, at + 1:first] = VIDEO if which == "video" else IMG
+            ids[b, first] = END
+            if which != "video":
+                images.append(SIZES[which])
+    kwargs = {}
+    if images:
+        grid = torch.tensor(images)
+        kwargs.update(pixel_values=_pixels(grid), image_grid_thw=grid)
+    if video is not None:
+        grid = torch.tensor([video])
+        kwargs.update(pixel_values_videos=_pixels(grid), video_grid_thw=grid)
+    return ids, mask, spans, kwargs
+
+
+def _two_rows():
+    """Row 0: two images of different shapes; row 1, left-padded: a third shape."""
+    return prompt([[(2, 0), (2 + 6 + 2 + 3, 1)], [(1, 2)]], 40, left_pad=(0, 7))
+
+
+@needs_family
+def test_language_model_is_one_dimensional_rope():
+    """What the issue assumed, verified: a Qwen3 text model whose rotary takes [B, S]
+    positions (no M-RoPE sections), and the inner model hands it arange positions."""
+    model = tiny_model()
+    text = model.model.language_model
+    assert type(text).__name__ == "Qwen3Model"
+    assert "mrope_section" not in (getattr(text.config, "rope_parameters", None) or {})
+    seen = {}
+    text.register_forward_pre_hook(lambda m, a, k: seen.update(k), with_kwargs=True)
+    ids, mask, _, kwargs = _two_rows()
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, **kwargs)
+    assert torch.equal(seen["position_ids"], torch.arange(ids.shape[1]).unsqueeze(0))
+
+
+@needs_family
+def test_grids_are_the_features_the_model_makes():
+    model = tiny_model()
+    grid = torch.tensor(SIZES)
+    with torch.no_grad():
+        features = model.model.get_image_features(_pixels(grid), grid).pooler_output
+    assert [f.shape[0] for f in features] == [t * h * w // MERGE ** 2 for t, h, w in SIZES]
+
+
+@needs_family
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_matches_reference(implementation):
+    config = random.choice(CONFIGS)
+    model = tiny_model(implementation)
+    ids, mask, spans, kwargs = _two_rows()
+    expected = reference_logits(model, config, ids, mask, spans, **kwargs)
+    with torch.no_grad():
+        plain = model(input_ids=ids, attention_mask=mask, **kwargs).logits
+    c2rope.patch_model(model, config)
+    with torch.no_grad():
+        got = model(input_ids=ids, attention_mask=mask, **kwargs).logits
+    assert_close_valid(got, expected, mask, **EXACT)
+    moved = (got - plain)[mask.bool()]
+    # finite entries: transformers' own float64 eager mask turns left-padded rows into NaN, unpatched
+    assert moved[moved.isfinite()].abs().max() > 1e-4
+
+
+@needs_family
+def test_video_frames_and_an_image_match_reference():
+    config = random.choice(CONFIGS)
+    model = tiny_model("eager")
+    ids, mask, spans, kwargs = prompt([[(1, 0), (12, "video")]], 40, video=(3, 4, 4))
+    assert len(spans[0]) == 4  # the image, then 3 frames of 2x2
+    expected = reference_logits(model, config, ids, mask, spans, **kwargs)
+    c2rope.patch_model(model, config)
+    with torch.no_grad():
+        got = model(input_ids=ids, attention_mask=mask, **kwargs).logits
+    torch.testing.assert_close(got, expected, **EXACT)
+
+
+@needs_family
+def test_bare_model_matches_reference():
+    config = c2rope.C2RoPEConfig()
+    model = tiny_model("eager")
+    ids, mask, spans, kwargs = _two_rows()
+    expected = reference_logits(model, config, ids, mask, spans, **kwargs)
+    c2rope.patch_model(model.model, config)
+    with torch.no_grad():
+        got = model.lm_head(model.model(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state)
+    assert_close_valid(got, expected, mask, **EXACT)
+
+
+@needs_family
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_text_only_is_exactly_unpatched(implementation):
+    # float32, bit for bit (in float64 c2rope's text tables round differently, ~1e-7)
+    model = tiny_model(implementation, dtype=torch.float32)
+    ids, mask, _, _ = prompt([[], []], 20, left_pad=(5, 0))
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask).logits
+        c2rope.patch_model(model, random.choice(CONFIGS))
+        got = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(got, expected)
+
+
+@needs_family
+@pytest.mark.parametrize("beams", [1, 2])
+def test_generate_cached_equals_uncached(beams):
+    """From 5.24 generate() encodes the images first and passes mm_encoder_outputs
+    without image_grid_thw (repeated by reference for beams): the grids come from the
+    patched encoder's record."""
+    model = tiny_model()
+    c2rope.patch_model(model, random.choice(CONFIGS))
+    ids, mask, _, kwargs = prompt([[(3, 0)], [(1, 1)]], 30, left_pad=(0, 6))
+    common = dict(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0,
+                  suppress_tokens=[IMG, VIDEO], num_beams=beams, num_return_sequences=beams, **kwargs)
+    cached = model.generate(**common)
+    assert cached.shape[0] == 2 * beams
+    assert torch.equal(cached, model.generate(**common, use_cache=False))
+    with torch.no_grad():  # the left-padded row computes what it computes alone
+        batched = model(input_ids=ids, attention_mask=mask, **kwargs).logits[1, 6:]
+        grid = kwargs["image_grid_thw"][1:]
+        alone = model(input_ids=ids[1:, 6:], attention_mask=mask[1:, 6:], image_grid_thw=grid,
+                      pixel_values=kwargs["pixel_values"][int(kwargs["image_grid_thw"][0].prod()):]).logits[0]
+    torch.testing.assert_close(batched, alone, **EXACT)
+
+
+@needs_family
+def test_image_after_a_cached_prefix():
+    model = tiny_model()
+    c2rope.patch_model(model, c2rope.C2RoPEConfig())
+    ids, mask, _, kwargs = prompt([[(5, 1)]], 24)
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask, **kwargs).logits
+        prefix = model(input_ids=ids[:, :4], attention_mask=mask[:, :4], use_cache=True)
+        rest = model(input_ids=ids[:, 4:], attention_mask=mask, **cache_kwargs(model, cache_of(prefix)),
+                     **kwargs).logits
+    torch.testing.assert_close(rest, full[:, 4:], **EXACT)
+
+
+@needs_family
+def test_training_step_with_gradient_checkpointing_matches_reference():
+    config = random.choice(CONFIGS)
+    model = tiny_model("eager")
+    reference = copy.deepcopy(model)
+    ids, mask, spans, kwargs = _two_rows()
+    labels = ids.masked_fill(mask == 0, -100)
+    c2rope.patch_model(model, config)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": random.choice([True, False])})
+    model.train()
+    loss = model(input_ids=ids, attention_mask=mask, labels=labels, **kwargs).loss
+    loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert all(bool(torch.isfinite(g).all()) for g in grads.values())
+    trained = [n for n, _ in model.named_parameters() if "language_model" in n or "merger" in n]
+    assert trained and all(n in grads for n in trained)
+    expected = reference_logits(reference, config, ids, mask, spans, **kwargs)
+    # transformers' loss upcasts the logits to float32: the reference loss does the same
+    shifted = torch.nn.functional.cross_entropy(expected[:, :-1].float().reshape(-1, VOCAB),
+                                                labels[:, 1:].reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(loss.detach(), shifted, **EXACT)
+
+
+@needs_family
+def test_verify_and_unpatch_exact():
+    model = tiny_model()
+    ids, mask, _, kwargs = _two_rows()
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask, **kwargs).logits
+    before = {name: vars(m).get("forward") for name, m in model.named_modules()}
+    methods = {name: vars(model.model).get(name) for name in ("get_image_features", "get_video_features")}
+    c2rope.patch_model(model, random.choice(CONFIGS))
+    c2rope.verify(model)
+    c2rope.unpatch_model(model)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids, attention_mask=mask, **kwargs).logits, expected)
+    after = {name: vars(m).get("forward") for name, m in model.named_modules()}
+    assert after.keys() == before.keys() and all(after[n] is before[n] for n in before)
+    assert {name: vars(model.model).get(name) for name in methods} == methods
+
+
+@needs_family
+def test_tokens_that_disagree_with_the_grids_are_refused():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="derives every image's grid"):
+        c2rope.patch_model(model, c2rope.C2RoPEConfig(), grid=(2, 3))
+    with pytest.raises(TypeError, match="C2RoPEConfig"):
+        c2rope.patch_model(model, c2rope.CircleRoPEConfig())
+    assert not c2rope.hf.is_patched(model)
+    c2rope.patch_model(model, c2rope.C2RoPEConfig())
+    ids, mask, _, kwargs = _two_rows()
+    short = ids.clone()
+    short[0, int((ids[0] == IMG).nonzero()[0])] = 7  # image 0 loses a token
+    with torch.no_grad(), pytest.raises(ValueError, match="image 0 "):
+        model(input_ids=short, attention_mask=mask, **kwargs)
+    with torch.no_grad(), pytest.raises(ValueError, match="no image_grid_thw was given"):
+        model(input_ids=ids, attention_mask=mask)
+    odd = dict(kwargs, image_grid_thw=torch.tensor([[1, 4, 6], [1, 6, 6], [1, 5, 2]]))
+    with torch.no_grad(), pytest.raises(ValueError, match=r"image_grid_thw\[2\] = \(1, 5, 2\)"):
+        model(input_ids=ids, attention_mask=mask, **odd)
+    swapped = dict(kwargs, image_grid_thw=kwargs["image_grid_thw"].flip(0))  # the grids in the wrong order
+    with torch.no_grad(), pytest.raises(ValueError, match="image"):
+        model(input_ids=ids, attention_mask=mask, **swapped)
+
+
+@needs_family
+def test_check_builds_from_model_type(tmp_path, capsys):
+    from c2rope.cli.check_model import main as check_main
+
+    config = tiny_model(dtype=torch.float32).config
+    config.architectures = None
+    config.to_json_file(str(tmp_path / "config.json"))
+    code = check_main(str(tmp_path))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "built as LlavaOnevision15ForConditionalGeneration (from model_type" in out, out
+    assert "merged 2x2 -> a 4x6 grid of 24 image tokens" in out, out
+    assert out.count("PASS") == 4 and "FAIL" not in out and out.strip().endswith("supported"), out
+
+
+def test_refused_without_a_release_that_ships_the_family(monkeypatch, capsys):
+    """As on 4.57.6, 5.0.0 and 5.24.0: patch_model refuses the model type, and check
+    refuses the published config.json from the file alone."""
+    from c2rope.cli.check_model import main as check_main
+    from c2rope.hf.families import llava_onevision1_5
+
+    class Fake(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = transformers.PretrainedConfig()
+            self.config.model_type = "llava_onevision1_5"
+
+    if HAS_FAMILY:  # pretend to be a release without it
+        real = llava_onevision1_5.importlib.util.find_spec
+        monkeypatch.setattr(llava_onevision1_5.importlib.util, "find_spec",
+                            lambda name, *a: None if name.startswith("transformers.models.llava_onevision1_5")
+                            else real(name, *a))
+    with pytest.raises(TypeError, match=r"LLaVA-OneVision-1.5 .* needs a transformers release that ships"):
+        require_release("llava_onevision1_5")
+    with pytest.raises(TypeError, match="needs a transformers release"):
+        c2rope.patch_model(Fake(), c2rope.C2RoPEConfig())
+    code = check_main(HUB)
+    out = capsys.readouterr().out
+    assert code == 2 and "NOT SUPPORTED" in out and "needs a transformers release" in out, out
+    assert "nothing was built" in out
+
+
+
+@needs_family
+def test_packed_row_gives_each_sample_alone():
+    """Samples back to back in one row, position_ids restarting (DataCollatorWithFlattening)."""
+    model = tiny_model()
+    c2rope.patch_model(model, random.choice(CONFIGS))
+    text_ids = torch.randint(1, END - 1, (1, 7))
+    ids, mask, _, kwargs = prompt([[(2, 0), (12, 2)]], 30)
+    position_ids = torch.cat([torch.arange(7), torch.arange(30)]).unsqueeze(0)
+    with torch.no_grad():
+        packed = model(input_ids=torch.cat([text_ids, ids], dim=1), position_ids=position_ids, **kwargs).logits
+        alone = (model(input_ids=text_ids).logits, model(input_ids=ids, attention_mask=mask, **kwargs).logits)
+    torch.testing.assert_close(packed[:, :7], alone[0], **EXACT)
+    torch.testing.assert_close(packed[:, 7:], alone[1], **EXACT)
+
+
+@needs_family
+def test_deep_copy_of_a_patched_model_computes_the_same():
+    model = tiny_model()
+    c2rope.patch_model(model, random.choice(CONFIGS))
+    ids, mask, _, kwargs = _two_rows()
+    common = dict(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0,
+                  suppress_tokens=[IMG, VIDEO], **kwargs)
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        assert torch.equal(clone(input_ids=ids, attention_mask=mask, **kwargs).logits,
+                           model(input_ids=ids, attention_mask=mask, **kwargs).logits)
+    assert torch.equal(clone.generate(**common), model.generate(**common))
+    c2rope.unpatch_model(clone)
+    assert c2rope.hf.is_patched(model) and not c2rope.hf.is_patched(clone)
