@@ -133,10 +133,11 @@ def test_text_only_is_exactly_unpatched(implementation):
 
 @pytest.mark.parametrize("beams", [1, 2])
 def test_generate_cached_equals_uncached(beams):
-    if beams > 1 and transformers.__version__.startswith("5.0."):
+    if beams > 1 and transformers.__version__.startswith(("5.0.", "4.")):
         # measured: the UNPATCHED tiny InternVL gives other beams with and without the
-        # cache on 5.0.0 (4 of 6 seeds); the other lanes agree exactly
-        pytest.skip("transformers 5.0.0's own beam search differs cached vs uncached on InternVL")
+        # cache on 5.0.0 (4 of 6 seeds) and 4.57.6 (7 of 12 seeds); 5.24 and 5.25 agree
+        # exactly (12 of 12, patched and unpatched)
+        pytest.skip(f"transformers {transformers.__version__}'s own beam search differs cached vs uncached on InternVL")
     model = tiny_model()
     c2rope.patch_model(model, random.choice(CONFIGS))
     ids, mask, _, kwargs = prompt([[(3, 2)], [(1, 1)]], 40, left_pad=(0, 9))

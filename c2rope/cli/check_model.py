@@ -225,10 +225,15 @@ def prepare(path: str, config_override=None, options=None) -> Plan:
     if model_type not in supported:
         raise NotSupported(f"model_type {model_type!r} is not one c2rope patches (supported: {', '.join(supported)}); "
                            f"refused from config.json alone, nothing was built")
+    family = _family(model_type)
+    if callable(getattr(family, "require_release", None)):  # a release without the family
+        try:
+            family.require_release(model_type)
+        except TypeError as exc:
+            raise NotSupported(f"{exc}; refused from config.json alone, nothing was built") from None
     config = model_config(fields, path)
     check_usage(model_type, config_override, options)
     cls, reason = model_class(config)
-    family = _family(model_type)
     small = shrink(config)
     if hasattr(family, "shrink_config"):
         family.shrink_config(small)
