@@ -16,7 +16,7 @@ import torch
 import c2rope
 
 transformers = pytest.importorskip("transformers")
-from gemma_tiny import IMG, KERNEL, VIDEO, gemma4_image, gemma4_prompt, make_gemma4, text_prompt  # noqa: E402
+from gemma_tiny import IMG, KERNEL, MAX_TOKENS, VIDEO, gemma4_image, gemma4_prompt, make_gemma4, text_prompt  # noqa: E402
 from test_hf_gemma3 import CONFIGS, _valid, reference_logits, reference_loss  # noqa: E402
 
 HAS_GEMMA4 = hasattr(transformers, "Gemma4ForConditionalGeneration")
@@ -186,7 +186,10 @@ def test_wrong_grid_or_video_is_refused():
     inputs, spans = gemma4_prompt(images_per_row=(1, 1))
     (_, h, w), = spans[0]
     wrong = inputs["image_position_ids"].clone()
-    wrong[0] = gemma4_image(h + 1, w)[1]  # the first image's patches say one more row of tokens
+    # The first image's patches say one row of tokens more (one less when one more would not
+    # fit the processor's MAX_TOKENS: a 4x4 grid; C2ROPE_TEST_SEED=895276239).
+    rows = h + 1 if (h + 1) * w <= MAX_TOKENS else h - 1
+    wrong[0] = gemma4_image(rows, w)[1]
     with pytest.raises(ValueError, match="does not split into images"):
         model(**dict(inputs, image_position_ids=wrong))
     ids = inputs["input_ids"].clone()
