@@ -10,8 +10,8 @@
 # venv's torch, not one pip would fetch). Used by the vLLM and LLaMA-Factory lanes.
 set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: $0 VENV (a venv with torch installed)" >&2; exit 2; }
-VENV=$1
-[ -x "$VENV/bin/python" ] || { echo "$0: $VENV/bin/python does not exist" >&2; exit 2; }
+[ -x "$1/bin/python" ] || { echo "$0: $1/bin/python does not exist" >&2; exit 2; }
+VENV=$(cd "$1" && pwd)  # absolute: the build runs from the checkout's root
 cd "$(dirname "$0")/.."
 
 src=$(mktemp -d)
