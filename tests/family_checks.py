@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 
-from test_hf_common import VOCAB, assert_close_valid, cache_kwargs, cache_of, reference_logits
+from test_hf_common import IMG, VOCAB, assert_close_valid, cache_kwargs, cache_of, reference_logits
 
 import c2rope
 
@@ -126,6 +126,15 @@ def refuses_a_grid_and_circle_rope(model, grid, match):
     with pytest.raises(TypeError, match="C2RoPEConfig"):
         c2rope.patch_model(model, c2rope.CircleRoPEConfig())
     assert not c2rope.hf.is_patched(model)
+
+
+def refuses_an_image_missing_a_token(model, ids, mask, kwargs, match):
+    """Row 0's first image token turned to text: the patched forward raises a
+    ValueError matching `match` (the image's tokens no longer fit its grids)."""
+    short = ids.clone()
+    short[0, int((ids[0] == IMG).nonzero()[0])] = 7
+    with torch.no_grad(), pytest.raises(ValueError, match=match):
+        model(input_ids=short, attention_mask=mask, **kwargs)
 
 
 def packed_row_gives_each_sample_alone(model, text_ids, ids, mask, kwargs, atol, rtol):

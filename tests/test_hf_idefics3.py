@@ -305,11 +305,9 @@ def test_bad_input_is_refused_clearly(kind):
     checks.refuses_a_grid_and_circle_rope(model, grid=(4, 4), match="derives every tile's grid")
     c2rope.patch_model(model, c2rope.C2RoPEConfig())
     ids, mask, _, pixels = two_rows(kind)
-    short = ids.clone()
-    first = int((ids[0] == IMG).nonzero()[0])
-    short[0, first] = 7  # the first tile loses a token
-    with torch.no_grad(), pytest.raises(ValueError, match=r"row 0, .* not a whole number of tiles"):
-        model(input_ids=short, attention_mask=mask, pixel_values=pixels)
+    # the first tile loses a token
+    checks.refuses_an_image_missing_a_token(model, ids, mask, {"pixel_values": pixels},
+                                            match=r"row 0, .* not a whole number of tiles")
     fewer = pixels.clone()
     fewer[0, 3] = 0  # row 0's last tile becomes padding: 6 tiles of pixels for 7 tiles of tokens
     with torch.no_grad(), pytest.raises(ValueError, match=r"hold 7 tile\(s\) of image tokens .* pixel_values hold 6"):
