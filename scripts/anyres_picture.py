@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from c2rope import C2RoPEConfig, VisualLayout, chebyshev_mask  # noqa: E402
+from layout_panels import draw_mask, draw_rings  # noqa: E402  (scripts/, beside this file)
 
 TEXT_BEFORE, TEXT_AFTER = 3, 3
 BASE, HIGH = (4, 4), (3, 6 + 1)  # the high-res grid with its newline column
@@ -21,31 +22,17 @@ mask = chebyshev_mask(layout, config, dtype=torch.bool)[0, 0]
 figure, axes = plt.subplots(1, 3, figsize=(13, 4.4), gridspec_kw={"width_ratios": [0.8, 1.2, 1.3]})
 for axis, (start, (h, w), title) in zip(axes[:2], [(base_start, BASE, "base view (4x4)"),
                                                     (high_start, HIGH, "high-res, unpadded (3x6) + newline column")]):
-    rings = layout.ring[0, start:start + h * w].view(h, w)
-    axis.imshow(rings.numpy(), cmap="Blues_r", vmin=-1, vmax=int(rings.max()) + 2)
-    for r in range(h):
-        for c in range(w):
-            k = start + r * w + c
-            cx, cy = layout.cx2[0, k].item() / 2, layout.cy2[0, k].item() / 2
-            newline = title.startswith("high") and c == w - 1
-            label = f"newline\nring {int(rings[r, c])}" if newline else f"ring {int(rings[r, c])}"
-            axis.text(c, r - 0.15, label, ha="center", va="center", fontsize=7,
-                      color="tab:red" if newline else "black")
-            axis.text(c, r + 0.25, f"({cx:g}, {cy:g})", ha="center", fontsize=6, color="0.3")
+    draw_rings(axis, layout, start, h, w, newline_column=title.startswith("high"))
     if title.startswith("high"):
         axis.add_patch(plt.Rectangle((w - 1.5, -0.5), 1, h, fill=False, edgecolor="tab:red", lw=2))
     axis.set_title(title + f"\nits own centre and rings; tokens {start}..{start + h * w - 1}", fontsize=9)
     axis.set_xticks(range(w))
     axis.set_yticks(range(h))
-right = axes[2]
-right.imshow(mask.numpy(), cmap="Greys", vmin=0, vmax=1.6)
-for start, (h, w), name in [(base_start, BASE, "base"), (high_start, HIGH, "high-res")]:
-    size = h * w
-    right.add_patch(plt.Rectangle((start - 0.5, start - 0.5), size, size, fill=False, edgecolor="tab:red", lw=1.5))
-    right.text(start + size / 2, start - 1.2, name, ha="center", color="tab:red", fontsize=8)
-right.set_title("mask (dark = attends): Chebyshev inside each grid,\ncausal between the grids and text", fontsize=9)
-right.set_xlabel("key")
-right.set_ylabel("query")
+grids = [(base_start, BASE, "base"), (high_start, HIGH, "high-res")]
+draw_mask(axes[2], mask, [(start, h * w) for start, (h, w), _ in grids], ["tab:red"] * len(grids),
+          "mask (dark = attends): Chebyshev inside each grid,\ncausal between the grids and text")
+for start, (h, w), name in grids:
+    axes[2].text(start + h * w / 2, start - 1.2, name, ha="center", color="tab:red", fontsize=8)
 figure.suptitle("one anyres image = two grids, each with its own centre and rings; (cx, cy) = centred "
                 "coordinates; the image_newline token of a row is the grid's right column", fontsize=9)
 figure.tight_layout()

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from c2rope import C2RoPEConfig, VisualLayout, chebyshev_mask  # noqa: E402
+from layout_panels import draw_mask, draw_rings  # noqa: E402  (scripts/, beside this file)
 
 SIDE = 3
 # The prompt as the processor writes it (names of the separator tokens; None = an image token run).
@@ -47,25 +48,12 @@ strip.set_title("the prompt, token by token: image tokens (coloured) in runs of 
 
 for index, ((start, h, w), name, colour) in enumerate(zip(spans, TILE_NAMES, colours)):
     axis = figure.add_axes([0.03 + 0.17 * index, 0.08, 0.15, 0.55])
-    rings = layout.ring[0, start:start + h * w].view(h, w)
-    axis.imshow(rings.numpy(), cmap="Blues_r", vmin=-1, vmax=int(rings.max()) + 2)
-    for r in range(h):
-        for c in range(w):
-            k = start + r * w + c
-            cx, cy = layout.cx2[0, k].item() / 2, layout.cy2[0, k].item() / 2
-            axis.text(c, r - 0.15, f"ring {int(rings[r, c])}", ha="center", va="center", fontsize=7)
-            axis.text(c, r + 0.25, f"({cx:g}, {cy:g})", ha="center", fontsize=6, color="0.3")
+    draw_rings(axis, layout, start, h, w)
     axis.set_title(f"{name}\nits own centre and rings", fontsize=9, color=colour)
     axis.set_xticks([])
     axis.set_yticks([])
 
-right = figure.add_axes([0.55, 0.06, 0.42, 0.6])
-right.imshow(mask.numpy(), cmap="Greys", vmin=0, vmax=1.6)
-for (start, h, w), colour in zip(spans, colours):
-    size = h * w
-    right.add_patch(plt.Rectangle((start - 0.5, start - 0.5), size, size, fill=False, edgecolor=colour, lw=1.5))
-right.set_title("mask (dark = attends): Chebyshev inside each tile, causal between tiles and text", fontsize=9)
-right.set_xlabel("key")
-right.set_ylabel("query")
+draw_mask(figure.add_axes([0.55, 0.06, 0.42, 0.6]), mask, [(start, h * w) for start, h, w in spans], colours,
+          "mask (dark = attends): Chebyshev inside each tile, causal between tiles and text")
 figure.savefig("docs/img/idefics3_layout.png", dpi=110)
 print("wrote docs/img/idefics3_layout.png")

@@ -25,12 +25,8 @@ pins=("torch==$TORCH" "torchvision==$TORCHVISION")
 "$VENV/bin/python" -m pip install -q --no-deps "torchaudio==$TORCHAUDIO"
 "$VENV/bin/python" -m pip install -q "llamafactory==$LLAMAFACTORY" "${pins[@]}" pytest ninja "setuptools>=77"
 
-# c2rope against this venv's torch: a clean copy (no in-place .so of the main lane's build)
-src=$(mktemp -d)
-cp -r c2rope csrc setup.py pyproject.toml MANIFEST.in README.md "$src"/
-find "$src" \( -name '*.so' -o -name '__pycache__' \) -prune -exec rm -rf {} +
-"$VENV/bin/python" -m pip install -q --no-build-isolation --force-reinstall --no-deps "$src"
-rm -rf "$src"
+# c2rope against this venv's torch, from a clean copy (no in-place .so of the main lane's build)
+bash scripts/install_into_venv.sh "$VENV"
 
 scratch=$(mktemp -d)
 cd "$scratch"

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from c2rope import C2RoPEConfig, VisualLayout, chebyshev_mask  # noqa: E402
+from layout_panels import draw_mask, draw_rings  # noqa: E402  (scripts/, beside this file)
 
 SIDE = 3
 TILES = ("tile 1", "tile 2", "thumbnail")
@@ -35,25 +36,12 @@ strip.axis("off")
 strip.set_title("the prompt: <img> and </img> are text (orange); every tile's tokens (blue) are one grid", fontsize=9)
 for index, (start, name) in enumerate(zip(starts, TILES)):
     axis = figure.add_subplot(grid[1, index])
-    rings = layout.ring[0, start:start + SIDE * SIDE].view(SIDE, SIDE)
-    axis.imshow(rings.numpy(), cmap="Blues_r", vmin=-1, vmax=int(rings.max()) + 2)
-    for r in range(SIDE):
-        for c in range(SIDE):
-            k = start + r * SIDE + c
-            cx, cy = layout.cx2[0, k].item() / 2, layout.cy2[0, k].item() / 2
-            axis.text(c, r - 0.15, f"ring {int(rings[r, c])}", ha="center", va="center", fontsize=7)
-            axis.text(c, r + 0.25, f"({cx:g}, {cy:g})", ha="center", fontsize=6, color="0.3")
+    draw_rings(axis, layout, start, SIDE, SIDE)
     axis.set_title(f"{name}: its own centre and rings\ntokens {start}..{start + SIDE * SIDE - 1}", fontsize=9)
     axis.set_xticks(range(SIDE))
     axis.set_yticks(range(SIDE))
-right = figure.add_subplot(grid[1, 3])
-right.imshow(mask.numpy(), cmap="Greys", vmin=0, vmax=1.6)
-for start, name in zip(starts, TILES):
-    size = SIDE * SIDE
-    right.add_patch(plt.Rectangle((start - 0.5, start - 0.5), size, size, fill=False, edgecolor="tab:red", lw=1.5))
-right.set_title("mask (dark = attends): Chebyshev inside each tile,\ncausal between tiles and text", fontsize=9)
-right.set_xlabel("key")
-right.set_ylabel("query")
+draw_mask(figure.add_subplot(grid[1, 3]), mask, [(start, SIDE * SIDE) for start in starts], ["tab:red"] * len(starts),
+          "mask (dark = attends): Chebyshev inside each tile,\ncausal between tiles and text")
 figure.tight_layout()
 figure.savefig("docs/img/tiles_layout.png", dpi=110)
 print("wrote docs/img/tiles_layout.png")

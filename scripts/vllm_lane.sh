@@ -35,12 +35,8 @@ site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pur
 cp scripts/vllm_lane/torchvision_cpu_shim.py "$site/_c2rope_lane_torchvision_shim.py"
 echo "import _c2rope_lane_torchvision_shim" > "$site/_c2rope_lane_torchvision_shim.pth"
 
-# c2rope against this venv's torch: a clean copy (no in-place .so of the main lane's build)
-src=$(mktemp -d)
-cp -r c2rope csrc setup.py pyproject.toml MANIFEST.in README.md "$src"/
-find "$src" \( -name '*.so' -o -name '__pycache__' \) -prune -exec rm -rf {} +
-"$VENV/bin/python" -m pip install -q --no-build-isolation --force-reinstall --no-deps "$src"
-rm -rf "$src"
+# c2rope against this venv's torch, from a clean copy (no in-place .so of the main lane's build)
+bash scripts/install_into_venv.sh "$VENV"
 
 scratch=$(mktemp -d)
 cd "$scratch"

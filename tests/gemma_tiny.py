@@ -37,6 +37,21 @@ def make_gemma3(implementation="sdpa", dtype=torch.float64):
     return model
 
 
+def _batch_rows(rows, spans, left_pad):
+    """Rows of ids (each starting with its `left_pad` zeros) as one left-padded batch:
+    (input_ids, attention_mask, spans moved by each row's extra padding)."""
+    length = max(len(r) for r in rows)
+    input_ids = torch.zeros(len(rows), length, dtype=torch.long)
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    out_spans = []
+    for b, (ids, pad) in enumerate(zip(rows, left_pad)):
+        shift = length - len(ids)  # extra left padding so rows end together
+        input_ids[b, shift:] = torch.tensor(ids)
+        mask[b, shift + pad:] = 1
+        out_spans.append([(start + shift, h, w) for start, h, w in spans[b]])
+    return input_ids, mask, out_spans
+
+
 def gemma3_prompt(images_per_row=(2, 1), left_pad=(0, 5), dtype=torch.float64, seed_text=None):
     """(inputs for forward/generate, spans): rows of random text with images
     `<boi> 16 x <img> <eoi>` at random places, left padding per row."""
@@ -52,15 +67,7 @@ def gemma3_prompt(images_per_row=(2, 1), left_pad=(0, 5), dtype=torch.float64, s
             ids += torch.randint(1, 90, (int(torch.randint(1, 5, ())),)).tolist()
         rows.append(ids)
         spans.append(row_spans)
-    length = max(len(r) for r in rows)
-    input_ids = torch.zeros(len(rows), length, dtype=torch.long)
-    mask = torch.zeros(len(rows), length, dtype=torch.long)
-    out_spans = []
-    for b, (ids, pad) in enumerate(zip(rows, left_pad)):
-        shift = length - len(ids)  # extra left padding so rows end together
-        input_ids[b, shift:] = torch.tensor(ids)
-        mask[b, shift + pad:] = 1
-        out_spans.append([(start + shift, h, w) for start, h, w in spans[b]])
+    input_ids, mask, out_spans = _batch_rows(rows, spans, left_pad)
     images = sum(images_per_row)
     inputs = {"input_ids": input_ids, "attention_mask": mask,
               "pixel_values": torch.randn(images, 3, 16, 16, dtype=dtype),
@@ -140,15 +147,7 @@ def gemma4_prompt(images_per_row=(2, 1), left_pad=(0, 5), dtype=torch.float64):
             ids += torch.randint(1, 89, (int(torch.randint(1, 5, ())),)).tolist()
         rows.append(ids)
         spans.append(row_spans)
-    length = max(len(r) for r in rows)
-    input_ids = torch.zeros(len(rows), length, dtype=torch.long)
-    mask = torch.zeros(len(rows), length, dtype=torch.long)
-    out_spans = []
-    for b, (ids, pad) in enumerate(zip(rows, left_pad)):
-        shift = length - len(ids)
-        input_ids[b, shift:] = torch.tensor(ids)
-        mask[b, shift + pad:] = 1
-        out_spans.append([(start + shift, h, w) for start, h, w in spans[b]])
+    input_ids, mask, out_spans = _batch_rows(rows, spans, left_pad)
     inputs = {"input_ids": input_ids, "attention_mask": mask, "pixel_values": torch.stack(pixels),
               "image_position_ids": torch.stack(positions), "mm_token_type_ids": (input_ids == IMG).long()}
     return inputs, out_spans

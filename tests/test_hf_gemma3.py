@@ -91,6 +91,51 @@ def reference_loss(logits, labels):
                                              labels[:, 1:].reshape(-1), ignore_index=-100)
 
 
+def decoding_steps_match_reference(model, config, inputs, spans, suppress, type_ids):
+    """Patches `model`; the logits of each greedy step of generate() (through the cache)
+    are the reference's over the sequence so far, its image tokens marked in
+    `inputs[type_ids]` as the release's processor marks them. Gemma 3 and Gemma 4."""
+    c2rope.patch_model(model, config)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=0, suppress_tokens=suppress,
+                             output_logits=True, return_dict_in_generate=True)
+    sequence = out.sequences[:, :-1]
+    extra = sequence.shape[1] - inputs["input_ids"].shape[1]
+    grown = dict(inputs, input_ids=sequence,
+                 attention_mask=torch.cat([inputs["attention_mask"], torch.ones(2, extra, dtype=torch.long)], dim=1))
+    grown[type_ids] = (sequence == IMG).long()
+    want = reference_logits(model, config, grown, spans).logits
+    steps = torch.stack(out.logits, dim=1)  # generate hands back float32 logits
+    torch.testing.assert_close(steps, want[:, -steps.shape[1]:].float(), rtol=1e-6, atol=1e-6)
+
+
+def training_step_with_gradient_checkpointing(model, config, inputs, spans):
+    """One training step of `model` patched, with gradient checkpointing, against a
+    patched copy without: the loss is the reference's, the two losses and all gradients
+    agree, and the first training forward's check ran. Gemma 3 and Gemma 4."""
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100).masked_fill(
+        inputs["input_ids"] == IMG, -100)
+    want = reference_loss(reference_logits(model, config, inputs, spans).logits, labels)
+    plain = copy.deepcopy(model)
+    c2rope.patch_model(model, config)
+    c2rope.patch_model(plain, config)
+    model.train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    plain.train()
+    losses = []
+    for m in (model, plain):
+        loss = m(**inputs, labels=labels).loss
+        loss.backward()
+        losses.append(loss)
+    close = 1e-9 if losses[0].dtype == torch.float64 else 1e-6  # 5.0 takes the loss of float32 logits
+    torch.testing.assert_close(losses[0].double(), want, rtol=close, atol=close)
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-12, atol=1e-12)
+    for (name, a), b in zip(model.named_parameters(), plain.parameters()):
+        if a.grad is not None or b.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12, msg=name)
+    assert model._c2rope_record.state.training_checked
+
+
 @needs_gemma3
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])
 def test_images_match_reference(implementation):
@@ -162,50 +207,15 @@ def test_generate_cached_equals_uncached(beams):
 def test_decoding_steps_match_reference():
     """Each greedy step through the cache has the logits of the reference over the
     whole sequence so far (c2rope's positions for the new tokens, text after images)."""
-    model = make_gemma3()
-    config = random.choice(CONFIGS)
     inputs, spans = gemma3_prompt()
-    c2rope.patch_model(model, config)
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=0, suppress_tokens=[IMG],
-                             output_logits=True, return_dict_in_generate=True)
-    sequence = out.sequences[:, :-1]
-    grown = dict(inputs, input_ids=sequence,
-                 attention_mask=torch.cat([inputs["attention_mask"],
-                                           torch.ones(2, sequence.shape[1] - inputs["input_ids"].shape[1],
-                                                      dtype=torch.long)], dim=1))
-    grown["token_type_ids"] = (sequence == IMG).long()
-    want = reference_logits(model, config, grown, spans).logits
-    steps = torch.stack(out.logits, dim=1)  # generate hands back float32 logits
-    torch.testing.assert_close(steps, want[:, -steps.shape[1]:].float(), rtol=1e-6, atol=1e-6)
+    decoding_steps_match_reference(make_gemma3(), random.choice(CONFIGS), inputs, spans, suppress=[IMG],
+                                   type_ids="token_type_ids")
 
 
 @needs_gemma3
 def test_training_step_with_gradient_checkpointing():
-    model = make_gemma3()
-    config = random.choice(CONFIGS)
     inputs, spans = gemma3_prompt()
-    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100).masked_fill(
-        inputs["input_ids"] == IMG, -100)
-    want = reference_loss(reference_logits(model, config, inputs, spans).logits, labels)
-    plain = copy.deepcopy(model)
-    c2rope.patch_model(model, config)
-    c2rope.patch_model(plain, config)
-    model.train()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    plain.train()
-    losses = []
-    for m in (model, plain):
-        loss = m(**inputs, labels=labels).loss
-        loss.backward()
-        losses.append(loss)
-    close = 1e-9 if losses[0].dtype == torch.float64 else 1e-6  # 5.0 takes the loss of float32 logits
-    torch.testing.assert_close(losses[0].double(), want, rtol=close, atol=close)
-    torch.testing.assert_close(losses[0], losses[1], rtol=1e-12, atol=1e-12)
-    for (name, a), b in zip(model.named_parameters(), plain.parameters()):
-        if a.grad is not None or b.grad is not None:
-            torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12, msg=name)
-    assert model._c2rope_record.state.training_checked
+    training_step_with_gradient_checkpointing(make_gemma3(), random.choice(CONFIGS), inputs, spans)
 
 
 @needs_gemma3

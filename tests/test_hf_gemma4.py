@@ -17,7 +17,9 @@ import c2rope
 
 transformers = pytest.importorskip("transformers")
 from gemma_tiny import IMG, KERNEL, MAX_TOKENS, VIDEO, gemma4_image, gemma4_prompt, make_gemma4, text_prompt  # noqa: E402
-from test_hf_gemma3 import CONFIGS, _valid, reference_logits, reference_loss  # noqa: E402
+from test_hf_gemma3 import (  # noqa: E402
+    CONFIGS, _valid, decoding_steps_match_reference, reference_logits, training_step_with_gradient_checkpointing,
+)
 
 HAS_GEMMA4 = hasattr(transformers, "Gemma4ForConditionalGeneration")
 needs_gemma4 = pytest.mark.skipif(not HAS_GEMMA4,
@@ -102,48 +104,15 @@ def test_generate_cached_equals_uncached(beams, kv_shared_layers):
 
 @needs_gemma4
 def test_decoding_steps_match_reference():
-    model = make_gemma4()
-    config = random.choice(CONFIGS)
     inputs, spans = gemma4_prompt()
-    c2rope.patch_model(model, config)
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=0,
-                             suppress_tokens=[IMG, VIDEO], output_logits=True, return_dict_in_generate=True)
-    sequence = out.sequences[:, :-1]
-    extra = sequence.shape[1] - inputs["input_ids"].shape[1]
-    grown = dict(inputs, input_ids=sequence, mm_token_type_ids=(sequence == IMG).long(),
-                 attention_mask=torch.cat([inputs["attention_mask"], torch.ones(2, extra, dtype=torch.long)], dim=1))
-    want = reference_logits(model, config, grown, spans).logits
-    steps = torch.stack(out.logits, dim=1)
-    torch.testing.assert_close(steps, want[:, -steps.shape[1]:].float(), rtol=1e-6, atol=1e-6)
+    decoding_steps_match_reference(make_gemma4(), random.choice(CONFIGS), inputs, spans, suppress=[IMG, VIDEO],
+                                   type_ids="mm_token_type_ids")
 
 
 @needs_gemma4
 def test_training_step_with_gradient_checkpointing():
-    model = make_gemma4()
-    config = random.choice(CONFIGS)
     inputs, spans = gemma4_prompt()
-    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100).masked_fill(
-        inputs["input_ids"] == IMG, -100)
-    want = reference_loss(reference_logits(model, config, inputs, spans).logits, labels)
-    plain = copy.deepcopy(model)
-    c2rope.patch_model(model, config)
-    c2rope.patch_model(plain, config)
-    model.train()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    plain.train()
-    losses = []
-    for m in (model, plain):
-        loss = m(**inputs, labels=labels).loss
-        loss.backward()
-        losses.append(loss)
-    close = 1e-9 if losses[0].dtype == torch.float64 else 1e-6  # 5.0 takes the loss of float32 logits
-    torch.testing.assert_close(losses[0].double(), want, rtol=close, atol=close)
-    torch.testing.assert_close(losses[0], losses[1], rtol=1e-12, atol=1e-12)
-    for (name, a), b in zip(model.named_parameters(), plain.parameters()):
-        if a.grad is not None or b.grad is not None:
-            torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12, msg=name)
-    assert model._c2rope_record.state.training_checked
+    training_step_with_gradient_checkpointing(make_gemma4(), random.choice(CONFIGS), inputs, spans)
 
 
 @needs_gemma4

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from test_hf_common import (  # noqa: F401  (skips under transformers < 4.57)
-    IMG, VOCAB, assert_close_valid, cache_kwargs, cache_of, reference_logits, transformers,
+    IMG, VOCAB, assert_close_valid, reference_logits, transformers,
 )
+import family_checks as checks
 
 import c2rope
 from c2rope.hf.families.idefics3 import TileGeometry
@@ -147,14 +148,9 @@ def test_matches_reference(kind, name, implementation):
 @pytest.mark.parametrize("kind", KINDS)
 def test_bare_model_matches_reference(kind):
     """Idefics3Model / SmolVLMModel (no LM head) patched on their own."""
-    config = c2rope.C2RoPEConfig()
-    model = tiny_model(kind)
     ids, mask, spans, pixels = two_rows(kind)
-    expected = reference_logits(model, config, ids, mask, spans, pixel_values=pixels)
-    c2rope.patch_model(model.model, config)
-    with torch.no_grad():
-        got = model.lm_head(model.model(input_ids=ids, attention_mask=mask, pixel_values=pixels).last_hidden_state)
-    assert_close_valid(got, expected, mask, atol=REF_TOL, rtol=REF_TOL)
+    checks.bare_model_matches_reference(tiny_model(kind), c2rope.C2RoPEConfig(), ids, mask, spans,
+                                        {"pixel_values": pixels}, atol=REF_TOL, rtol=REF_TOL)
 
 
 def test_smolvlm2_video_frames_are_tiles():
@@ -293,48 +289,25 @@ def test_image_after_a_cached_prefix(kind):
     model = tiny_model(kind)
     c2rope.patch_model(model, c2rope.C2RoPEConfig())
     ids, mask, _, pixels = batch(kind, [[(6, (1, 2))]], 140)
-    with torch.no_grad():
-        full = model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits
-        prefix = model(input_ids=ids[:, :4], attention_mask=mask[:, :4], use_cache=True)
-        rest = model(input_ids=ids[:, 4:], attention_mask=mask, pixel_values=pixels,
-                     **cache_kwargs(model, cache_of(prefix))).logits
-    torch.testing.assert_close(rest, full[:, 4:], atol=1e-10, rtol=1e-10)
+    checks.image_after_a_cached_prefix(model, ids, mask, {"pixel_values": pixels}, atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_verify_and_unpatch(kind):
-    model = tiny_model(kind)
+    # verify() checks every entry point: the model, Idefics3Model / SmolVLMModel, the text model
     ids, mask, _, pixels = two_rows(kind)
-    with torch.no_grad():
-        expected = model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits
-    before = {name: vars(m).get("forward") for name, m in model.named_modules()}
-    c2rope.patch_model(model, c2rope.C2RoPEConfig())
-    c2rope.verify(model)  # every entry point: the model, Idefics3Model / SmolVLMModel, the text model
-    c2rope.unpatch_model(model)
-    with pytest.raises(RuntimeError):
-        c2rope.verify(model)
-    with torch.no_grad():
-        got = model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits
-    torch.testing.assert_close(got, expected, rtol=0, atol=0)
-    after = {name: vars(m).get("forward") for name, m in model.named_modules()}
-    assert after.keys() == before.keys() and all(after[n] is before[n] for n in before)
+    checks.verify_and_unpatch_exact(tiny_model(kind), c2rope.C2RoPEConfig(), ids, mask, {"pixel_values": pixels})
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_bad_input_is_refused_clearly(kind):
     model = tiny_model(kind)
-    with pytest.raises(ValueError, match="derives every tile's grid"):
-        c2rope.patch_model(model, c2rope.C2RoPEConfig(), grid=(4, 4))
-    with pytest.raises(TypeError, match="C2RoPEConfig"):
-        c2rope.patch_model(model, c2rope.CircleRoPEConfig())
-    assert not c2rope.hf.is_patched(model)
+    checks.refuses_a_grid_and_circle_rope(model, grid=(4, 4), match="derives every tile's grid")
     c2rope.patch_model(model, c2rope.C2RoPEConfig())
     ids, mask, _, pixels = two_rows(kind)
-    short = ids.clone()
-    first = int((ids[0] == IMG).nonzero()[0])
-    short[0, first] = 7  # the first tile loses a token
-    with torch.no_grad(), pytest.raises(ValueError, match=r"row 0, .* not a whole number of tiles"):
-        model(input_ids=short, attention_mask=mask, pixel_values=pixels)
+    # the first tile loses a token
+    checks.refuses_an_image_missing_a_token(model, ids, mask, {"pixel_values": pixels},
+                                            match=r"row 0, .* not a whole number of tiles")
     fewer = pixels.clone()
     fewer[0, 3] = 0  # row 0's last tile becomes padding: 6 tiles of pixels for 7 tiles of tokens
     with torch.no_grad(), pytest.raises(ValueError, match=r"hold 7 tile\(s\) of image tokens .* pixel_values hold 6"):
@@ -362,16 +335,10 @@ def test_image_tokens_without_images_stay_text(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_check_command(kind, tmp_path, capsys):
-    from c2rope.cli.check_model import main as check_main
-
     config = tiny_model(kind).config
     config.architectures = [{"idefics3": "Idefics3ForConditionalGeneration",
                              "smolvlm": "SmolVLMForConditionalGeneration"}[kind]]
-    config.to_json_file(str(tmp_path / "config.json"))
-    code = check_main(str(tmp_path))
-    out = capsys.readouterr().out
-    assert code == 0, out
-    assert out.count("PASS") == 4 and "FAIL" not in out and out.strip().endswith("supported"), out
+    out = checks.check_command_passes(config, tmp_path, capsys)
     side, n = _tile(kind)
     assert "1x2 tiles + the global image" in out and f"into {side}x{side} = {n} image tokens" in out, out
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from test_hf_common import (  # noqa: F401  (skips under transformers < 4.57)
-    IMG, VOCAB, assert_close_valid, assert_text_only_unchanged, batch_with_images, cache_kwargs, cache_of,
-    reference_logits, text_config, transformers,
+    IMG, VOCAB, assert_close_valid, assert_text_only_unchanged, batch_with_images, reference_logits, text_config,
+    transformers,
 )
+import family_checks as checks
 
 import c2rope
 from c2rope.hf.families.llava_next.anyres import AnyresGeometry
@@ -136,14 +137,8 @@ def test_matches_reference(kind, name, implementation):
 @pytest.mark.parametrize("kind", ["next", "onevision"])
 def test_bare_model_matches_reference(kind):
     """LlavaNextModel / LlavaOnevisionModel (no LM head) patched on their own."""
-    config = c2rope.C2RoPEConfig()
-    model = tiny_model(kind, "eager")
-    ids, mask, spans, kwargs = _two_rows(kind)
-    expected = reference_logits(model, config, ids, mask, spans, **kwargs)
-    c2rope.patch_model(model.model, config)
-    with torch.no_grad():
-        got = model.lm_head(model.model(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state)
-    assert_close_valid(got, expected, mask)
+    checks.bare_model_matches_reference(tiny_model(kind, "eager"), c2rope.C2RoPEConfig(), *_two_rows(kind),
+                                        atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["next", "onevision"])
@@ -180,12 +175,7 @@ def test_image_after_a_cached_prefix(kind):
     c2rope.patch_model(model, c2rope.C2RoPEConfig())
     sizes = list(_grids(kind))
     ids, mask, _, kwargs = prompt(kind, [[(6, sizes[1])]], 56)
-    with torch.no_grad():
-        full = model(input_ids=ids, attention_mask=mask, **kwargs).logits
-        prefix = model(input_ids=ids[:, :4], attention_mask=mask[:, :4], use_cache=True)
-        rest = model(input_ids=ids[:, 4:], attention_mask=mask, **cache_kwargs(model, cache_of(prefix)),
-                     **kwargs).logits
-    torch.testing.assert_close(rest, full[:, 4:], atol=1e-5, rtol=1e-5)
+    checks.image_after_a_cached_prefix(model, ids, mask, kwargs, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["next", "onevision"])
@@ -205,26 +195,12 @@ def test_beam_search_with_images(kind):
 
 @pytest.mark.parametrize("kind", ["next", "onevision"])
 def test_training_step_matches_reference(kind):
-    config = c2rope.C2RoPEConfig()
-    model = tiny_model(kind, "eager")
-    reference = copy.deepcopy(model)
-    ids, mask, spans, kwargs = _two_rows(kind)
-    labels = ids.masked_fill(mask == 0, -100)
-    c2rope.patch_model(model, config)
-    model.train()
-    loss = model(input_ids=ids, attention_mask=mask, labels=labels, **kwargs).loss
-    loss.backward()
-    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
-    assert all(bool(torch.isfinite(g).all()) for g in grads.values())
-    # every decoder and projector weight is trained (the vision tower's unused last norm is not)
-    trained = [n for n, _ in model.named_parameters() if "language_model" in n or "projector" in n]
-    assert trained and all(n in grads for n in trained)
+    # every decoder and projector weight is trained (the vision tower's unused last norm
+    # is not), without gradient checkpointing; the loss is the reference's
+    grads = checks.training_step_matches_reference(tiny_model(kind, "eager"), c2rope.C2RoPEConfig(),
+                                                   *_two_rows(kind), trained=("language_model", "projector"),
+                                                   atol=1e-5, rtol=1e-5)
     assert grads["model.image_newline"].abs().sum() > 0  # the newline column is trained
-    # the same loss from the unpatched model fed the reference positions and mask
-    expected = reference_logits(reference, config, ids, mask, spans, **kwargs)
-    shifted = torch.nn.functional.cross_entropy(expected[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1),
-                                                ignore_index=-100)
-    torch.testing.assert_close(loss.detach(), shifted, atol=1e-5, rtol=1e-5)
 
 
 def test_onevision_multi_image_samples_and_video():
@@ -258,18 +234,11 @@ def test_onevision_multi_image_samples_and_video():
 @pytest.mark.parametrize("kind", ["next", "onevision"])
 def test_bad_input_is_refused_clearly(kind):
     model = tiny_model(kind)
-    with pytest.raises(ValueError, match="derives every image's grids"):
-        c2rope.patch_model(model, c2rope.C2RoPEConfig(), grid=(4, 4))
-    with pytest.raises(TypeError, match="C2RoPEConfig"):
-        c2rope.patch_model(model, c2rope.CircleRoPEConfig())
-    assert not c2rope.hf.is_patched(model)
+    checks.refuses_a_grid_and_circle_rope(model, grid=(4, 4), match="derives every image's grids")
     c2rope.patch_model(model, c2rope.C2RoPEConfig())
     ids, mask, _, kwargs = _two_rows(kind)
-    short = ids.clone()
-    first = int((ids[0] == IMG).nonzero()[0])
-    short[0, first] = 7  # image 0 loses a token: its tokens no longer fit where it starts
-    with torch.no_grad(), pytest.raises(ValueError, match="image 0 "):
-        model(input_ids=short, attention_mask=mask, **kwargs)
+    # image 0 loses a token: its tokens no longer fit where it starts
+    checks.refuses_an_image_missing_a_token(model, ids, mask, kwargs, match="image 0 ")
     with torch.no_grad(), pytest.raises(ValueError, match="no image_sizes"):
         model(input_ids=ids, attention_mask=mask)
     wrong = dict(kwargs, image_sizes=kwargs["image_sizes"].flip(0))  # the sizes in the wrong order
@@ -294,13 +263,7 @@ def test_unpatch_restores(kind):
 
 @pytest.mark.parametrize("kind", ["next", "onevision"])
 def test_check_command_builds_anyres_inputs(kind, tmp_path, capsys):
-    from c2rope.cli.check_model import main as check_main
-
     config = tiny_model(kind).config
     config.architectures = [{"next": "LlavaNextForConditionalGeneration",
                              "onevision": "LlavaOnevisionForConditionalGeneration"}[kind]]
-    config.to_json_file(str(tmp_path / "config.json"))
-    code = check_main(str(tmp_path))
-    out = capsys.readouterr().out
-    assert code == 0, out
-    assert out.count("PASS") == 4 and "FAIL" not in out and out.strip().endswith("supported")
+    checks.check_command_passes(config, tmp_path, capsys)

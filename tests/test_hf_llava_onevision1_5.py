@@ -6,7 +6,6 @@ c2rope.reference's cos/sin and a 4-D additive mask (test_hf_common.reference_log
 
 On a transformers release without the family (before 5.25) the model tests are
 skipped with that reason, and patch_model's and check's refusals are tested instead."""
-import copy
 import importlib.util
 import os
 import random
@@ -15,8 +14,9 @@ import pytest
 import torch
 
 from test_hf_common import (  # noqa: F401  (skips under transformers < 4.57)
-    IMG, VOCAB, assert_close_valid, cache_kwargs, cache_of, reference_logits, transformers,
+    IMG, VOCAB, reference_logits, transformers,
 )
+import family_checks as checks
 
 import c2rope
 from c2rope.hf.families.llava_onevision1_5 import require_release
@@ -121,19 +121,8 @@ def test_grids_are_the_features_the_model_makes():
 @needs_family
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
 def test_matches_reference(implementation):
-    config = random.choice(CONFIGS)
     model = tiny_model(implementation)
-    ids, mask, spans, kwargs = _two_rows()
-    expected = reference_logits(model, config, ids, mask, spans, **kwargs)
-    with torch.no_grad():
-        plain = model(input_ids=ids, attention_mask=mask, **kwargs).logits
-    c2rope.patch_model(model, config)
-    with torch.no_grad():
-        got = model(input_ids=ids, attention_mask=mask, **kwargs).logits
-    assert_close_valid(got, expected, mask, **EXACT)
-    moved = (got - plain)[mask.bool()]
-    # finite entries: transformers' own float64 eager mask turns left-padded rows into NaN, unpatched
-    assert moved[moved.isfinite()].abs().max() > 1e-4
+    checks.matches_reference_and_moves(model, random.choice(CONFIGS), *_two_rows(), **EXACT)
 
 
 @needs_family
@@ -151,27 +140,15 @@ def test_video_frames_and_an_image_match_reference():
 
 @needs_family
 def test_bare_model_matches_reference():
-    config = c2rope.C2RoPEConfig()
-    model = tiny_model("eager")
-    ids, mask, spans, kwargs = _two_rows()
-    expected = reference_logits(model, config, ids, mask, spans, **kwargs)
-    c2rope.patch_model(model.model, config)
-    with torch.no_grad():
-        got = model.lm_head(model.model(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state)
-    assert_close_valid(got, expected, mask, **EXACT)
+    checks.bare_model_matches_reference(tiny_model("eager"), c2rope.C2RoPEConfig(), *_two_rows(), **EXACT)
 
 
 @needs_family
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
 def test_text_only_is_exactly_unpatched(implementation):
-    # float32, bit for bit (in float64 c2rope's text tables round differently, ~1e-7)
     model = tiny_model(implementation, dtype=torch.float32)
     ids, mask, _, _ = prompt([[], []], 20, left_pad=(5, 0))
-    with torch.no_grad():
-        expected = model(input_ids=ids, attention_mask=mask).logits
-        c2rope.patch_model(model, random.choice(CONFIGS))
-        got = model(input_ids=ids, attention_mask=mask).logits
-    assert torch.equal(got, expected)
+    checks.text_only_is_exactly_unpatched(model, random.choice(CONFIGS), ids, mask)
 
 
 @needs_family
@@ -183,17 +160,11 @@ def test_generate_cached_equals_uncached(beams):
     model = tiny_model()
     c2rope.patch_model(model, random.choice(CONFIGS))
     ids, mask, _, kwargs = prompt([[(3, 0)], [(1, 1)]], 30, left_pad=(0, 6))
-    common = dict(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0,
-                  suppress_tokens=[IMG, VIDEO], num_beams=beams, num_return_sequences=beams, **kwargs)
-    cached = model.generate(**common)
-    assert cached.shape[0] == 2 * beams
-    assert torch.equal(cached, model.generate(**common, use_cache=False))
-    with torch.no_grad():  # the left-padded row computes what it computes alone
-        batched = model(input_ids=ids, attention_mask=mask, **kwargs).logits[1, 6:]
-        grid = kwargs["image_grid_thw"][1:]
-        alone = model(input_ids=ids[1:, 6:], attention_mask=mask[1:, 6:], image_grid_thw=grid,
-                      pixel_values=kwargs["pixel_values"][int(kwargs["image_grid_thw"][0].prod()):]).logits[0]
-    torch.testing.assert_close(batched, alone, **EXACT)
+    # row 1's image: the second grid, its patches after the first image's
+    alone = dict(image_grid_thw=kwargs["image_grid_thw"][1:],
+                 pixel_values=kwargs["pixel_values"][int(kwargs["image_grid_thw"][0].prod()):])
+    checks.generate_cached_equals_uncached(model, ids, mask, kwargs, suppress=[IMG, VIDEO], beams=beams, pad=6,
+                                           alone_kwargs=alone, **EXACT)
 
 
 @needs_family
@@ -201,69 +172,32 @@ def test_image_after_a_cached_prefix():
     model = tiny_model()
     c2rope.patch_model(model, c2rope.C2RoPEConfig())
     ids, mask, _, kwargs = prompt([[(5, 1)]], 24)
-    with torch.no_grad():
-        full = model(input_ids=ids, attention_mask=mask, **kwargs).logits
-        prefix = model(input_ids=ids[:, :4], attention_mask=mask[:, :4], use_cache=True)
-        rest = model(input_ids=ids[:, 4:], attention_mask=mask, **cache_kwargs(model, cache_of(prefix)),
-                     **kwargs).logits
-    torch.testing.assert_close(rest, full[:, 4:], **EXACT)
+    checks.image_after_a_cached_prefix(model, ids, mask, kwargs, **EXACT)
 
 
 @needs_family
 def test_training_step_with_gradient_checkpointing_matches_reference():
-    config = random.choice(CONFIGS)
-    model = tiny_model("eager")
-    reference = copy.deepcopy(model)
-    ids, mask, spans, kwargs = _two_rows()
-    labels = ids.masked_fill(mask == 0, -100)
-    c2rope.patch_model(model, config)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": random.choice([True, False])})
-    model.train()
-    loss = model(input_ids=ids, attention_mask=mask, labels=labels, **kwargs).loss
-    loss.backward()
-    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
-    assert all(bool(torch.isfinite(g).all()) for g in grads.values())
-    trained = [n for n, _ in model.named_parameters() if "language_model" in n or "merger" in n]
-    assert trained and all(n in grads for n in trained)
-    expected = reference_logits(reference, config, ids, mask, spans, **kwargs)
-    # transformers' loss upcasts the logits to float32: the reference loss does the same
-    shifted = torch.nn.functional.cross_entropy(expected[:, :-1].float().reshape(-1, VOCAB),
-                                                labels[:, 1:].reshape(-1), ignore_index=-100)
-    torch.testing.assert_close(loss.detach(), shifted, **EXACT)
+    checks.training_step_matches_reference(tiny_model("eager"), random.choice(CONFIGS), *_two_rows(),
+                                           trained=("language_model", "merger"),
+                                           reentrant=random.choice([True, False]), **EXACT)
 
 
 @needs_family
 def test_verify_and_unpatch_exact():
     model = tiny_model()
-    ids, mask, _, kwargs = _two_rows()
-    with torch.no_grad():
-        expected = model(input_ids=ids, attention_mask=mask, **kwargs).logits
-    before = {name: vars(m).get("forward") for name, m in model.named_modules()}
     methods = {name: vars(model.model).get(name) for name in ("get_image_features", "get_video_features")}
-    c2rope.patch_model(model, random.choice(CONFIGS))
-    c2rope.verify(model)
-    c2rope.unpatch_model(model)
-    with torch.no_grad():
-        assert torch.equal(model(input_ids=ids, attention_mask=mask, **kwargs).logits, expected)
-    after = {name: vars(m).get("forward") for name, m in model.named_modules()}
-    assert after.keys() == before.keys() and all(after[n] is before[n] for n in before)
+    ids, mask, _, kwargs = _two_rows()
+    checks.verify_and_unpatch_exact(model, random.choice(CONFIGS), ids, mask, kwargs)
     assert {name: vars(model.model).get(name) for name in methods} == methods
 
 
 @needs_family
 def test_tokens_that_disagree_with_the_grids_are_refused():
     model = tiny_model()
-    with pytest.raises(ValueError, match="derives every image's grid"):
-        c2rope.patch_model(model, c2rope.C2RoPEConfig(), grid=(2, 3))
-    with pytest.raises(TypeError, match="C2RoPEConfig"):
-        c2rope.patch_model(model, c2rope.CircleRoPEConfig())
-    assert not c2rope.hf.is_patched(model)
+    checks.refuses_a_grid_and_circle_rope(model, grid=(2, 3), match="derives every image's grid")
     c2rope.patch_model(model, c2rope.C2RoPEConfig())
     ids, mask, _, kwargs = _two_rows()
-    short = ids.clone()
-    short[0, int((ids[0] == IMG).nonzero()[0])] = 7  # image 0 loses a token
-    with torch.no_grad(), pytest.raises(ValueError, match="image 0 "):
-        model(input_ids=short, attention_mask=mask, **kwargs)
+    checks.refuses_an_image_missing_a_token(model, ids, mask, kwargs, match="image 0 ")
     with torch.no_grad(), pytest.raises(ValueError, match="no image_grid_thw was given"):
         model(input_ids=ids, attention_mask=mask)
     odd = dict(kwargs, image_grid_thw=torch.tensor([[1, 4, 6], [1, 6, 6], [1, 5, 2]]))
@@ -276,17 +210,11 @@ def test_tokens_that_disagree_with_the_grids_are_refused():
 
 @needs_family
 def test_check_builds_from_model_type(tmp_path, capsys):
-    from c2rope.cli.check_model import main as check_main
-
     config = tiny_model(dtype=torch.float32).config
     config.architectures = None
-    config.to_json_file(str(tmp_path / "config.json"))
-    code = check_main(str(tmp_path))
-    out = capsys.readouterr().out
-    assert code == 0, out
+    out = checks.check_command_passes(config, tmp_path, capsys)
     assert "built as LlavaOnevision15ForConditionalGeneration (from model_type" in out, out
     assert "merged 2x2 -> a 4x6 grid of 24 image tokens" in out, out
-    assert out.count("PASS") == 4 and "FAIL" not in out and out.strip().endswith("supported"), out
 
 
 def test_refused_without_a_release_that_ships_the_family(monkeypatch, capsys):
@@ -316,20 +244,13 @@ def test_refused_without_a_release_that_ships_the_family(monkeypatch, capsys):
     assert "nothing was built" in out
 
 
-
 @needs_family
 def test_packed_row_gives_each_sample_alone():
-    """Samples back to back in one row, position_ids restarting (DataCollatorWithFlattening)."""
     model = tiny_model()
     c2rope.patch_model(model, random.choice(CONFIGS))
     text_ids = torch.randint(1, END - 1, (1, 7))
     ids, mask, _, kwargs = prompt([[(2, 0), (12, 2)]], 30)
-    position_ids = torch.cat([torch.arange(7), torch.arange(30)]).unsqueeze(0)
-    with torch.no_grad():
-        packed = model(input_ids=torch.cat([text_ids, ids], dim=1), position_ids=position_ids, **kwargs).logits
-        alone = (model(input_ids=text_ids).logits, model(input_ids=ids, attention_mask=mask, **kwargs).logits)
-    torch.testing.assert_close(packed[:, :7], alone[0], **EXACT)
-    torch.testing.assert_close(packed[:, 7:], alone[1], **EXACT)
+    checks.packed_row_gives_each_sample_alone(model, text_ids, ids, mask, kwargs, **EXACT)
 
 
 @needs_family
@@ -337,12 +258,4 @@ def test_deep_copy_of_a_patched_model_computes_the_same():
     model = tiny_model()
     c2rope.patch_model(model, random.choice(CONFIGS))
     ids, mask, _, kwargs = _two_rows()
-    common = dict(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0,
-                  suppress_tokens=[IMG, VIDEO], **kwargs)
-    clone = copy.deepcopy(model)
-    with torch.no_grad():
-        assert torch.equal(clone(input_ids=ids, attention_mask=mask, **kwargs).logits,
-                           model(input_ids=ids, attention_mask=mask, **kwargs).logits)
-    assert torch.equal(clone.generate(**common), model.generate(**common))
-    c2rope.unpatch_model(clone)
-    assert c2rope.hf.is_patched(model) and not c2rope.hf.is_patched(clone)
+    checks.deep_copy_computes_the_same(model, ids, mask, kwargs, suppress=[IMG, VIDEO])

@@ -23,13 +23,13 @@ every feature tensor they make, so those calls are placed too.
 from __future__ import annotations
 
 import importlib.util
-import weakref
 from typing import List
 
 import torch
 from torch import nn
 
 from .llava_next.anyres import ImageTokens, merge_rows, placeholder_spans
+from ..encoded import EncodedFeatures
 from ..introspect import parameter_names
 from .llama import find_decoder, patch_decoder
 from ..pipeline import to_kwargs
@@ -70,34 +70,13 @@ def merged_grids(grid_thw, merge: int, what: str) -> List[ImageTokens]:
     return items
 
 
-class EncodedGrids(_Unpicklable):
-    """The grids of every feature tensor the patched encoder made, kept only while the
-    tensor lives (generate() passes them back as mm_encoder_outputs, repeated by
-    reference for beams)."""
+class EncodedGrids(EncodedFeatures):
+    """The grids of every feature tensor the patched encoder made (generate() passes
+    them back as mm_encoder_outputs, repeated by reference for beams)."""
 
-    def __init__(self):
-        self.entries = {}
-
-    def remember(self, features, items) -> None:
-        for feature, item in zip(features, items):
-            key = id(feature)
-            self.entries[key] = (weakref.ref(feature), item)
-            weakref.finalize(feature, self.entries.pop, key, None)
-
-    def recall(self, features, what: str) -> List[ImageTokens]:
-        items = []
-        for index, feature in enumerate(features):
-            entry = self.entries.get(id(feature))
-            if entry is None or entry[0]() is not feature:
-                raise ValueError(f"c2rope: {what} {index} of mm_encoder_outputs was not encoded by this patched model, "
-                                 f"so its grid is unknown; pass {what}_grid_thw (or visual_layout=)")
-            items.append(entry[1])
-        return items
-
-    def __deepcopy__(self, memo):  # a copy starts with no remembered tensors
-        clone = EncodedGrids()
-        memo[id(self)] = clone
-        return clone
+    def recall_grids(self, features, what: str) -> List[ImageTokens]:
+        return self.recall(features, lambda index: f"c2rope: {what} {index} of mm_encoder_outputs was not encoded by "
+                           f"this patched model, so its grid is unknown; pass {what}_grid_thw (or visual_layout=)")
 
 
 def encode(original, grids: EncodedGrids, merge: int, grid_name: str, names, *args, **kwargs):
@@ -139,7 +118,7 @@ class MergedSpans(_Unpicklable):
             if grid_thw is not None:
                 items = merged_grids(grid_thw, self.merge, grid_name)
             elif features is not None:
-                items = self.grids.recall(features, modality)
+                items = self.grids.recall_grids(features, modality)
             else:
                 raise ValueError(f"c2rope: input_ids hold {modality} tokens but no {grid_name} was given; every "
                                  f"{modality}'s grid follows from it (or pass visual_layout=)")

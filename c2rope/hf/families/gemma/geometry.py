@@ -9,12 +9,12 @@ raises otherwise).
 from __future__ import annotations
 
 import inspect
-import weakref
 from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
 
+from ...encoded import EncodedFeatures
 from ...introspect import parameter_names, uses_global
 from ...pipeline import ROTARY_GLOBAL, to_kwargs
 from ...record import _Unpicklable
@@ -78,9 +78,8 @@ def gemma4_grids(image_position_ids: torch.Tensor, kernel: int) -> List[Tuple[in
 
 # Image features computed before the forward call (5.24+ generate() encodes the images
 # once, then passes `mm_encoder_outputs` without image_position_ids): the grid of every
-# feature tensor, noted when get_image_features made it. Keyed by the tensor's id, kept
-# only while the tensor lives (generate() repeats the same tensors for beams).
-_ENCODED: dict = {}
+# feature tensor, noted when get_image_features made it.
+_ENCODED = EncodedFeatures()
 
 
 def encode_images(original, kernel: int, names, *args, **kwargs):
@@ -92,10 +91,7 @@ def encode_images(original, kernel: int, names, *args, **kwargs):
     if positions is not None and isinstance(features, (list, tuple)):
         grids = gemma4_grids(positions, kernel)
         if len(grids) == len(features):
-            for feature, grid in zip(features, grids):
-                key = id(feature)
-                _ENCODED[key] = (weakref.ref(feature), grid)
-                weakref.finalize(feature, _ENCODED.pop, key, None)
+            _ENCODED.remember(features, grids)
     return out
 
 
@@ -104,15 +100,9 @@ def encoded_grids(mm_encoder_outputs) -> Optional[List[Tuple[int, int]]]:
     features = getattr((mm_encoder_outputs or {}).get("image"), "pooler_output", None)
     if features is None:
         return None
-    grids = []
-    for index, feature in enumerate(features):
-        entry = _ENCODED.get(id(feature))
-        if entry is None or entry[0]() is not feature:
-            raise ValueError(f"c2rope: image {index} of mm_encoder_outputs was not encoded by this patched model's "
-                             "get_image_features, so its grid is unknown; pass pixel_values with image_position_ids "
-                             "(or visual_layout=)")
-        grids.append(entry[1])
-    return grids
+    return _ENCODED.recall(features, lambda index: f"c2rope: image {index} of mm_encoder_outputs was not encoded "
+                           "by this patched model's get_image_features, so its grid is unknown; pass pixel_values "
+                           "with image_position_ids (or visual_layout=)")
 
 
 class Gemma4Spans(_Unpicklable):

@@ -12,12 +12,12 @@ explicit `visual_layout=` wins.
 """
 from __future__ import annotations
 
-import weakref
 from typing import Optional
 
 import torch
 
 from .anyres import AnyresGeometry, Spans, merge_rows, placeholder_spans
+from ...encoded import EncodedFeatures
 from ...introspect import parameter_names
 from ..llama import patch_decoder
 from ...pipeline import to_kwargs
@@ -60,16 +60,8 @@ def call_spans(geometry: AnyresGeometry, image_token_id: int, video_token_id: Op
 
 # Image features computed before the forward call (5.24+ generate() encodes the images
 # once, then passes `mm_encoder_outputs` without image_sizes): the tokens of every
-# feature tensor, recorded when get_image_features made it. Keyed by the tensor's id,
-# kept only while the tensor lives (generate() may repeat the same tensors for beams).
-_ENCODED: dict = {}
-
-
-def _remember_encoded(features, items) -> None:
-    for feature, item in zip(features, items):
-        key = id(feature)
-        _ENCODED[key] = (weakref.ref(feature), item)
-        weakref.finalize(feature, _ENCODED.pop, key, None)
+# feature tensor, recorded when get_image_features made it.
+_ENCODED = EncodedFeatures()
 
 
 def _encoded_images(mm_encoder_outputs):
@@ -77,15 +69,9 @@ def _encoded_images(mm_encoder_outputs):
     if features is None:
         raise ValueError("c2rope: input_ids hold image tokens but no image_sizes were given; the anyres grids "
                          "of an image follow from its size (or pass visual_layout=)")
-    items = []
-    for index, feature in enumerate(features):
-        entry = _ENCODED.get(id(feature))
-        if entry is None or entry[0]() is not feature:
-            raise ValueError(f"c2rope: image {index} of mm_encoder_outputs was not encoded by this patched model's "
-                             "get_image_features, so its anyres grids are unknown; pass image_sizes (or "
-                             "visual_layout=)")
-        items.append(entry[1])
-    return items
+    return _ENCODED.recall(features, lambda index: f"c2rope: image {index} of mm_encoder_outputs was not encoded "
+                           "by this patched model's get_image_features, so its anyres grids are unknown; pass "
+                           "image_sizes (or visual_layout=)")
 
 
 def encode_images(original, geometry, names, *args, **kwargs):
@@ -95,7 +81,7 @@ def encode_images(original, geometry, names, *args, **kwargs):
     out = original(*args, **kwargs)
     features = getattr(out, "pooler_output", out)
     if isinstance(features, (list, tuple)) and len(features) == len(items):
-        _remember_encoded(features, items)
+        _ENCODED.remember(features, items)
     return out
 
 
