@@ -2,6 +2,7 @@
 float64: every tile of an image is its own grid (centre, rings, Chebyshev mask); the
 <img> / </img> tokens around an image are text. References are the UNPATCHED model fed
 c2rope.reference's cos/sin and a 4-D additive mask (test_hf_common.reference_logits)."""
+import importlib.util
 import random
 
 import pytest
@@ -158,10 +159,8 @@ def test_tokens_that_disagree_with_the_tile_grid_are_refused():
 
 
 def test_refused_without_a_release_that_ships_internvl(monkeypatch):
-    from c2rope.hf.families import internvl
-
-    real = internvl.importlib.util.find_spec
-    monkeypatch.setattr(internvl.importlib.util, "find_spec",
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "transformers.models.internvl" else real(name, *a))
     with pytest.raises(TypeError, match="InternVL .* needs a transformers release that ships"):
         require_release("internvl")

@@ -221,7 +221,6 @@ def test_refused_without_a_release_that_ships_the_family(monkeypatch, capsys):
     """As on 4.57.6, 5.0.0 and 5.24.0: patch_model refuses the model type, and check
     refuses the published config.json from the file alone."""
     from c2rope.cli.check_model import main as check_main
-    from c2rope.hf.families import llava_onevision1_5
 
     class Fake(torch.nn.Module):
         def __init__(self):
@@ -230,8 +229,8 @@ def test_refused_without_a_release_that_ships_the_family(monkeypatch, capsys):
             self.config.model_type = "llava_onevision1_5"
 
     if HAS_FAMILY:  # pretend to be a release without it
-        real = llava_onevision1_5.importlib.util.find_spec
-        monkeypatch.setattr(llava_onevision1_5.importlib.util, "find_spec",
+        real = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec",
                             lambda name, *a: None if name.startswith("transformers.models.llava_onevision1_5")
                             else real(name, *a))
     with pytest.raises(TypeError, match=r"LLaVA-OneVision-1.5 .* needs a transformers release that ships"):

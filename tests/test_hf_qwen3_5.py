@@ -199,8 +199,6 @@ def test_packed_rows_with_images_are_refused():
 
 
 def test_refused_without_a_release_that_ships_qwen3_5(monkeypatch):
-    from c2rope.hf.families import qwen3_5
-
     class Fake(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -209,7 +207,7 @@ def test_refused_without_a_release_that_ships_qwen3_5(monkeypatch):
 
     if HAS_QWEN3_5:  # as on 4.57 / 5.0: the module is not there
         real = importlib.util.find_spec
-        monkeypatch.setattr(qwen3_5.importlib.util, "find_spec",
+        monkeypatch.setattr(importlib.util, "find_spec",
                             lambda name, *a: None if name.startswith("transformers.models.qwen3_5") else real(name, *a))
     with pytest.raises(TypeError, match=r"Qwen3.5 .* needs a transformers release that ships"):
         c2rope.patch_model(Fake(), C2RoPEConfig())

@@ -14,6 +14,7 @@ to know about a model's code is read here, through what every release exposes:
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import inspect
 import re
 import types
@@ -48,6 +49,26 @@ def transformers_line() -> str:
         "Install a supported release (pip install 'transformers>=5') or use c2rope's kernels "
         "(c2rope.C2RotaryEmbedding, c2rope.apply_rotary_pos_emb) directly."
     )
+
+
+def missing_release(model_type: str, family: str, docs: str) -> Optional[str]:
+    """Why the installed transformers cannot build `family`, or None when it ships
+    transformers.models.<model_type>. A family added in a later release than c2rope's
+    oldest supported one is refused with this (from config.json too, before anything is
+    built); `docs` names where the family is described."""
+    if importlib.util.find_spec(f"transformers.models.{model_type}") is not None:
+        return None
+    import transformers
+
+    return (f"{family} (model_type {model_type!r}) needs a transformers release that ships "
+            f"transformers.models.{model_type}; transformers {transformers.__version__} does not ({docs})")
+
+
+def require_release(model_type: str, family: str, docs: str) -> None:
+    """TypeError naming the release unless it ships the family (missing_release)."""
+    reason = missing_release(model_type, family, docs)
+    if reason is not None:
+        raise TypeError(f"c2rope: {reason}")
 
 
 def real_function(method: Callable) -> Callable:

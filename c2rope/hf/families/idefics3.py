@@ -29,13 +29,13 @@ text, as transformers leaves them.
 """
 from __future__ import annotations
 
-import importlib.util
 from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .llama import patch_decoder
+from .. import introspect
 from ..pipeline import to_kwargs
 from ..record import _Unpicklable
 from ..registry import register_patcher
@@ -54,14 +54,7 @@ Spans = Tuple[Tuple[Tuple[int, int, int], ...], ...]
 def require_release(model_type: str) -> None:
     """TypeError unless the installed transformers ships the family (SmolVLM since 4.50,
     Idefics3 since 4.45: every release c2rope's modern line supports has both)."""
-    if importlib.util.find_spec(f"transformers.models.{model_type}") is None:
-        import transformers
-
-        raise TypeError(
-            f"c2rope: {_NAMES.get(model_type, model_type)} (model_type {model_type!r}) needs a transformers release "
-            f"that ships transformers.models.{model_type}; transformers {transformers.__version__} does not "
-            f"({DOCS}, 'SmolVLM and Idefics3')"
-        )
+    introspect.require_release(model_type, _NAMES.get(model_type, model_type), f"{DOCS}, 'SmolVLM and Idefics3'")
 
 
 def _positive_int(value, name: str) -> int:

@@ -21,7 +21,6 @@ call carries pixels, as many tiles as `pixel_values` has rows (ValueError otherw
 """
 from __future__ import annotations
 
-import importlib.util
 from typing import Optional, Tuple
 
 import torch
@@ -29,6 +28,7 @@ from torch import nn
 
 from .llava_next.anyres import ImageTokens, placeholder_spans
 from .llama import patch_decoder
+from .. import introspect
 from ..pipeline import to_kwargs
 from ..record import PatchRecord, _Unpicklable
 from ..registry import register_patcher
@@ -40,12 +40,7 @@ DOCS = "docs/tiles.md"
 
 def require_release(model_type: str) -> None:
     """TypeError unless the installed transformers ships InternVL."""
-    if importlib.util.find_spec(f"transformers.models.{model_type}") is None:
-        import transformers
-
-        raise TypeError(f"c2rope: InternVL (model_type {model_type!r}) needs a transformers release that ships "
-                        f"transformers.models.{model_type}; transformers {transformers.__version__} does not "
-                        f"(docs/tiles.md)")
+    introspect.require_release(model_type, "InternVL", DOCS)
 
 
 def _pair(value, name: str) -> Tuple[int, int]:

@@ -22,7 +22,6 @@ every feature tensor they make, so those calls are placed too.
 """
 from __future__ import annotations
 
-import importlib.util
 from typing import List
 
 import torch
@@ -30,6 +29,7 @@ from torch import nn
 
 from .llava_next.anyres import ImageTokens, merge_rows, placeholder_spans
 from ..encoded import EncodedFeatures
+from .. import introspect
 from ..introspect import parameter_names
 from .llama import find_decoder, patch_decoder
 from ..pipeline import to_kwargs
@@ -46,12 +46,7 @@ _MODALITIES = (("image", "image_grid_thw", "get_image_features", "image_token_id
 
 def require_release(model_type: str) -> None:
     """TypeError unless the installed transformers ships LLaVA-OneVision-1.5 (5.25 on)."""
-    if importlib.util.find_spec(f"transformers.models.{model_type}") is None:
-        import transformers
-
-        raise TypeError(f"c2rope: LLaVA-OneVision-1.5 (model_type {model_type!r}) needs a transformers release that "
-                        f"ships transformers.models.{model_type}; transformers {transformers.__version__} does not "
-                        f"(docs/tiles.md)")
+    introspect.require_release(model_type, "LLaVA-OneVision-1.5", DOCS)
 
 
 def merged_grids(grid_thw, merge: int, what: str) -> List[ImageTokens]:

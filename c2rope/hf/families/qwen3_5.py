@@ -32,7 +32,6 @@ samples in one row) that hold images or video (ValueError).
 """
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import sys
 from typing import Callable, List
@@ -43,6 +42,7 @@ from torch import nn
 from ...circle import CircleRoPEConfig
 from ...config import C2RoPEConfig
 from ...mrope import mm_token_type_ids_from_input_ids
+from .. import introspect
 from ..packing import sample_ids
 from .qwen_vl.circle_patch import apply_circle_patch
 from .qwen_vl.c2rope_patch import apply_c2rope_patch, call_arguments, find_parts
@@ -60,14 +60,7 @@ _MASK_BUILDER = "create_recurrent_attention_mask"  # what the release's text for
 
 def require_release(model_type: str) -> None:
     """TypeError unless the installed transformers ships the family (4.57 and 5.0 do not)."""
-    if importlib.util.find_spec(f"transformers.models.{model_type}") is None:
-        import transformers
-
-        raise TypeError(
-            f"c2rope: Qwen3.5 (model_type {model_type!r}) needs a transformers release that ships "
-            f"transformers.models.{model_type}; transformers {transformers.__version__} does not (docs/qwen.md, "
-            "'Qwen3.5')"
-        )
+    introspect.require_release(model_type, "Qwen3.5", f"{DOCS}, 'Qwen3.5'")
 
 
 def layer_types(text: nn.Module) -> List[str]:

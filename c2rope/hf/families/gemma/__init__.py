@@ -21,7 +21,6 @@ What is particular to these families, on top of the generic decoder corridor
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import inspect
 
 from torch import nn
@@ -29,6 +28,7 @@ from torch import nn
 from ....config import C2RoPEConfig
 from ....rotary import apply_rotary_pos_emb as fused_apply_rotary_pos_emb
 from ...entry import add_entry_points
+from ... import introspect
 from ...introspect import parameter_names
 from ...pipeline import ROTARY_GLOBAL, hook_decoder
 from ...record import PatchRecord, bind_forward_with_globals
@@ -52,9 +52,9 @@ def unsupported_reason(model_type: str):
     module per rope base (rotary_emb and rotary_emb_local), which c2rope does not patch."""
     import transformers
 
-    if importlib.util.find_spec(f"transformers.models.{model_type}") is None:
-        return (f"{_NAMES.get(model_type, model_type)} (model_type {model_type!r}) needs a transformers release that "
-                f"ships transformers.models.{model_type}; transformers {transformers.__version__} does not ({DOCS})")
+    missing = introspect.missing_release(model_type, _NAMES.get(model_type, model_type), DOCS)
+    if missing is not None:
+        return missing
     modeling = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
     rotary = getattr(modeling, f"{model_type.capitalize()}RotaryEmbedding", None)
     if rotary is None:
