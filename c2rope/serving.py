@@ -27,6 +27,12 @@ SERVING_ARCHITECTURES = {
     "Qwen2VLForConditionalGeneration": "C2RoPEQwen2VLForConditionalGeneration",
     "Qwen2_5_VLForConditionalGeneration": "C2RoPEQwen2_5_VLForConditionalGeneration",
 }
+# serving architecture -> the module of c2rope.vllm that defines the class (imported by
+# vLLM only when it builds such a model).
+SERVING_MODULES = {
+    "C2RoPEQwen2VLForConditionalGeneration": "c2rope.vllm.qwen",
+    "C2RoPEQwen2_5_VLForConditionalGeneration": "c2rope.vllm.qwen",
+}
 ORIGINAL_ARCHITECTURES = {served: original for original, served in SERVING_ARCHITECTURES.items()}
 
 
@@ -96,4 +102,6 @@ def recorded_config(source) -> Optional[dict]:
     return None if entry is None else parse_entry(entry)
 
 
-__all__ = ["KEY", "SERVING_ARCHITECTURES", "config_entry", "parse_entry", "recorded_config"]
+__all__ = ["KEY", "SERVING_ARCHITECTURES", "SERVING_MODULES", "config_entry", "parse_entry", "recorded_config"]
+
+assert set(SERVING_MODULES) == set(ORIGINAL_ARCHITECTURES)

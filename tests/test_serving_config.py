@@ -84,3 +84,23 @@ def test_positions_survive_the_int64_buffer_bit_for_bit():
         encode_positions(torch.tensor([float("nan")]))
     with pytest.raises(TypeError, match="float32"):
         encode_positions(torch.tensor([1.5], dtype=torch.float64))
+
+
+def _config(entry, **extra):
+    return type("Config", (), {"c2rope": entry, **extra})()
+
+
+def test_check_servable_refusals():
+    """What the vLLM plugin refuses, decided from the recorded entry alone (no vLLM needed)."""
+    from c2rope.vllm.servable import check_servable
+
+    with pytest.raises(ValueError, match="no 'c2rope' entry"):
+        check_servable(_config(None))
+    with pytest.raises(ValueError, match="C2RoPEConfig only"):
+        check_servable(_config(config_entry(c2rope.CircleRoPEConfig())))
+    with pytest.raises(ValueError, match="frame_axis"):
+        check_servable(_config(config_entry(c2rope.C2RoPEConfig(mask="causal"), {"frame_axis": "separate"})))
+    with pytest.raises(ValueError, match="Chebyshev"):
+        check_servable(_config(config_entry(c2rope.C2RoPEConfig())))
+    recorded = check_servable(_config(config_entry(c2rope.C2RoPEConfig(mask="causal"))))
+    assert recorded["config"] == c2rope.C2RoPEConfig(mask="causal")

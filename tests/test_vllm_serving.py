@@ -211,23 +211,3 @@ def test_plugin_refuses_the_chebyshev_mask(tmp_path, mask):
     with pytest.raises(Exception, match="Chebyshev") as caught:
         make_llm(folder)
     assert f"mask={mask!r}" in str(caught.value)
-
-
-def _config(entry, **extra):
-    return type("Config", (), {"c2rope": entry, **extra})()
-
-
-def test_check_servable_refusals():
-    from c2rope.serving import config_entry
-    from c2rope.vllm.qwen import check_servable
-
-    with pytest.raises(ValueError, match="no 'c2rope' entry"):
-        check_servable(_config(None))
-    with pytest.raises(ValueError, match="C2RoPEConfig only"):
-        check_servable(_config(config_entry(c2rope.CircleRoPEConfig())))
-    with pytest.raises(ValueError, match="frame_axis"):
-        check_servable(_config(config_entry(c2rope.C2RoPEConfig(mask="causal"), {"frame_axis": "separate"})))
-    with pytest.raises(ValueError, match="Chebyshev"):
-        check_servable(_config(config_entry(c2rope.C2RoPEConfig())))
-    recorded = check_servable(_config(config_entry(c2rope.C2RoPEConfig(mask="causal"))))
-    assert recorded["config"] == c2rope.C2RoPEConfig(mask="causal")

