@@ -11,10 +11,10 @@ from __future__ import annotations
 import weakref
 from typing import Callable, List
 
-from .record import _Unpicklable
+from .record import Unpicklable
 
 
-class EncodedFeatures(_Unpicklable):
+class EncodedFeatures(Unpicklable):
     """Feature tensor -> what the family remembered for it (its grid, its tokens)."""
 
     def __init__(self):

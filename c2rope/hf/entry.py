@@ -37,12 +37,12 @@ from torch import nn
 from . import context
 from .introspect import parameter_names
 from .pipeline import to_kwargs
-from .record import PatchRecord, _Unpicklable
+from .record import PatchRecord, Unpicklable
 
 PIXEL_ARGUMENTS = ("pixel_values", "pixel_values_videos")
 
 
-class EntryHooks(_Unpicklable):
+class EntryHooks(Unpicklable):
     """The pre-hook and always-called hook of one entry point (top-level or inner model).
     `spans`, if given, derives the call's image spans from its arguments (anyres)."""
 

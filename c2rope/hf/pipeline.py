@@ -31,7 +31,7 @@ from . import context
 from .introspect import cache_argument, output_cache, parameter_names
 from .masks import decoder_mask, dense_mask, legacy_mask
 from . import checks
-from .record import Disarmable, PatchRecord, _Unpicklable, rebound_namespace
+from .record import Disarmable, PatchRecord, Unpicklable, rebound_namespace
 from .state import C2RoPEState
 
 ROTARY_GLOBAL = "apply_rotary_pos_emb"
@@ -72,7 +72,7 @@ class Delivery:
         tables = frame.tables if frame is not None else None
         if frame is None or frame.positions is None or tables is None or not isinstance(received, (tuple, list)):
             return False
-        return all(_same_tensor(a, b) for a, b in zip(received[:2], tables[:2]))
+        return all(same_tensor(a, b) for a, b in zip(received[:2], tables[:2]))
 
     def mask_reached(self, kwargs: dict, frame) -> bool:
         return _same_mask(kwargs.get("attention_mask"), frame.mask)
@@ -96,7 +96,7 @@ class LegacyDelivery(Delivery):
     def deliver(self, bound: dict, plan, state, past: int) -> None:
         positions = plan.positions
         if positions is None and state.config.text_spatial == "zero":
-            positions = _text_positions(_hf_position_ids(bound.get("position_ids"), past, plan.total_len - past,
+            positions = text_rotary_positions(_hf_position_ids(bound.get("position_ids"), past, plan.total_len - past,
                                                          bound), state)
         if positions is not None:
             positions = positions.contiguous().clone()  # a storage of our own to register
@@ -151,7 +151,7 @@ def _plan(state, frame, bound, cache, batch, q_len, device):
                       cu_seq_lens=bound.get("cu_seq_lens_q"), cu_seq_lens_k=bound.get("cu_seq_lens_k"))
 
 
-class DecoderHooks(_Unpicklable):
+class DecoderHooks(Unpicklable):
     """The decoder's forward pre-hook and always-called forward hook (see entry.py for
     why hooks, not a forward wrapper). The pre-hook plans the call and hands the
     decoder c2rope's mask (as its attention_mask argument) and positions (on the
@@ -228,13 +228,13 @@ class C2RotaryAdapter(Disarmable, nn.Module):
             return self.original(x, position_ids, *args, **kwargs)
         positions = context.current_positions(self.state)
         if positions is None:
-            return self.rope(x, _text_positions(position_ids, self.state))
+            return self.rope(x, text_rotary_positions(position_ids, self.state))
         tables = self.rope(x, positions)
         context.note_tables(self.state, tables)
         return tables
 
 
-def _text_positions(position_ids: torch.Tensor, state: C2RoPEState) -> torch.Tensor:
+def text_rotary_positions(position_ids: torch.Tensor, state: C2RoPEState) -> torch.Tensor:
     if state.config.text_spatial != "zero":
         return position_ids
     # text_spatial="zero": text is (m, 0, 0), not plain RoPE.
@@ -318,7 +318,7 @@ def verify_patch(decoder: nn.Module, attentions, state: C2RoPEState) -> None:
             handles.append(attention.register_forward_pre_hook(pre_hook, with_kwargs=True))
             handles.append(attention.register_forward_hook(post_hook, with_kwargs=True))
         padding = torch.ones(1, seq, dtype=torch.long, device=weight.device)
-        with torch.no_grad(), context.call_frame(state, visual_layout=layout), _probe_implementation(decoder.config):
+        with torch.no_grad(), context.call_frame(state, visual_layout=layout), probe_implementation(decoder.config):
             decoder(inputs_embeds=embeds, attention_mask=padding, use_cache=False)
     finally:
         for handle in handles:
@@ -338,12 +338,12 @@ def verify_patch(decoder: nn.Module, attentions, state: C2RoPEState) -> None:
             raise RuntimeError(f"c2rope: {name} never called {ROTARY_GLOBAL}: the patch would do nothing there")
         if not entry["rotated"]:
             raise RuntimeError(f"c2rope: {name} did not rotate by c2rope's positions")
-        if expected is not None and not _is_expected_mask(entry["mask"], entry["delivered"], expected):
+        if expected is not None and not is_expected_mask(entry["mask"], entry["delivered"], expected):
             raise RuntimeError(f"c2rope: {name} did not receive c2rope's Chebyshev mask")
 
 
 @contextlib.contextmanager
-def _probe_implementation(config):
+def probe_implementation(config):
     """flex_attention is compiled by transformers on first use: a probe of another shape
     would make the user's first real call recompile it with dynamic shapes (slower, and
     broken in some torch CPU releases). The probe checks routing, not the attention
@@ -359,7 +359,7 @@ def _probe_implementation(config):
         config._attn_implementation = implementation
 
 
-def _is_expected_mask(received, delivered, expected: torch.Tensor) -> bool:
+def is_expected_mask(received, delivered, expected: torch.Tensor) -> bool:
     if received is None:
         return False
     if received is delivered or (isinstance(delivered, dict) and any(received is m for m in delivered.values())):
@@ -370,7 +370,7 @@ def _is_expected_mask(received, delivered, expected: torch.Tensor) -> bool:
     return allowed.shape == expected.shape and bool(torch.equal(allowed.cpu(), expected.cpu()))
 
 
-def _same_tensor(a, b) -> bool:
+def same_tensor(a, b) -> bool:
     if a is b:
         return True
     return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape

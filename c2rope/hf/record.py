@@ -44,7 +44,7 @@ _PICKLE_MESSAGE = (
 )
 
 
-class _Unpicklable:
+class Unpicklable:
     """Refuses pickling with a clear message; deep copies copy every attribute (so a
     copied model's wrappers refer to the copied modules)."""
 
@@ -72,7 +72,7 @@ class Disarmable:
         self.armed = False
 
 
-class PatchRecord(_Unpicklable):
+class PatchRecord(Unpicklable):
     """The changes made to one model, in order; `undo()` reverts them newest first."""
 
     def __init__(self, model: torch.nn.Module, family: str):
@@ -135,7 +135,7 @@ def _current(obj: Any, name: str) -> Any:
     return vars(obj).get(name, _MISSING)
 
 
-class PatchedForward(Disarmable, _Unpicklable):
+class PatchedForward(Disarmable, Unpicklable):
     """An instance-level `forward`: calls `handler(original, *context, *args, **kwargs)`.
 
     Looks like the original to transformers, which inspects forward signatures (e.g.
@@ -170,7 +170,7 @@ class PatchedForward(Disarmable, _Unpicklable):
         return signature.replace(parameters=parameters[:at] + [extra] + parameters[at:])
 
 
-class ReboundForward(Disarmable, _Unpicklable):
+class ReboundForward(Disarmable, Unpicklable):
     """`module.forward` running the class's forward with some module-level names of its
     real code replaced (a method bound to `module`, kept as an attribute)."""
 

@@ -53,7 +53,7 @@ def _outer_call(model: nn.Module, base: nn.Module) -> nn.Module:
     return current
 
 
-def _probe_paths(model: nn.Module, base: nn.Module, record) -> List[Tuple[str, nn.Module]]:
+def probe_paths(model: nn.Module, base: nn.Module, record) -> List[Tuple[str, nn.Module]]:
     paths = []
     outer = _outer_call(model, base)
     if outer is not base and any(m is base for m in outer.modules()):
@@ -64,7 +64,7 @@ def _probe_paths(model: nn.Module, base: nn.Module, record) -> List[Tuple[str, n
     return paths
 
 
-def _probe_ids(decoder: nn.Module, state, device) -> torch.Tensor:
+def probe_ids(decoder: nn.Module, state, device) -> torch.Tensor:
     token = 1 if state.image_token_id != 1 else 2  # text everywhere: the layout places the image
     return torch.full((1, 8), token, dtype=torch.long, device=device)
 
@@ -76,7 +76,7 @@ def verify(model: nn.Module, *, _meta_warns: bool = False) -> None:
     gradients; the model's train/eval mode is kept."""
     from ..layout import VisualLayout
     from ..positions import build_position_ids
-    from .pipeline import _probe_implementation, verify_patch
+    from .pipeline import probe_implementation, verify_patch
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -100,14 +100,14 @@ def verify(model: nn.Module, *, _meta_warns: bool = False) -> None:
                               "verified by a probe forward", stacklevel=3)
                 continue
             raise RuntimeError("c2rope.verify: the model's weights are on the meta device; nothing can be probed")
-        ids = _probe_ids(decoder, state, weight.device)
+        ids = probe_ids(decoder, state, weight.device)
         layout = VisualLayout.from_spans([[(2, 2, 2)]], ids.shape[1], device=weight.device)
         expected = build_position_ids(layout, state.config)
         want_mask = state.config.mask != "causal"
-        for label, module in _probe_paths(model, base, record):
+        for label, module in probe_paths(model, base, record):
             watch = AttentionWatch(state, attentions, record.delivery).start()
             try:
-                with torch.no_grad(), _probe_implementation(decoder.config):
+                with torch.no_grad(), probe_implementation(decoder.config):
                     module(input_ids=ids, attention_mask=torch.ones_like(ids), visual_layout=layout, use_cache=False)
             finally:
                 watch.stop()

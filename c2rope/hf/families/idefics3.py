@@ -37,7 +37,7 @@ from torch import nn
 from .llama import patch_decoder
 from .. import introspect
 from ..pipeline import to_kwargs
-from ..record import _Unpicklable
+from ..record import Unpicklable
 from ..registry import register_patcher
 
 MODEL_TYPES = ("idefics3", "smolvlm")
@@ -174,7 +174,7 @@ def call_spans(geometry: TileGeometry, image_token_id: int, arguments: dict) -> 
     return spans
 
 
-class TileSpans(_Unpicklable):
+class TileSpans(Unpicklable):
     """The entry hook's `spans(names, args, kwargs)` for tiled models (an object, not a
     closure, so deep copies of a patched model copy it)."""
 

@@ -30,7 +30,7 @@ from .llava_next.anyres import ImageTokens, placeholder_spans
 from .llama import patch_decoder
 from .. import introspect
 from ..pipeline import to_kwargs
-from ..record import PatchRecord, _Unpicklable
+from ..record import PatchRecord, Unpicklable
 from ..registry import register_patcher
 
 MODEL_TYPES = ("internvl",)
@@ -80,7 +80,7 @@ def _tile_count(arguments: dict) -> Optional[int]:
     return None
 
 
-class TileSpans(_Unpicklable):
+class TileSpans(Unpicklable):
     """The inner model's entry hook `spans(names, args, kwargs)`: one grid per tile, in
     the order of the image tokens (an object, so deep copies of a patched model copy it)."""
 

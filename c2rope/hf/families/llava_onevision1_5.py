@@ -33,7 +33,7 @@ from .. import introspect
 from ..introspect import parameter_names
 from .llama import find_decoder, patch_decoder
 from ..pipeline import to_kwargs
-from ..record import PatchRecord, _Unpicklable
+from ..record import PatchRecord, Unpicklable
 from ..registry import register_patcher
 
 MODEL_TYPES = ("llava_onevision1_5",)
@@ -85,7 +85,7 @@ def encode(original, grids: EncodedGrids, merge: int, grid_name: str, names, *ar
     return out
 
 
-class MergedSpans(_Unpicklable):
+class MergedSpans(Unpicklable):
     """The inner model's entry hook `spans(names, args, kwargs)`: the grids of every
     image and video frame of the call, placed on their placeholder tokens."""
 

@@ -162,7 +162,7 @@ class LinearLayersProbe:
     def _release_masks(self, attention_mask: torch.Tensor, weight: torch.Tensor) -> dict:
         """Per linear layer, the mask the text model's class forward (no c2rope wrapper)
         hands it for this 2-D padding mask."""
-        from ..pipeline import _probe_implementation
+        from ..pipeline import probe_implementation
 
         text = self.text
         got = {}
@@ -175,7 +175,7 @@ class LinearLayersProbe:
                 handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
         embeds = torch.zeros(*attention_mask.shape, text.config.hidden_size, dtype=weight.dtype, device=weight.device)
         try:
-            with torch.no_grad(), _probe_implementation(text.config):
+            with torch.no_grad(), probe_implementation(text.config):
                 type(text).forward(text, inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
         finally:
             for handle in handles:

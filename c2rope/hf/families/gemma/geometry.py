@@ -17,7 +17,7 @@ from torch import nn
 from ...encoded import EncodedFeatures
 from ...introspect import parameter_names, uses_global
 from ...pipeline import ROTARY_GLOBAL, to_kwargs
-from ...record import _Unpicklable
+from ...record import Unpicklable
 
 
 def gemma3_grid(model: nn.Module):
@@ -105,7 +105,7 @@ def encoded_grids(mm_encoder_outputs) -> Optional[List[Tuple[int, int]]]:
                            "with image_position_ids (or visual_layout=)")
 
 
-class Gemma4Spans(_Unpicklable):
+class Gemma4Spans(Unpicklable):
     """The entry hook's `spans(names, args, kwargs)`: each image's grid from its
     image_position_ids, placed on the image-token runs of input_ids. Video is refused
     (its frames would keep 1-D positions under c2rope's mask); audio tokens are text."""

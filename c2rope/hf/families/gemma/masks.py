@@ -28,8 +28,8 @@ import torch
 
 from ... import context
 from ...masks import additive, decoder_mask, dense_mask
-from ...pipeline import Delivery, _same_tensor, to_kwargs
-from ...record import _Unpicklable
+from ...pipeline import Delivery, same_tensor, to_kwargs
+from ...record import Unpicklable
 
 
 class _Stack(threading.local):
@@ -42,7 +42,7 @@ class _Stack(threading.local):
         return _Stack()
 
 
-class InnerMask(_Unpicklable):
+class InnerMask(Unpicklable):
     """Hooks on the multimodal model: the 2-D padding mask (or None) of the running call."""
 
     def __init__(self, names):
@@ -65,7 +65,7 @@ class InnerMask(_Unpicklable):
 _NONE = object()  # no multimodal call is running
 
 
-class HandPadding(_Unpicklable):
+class HandPadding(Unpicklable):
     """Decoder pre-hook before c2rope's: the model's mask dict out, the 2-D mask in."""
 
     def __init__(self, names, inner: InnerMask):
@@ -93,7 +93,7 @@ class HandPadding(_Unpicklable):
         return self.held.items[-1] if self.held.items else None
 
 
-class GiveBackModelMask(_Unpicklable):
+class GiveBackModelMask(Unpicklable):
     """Decoder pre-hook after c2rope's: the model's own dict back where c2rope handed
     no mask (or where the model's image block was asked for)."""
 
@@ -165,4 +165,4 @@ class LayerTypeDelivery(Delivery):
         tables = frame.tables.get(getattr(attention, "layer_type", None))
         if tables is None or not isinstance(received, (tuple, list)):
             return False
-        return all(_same_tensor(a, b) for a, b in zip(received[:2], tables[:2]))
+        return all(same_tensor(a, b) for a, b in zip(received[:2], tables[:2]))

@@ -20,9 +20,9 @@ from torch import nn
 from ....layout import VisualLayout
 from ....positions import build_position_ids
 from ...checks import AttentionWatch, describe_path
-from ...pipeline import ROTARY_GLOBAL, _probe_implementation
+from ...pipeline import ROTARY_GLOBAL, probe_implementation
 from ...record import ReboundForward, rebound_namespace
-from ...verify import _probe_ids, _probe_paths
+from ...verify import probe_ids, probe_paths
 
 
 class GemmaProbe:
@@ -41,15 +41,15 @@ class GemmaProbe:
         weight = next(self.text.parameters(), None)
         if weight is None or weight.device.type == "meta":
             return  # patch_model warns about unmaterialised weights itself
-        ids = _probe_ids(self.text, state, weight.device)
+        ids = probe_ids(self.text, state, weight.device)
         layout = VisualLayout.from_spans([[(2, 2, 2)]], ids.shape[1], device=weight.device)
         expected = build_position_ids(layout, state.config)
         want_mask = state.config.mask != "causal" and not self.keep_model_mask
-        for label, module in _probe_paths(self.base, self.base, self.record):
+        for label, module in probe_paths(self.base, self.base, self.record):
             watch = AttentionWatch(state, self.attentions, self.delivery).start()
             counts = self._count_kernel_calls() if self.rebound else None
             try:
-                with torch.no_grad(), _probe_implementation(self.text.config):
+                with torch.no_grad(), probe_implementation(self.text.config):
                     module(input_ids=ids, attention_mask=torch.ones_like(ids), visual_layout=layout, use_cache=False)
             finally:
                 watch.stop()

@@ -26,7 +26,7 @@ from torch import nn
 
 from ....rotary import C2RotaryEmbedding
 from ... import context
-from ...pipeline import _text_positions
+from ...pipeline import text_rotary_positions
 from ...record import Disarmable
 
 # Rope types whose inv_freq changes during forward: c2rope's tables would freeze them.
@@ -109,7 +109,7 @@ class LayerTypeRotary(Disarmable, nn.Module):
         if positions is None:
             if self.state.config.text_spatial != "zero":
                 return self.original(x, position_ids, layer_type, *args, **kwargs)
-            return rope(x, _text_positions(position_ids, self.state))
+            return rope(x, text_rotary_positions(position_ids, self.state))
         tables = rope(x, positions)
         frame = context.current(self.state)
         if frame is not None:

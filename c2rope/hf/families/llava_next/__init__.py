@@ -21,7 +21,7 @@ from ...encoded import EncodedFeatures
 from ...introspect import parameter_names
 from ..llama import patch_decoder
 from ...pipeline import to_kwargs
-from ...record import _Unpicklable
+from ...record import Unpicklable
 from ...registry import register_patcher
 
 MODEL_TYPES = ("llava_next", "llava_onevision")
@@ -85,7 +85,7 @@ def encode_images(original, geometry, names, *args, **kwargs):
     return out
 
 
-class AnyresSpans(_Unpicklable):
+class AnyresSpans(Unpicklable):
     """The entry hook's `spans(names, args, kwargs)` for anyres models (an object, not a
     closure, so deep copies of a patched model copy it)."""
 

@@ -85,7 +85,7 @@ def run_probe(inner: nn.Module, text: nn.Module, arguments: dict) -> List[dict]:
     """Run the inner model once; per decoder layer, its kind ("attention" / "linear",
     `token_mixer`) and the position_embeddings and attention_mask its token mixer got.
     The model's rope_deltas come back as they were."""
-    from ...pipeline import _probe_implementation
+    from ...pipeline import probe_implementation
 
     seen = [{"kind": token_mixer(layer)[0], "calls": 0, "cos": None, "mask": None} for layer in text.layers]
 
@@ -101,7 +101,7 @@ def run_probe(inner: nn.Module, text: nn.Module, arguments: dict) -> List[dict]:
                for layer, entry in zip(text.layers, seen)]
     deltas = inner.rope_deltas
     try:
-        with torch.no_grad(), _probe_implementation(text.config):
+        with torch.no_grad(), probe_implementation(text.config):
             inner(**arguments)
     finally:
         for handle in handles:
@@ -137,7 +137,7 @@ class C2RoPEProbe:
 
     def __call__(self, state=None) -> None:
         from ...masks import dense_mask
-        from ...pipeline import _is_expected_mask
+        from ...pipeline import is_expected_mask
         from ...state import C2RoPEState, CallPlan
 
         qwen = self.qwen
@@ -167,7 +167,7 @@ class C2RoPEProbe:
                 continue  # linear attention takes no positions (families/qwen3_5.py checks it)
             if not _tables_match(entry["cos"], want):
                 raise RuntimeError(f"c2rope: {_name(index, text)} did not rotate by c2rope's positions")
-            if mask is not None and not _is_expected_mask(entry["mask"], None, mask):
+            if mask is not None and not is_expected_mask(entry["mask"], None, mask):
                 raise RuntimeError(f"c2rope: {_name(index, text)} did not receive c2rope's Chebyshev mask")
 
 
