@@ -1,0 +1,94 @@
+"""The Chebyshev image mask (mask="outward" / "inward") served by c2rope's vLLM plugin on
+vLLM's CPU backend (c2rope/vllm/chebyshev.py), against c2rope-patched transformers (the
+vLLM lane, scripts/vllm_lane.sh; skipped where vLLM is not installed).
+
+The same comparison as tests/test_vllm_serving.py (greedy tokens, log-probs within 1e-4
+over 64 tokens, a batch of text, image and video prompts), run twice on one engine: the
+second run finds the prompts' first KV blocks in vLLM's prefix cache, so image rows are
+also computed from a step that starts inside an image. The mask must matter: every prompt
+with an image of more than one token gets other log-probs under the causal mask, so a
+plugin serving the checkpoint causally fails here."""
+import random
+
+import pytest
+
+from test_vllm_serving import HF_CLASSES, NEW_TOKENS, _seed, compare, hf_logprobs, make_llm, random_prompts, save_patched
+from test_vllm_serving import vllm
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import c2rope  # noqa: E402
+import vllm_tiny  # noqa: E402
+
+def random_image(rng, height, width):
+    pixels = np.random.default_rng(rng.randrange(2**31)).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+CHEBYSHEV = [("qwen2_vl", "outward"), ("qwen2_5_vl", "inward")]
+
+
+def _several_tokens(inputs):
+    """Whether an image or video frame of the prompt has more than one token (a one-token
+    image looks the same under every mask)."""
+    grids = [g for name in ("image_grid_thw", "video_grid_thw") if name in inputs for g in inputs[name].tolist()]
+    return any(h * w > vllm_tiny.MERGE ** 2 for _, h, w in grids)
+
+
+def _image_tokens(inputs):
+    """Prompt indices of image and video tokens."""
+    ids = inputs["input_ids"][0]
+    vision = (ids == vllm_tiny.SPECIALS.index("<|image_pad|>")) | (ids == vllm_tiny.SPECIALS.index("<|video_pad|>"))
+    return set(vision.nonzero().flatten().tolist())
+
+
+def served_greedy(llm, prompts, vocab_size, suppress):
+    """[(prompt ids, tokens, log-probs, prompt tokens found in the prefix cache)]."""
+    allowed = [i for i in range(vocab_size) if i not in suppress]
+    params = vllm.SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, logprobs=1,
+                                 allowed_token_ids=allowed)
+    results = []
+    for out in llm.generate(prompts, params, use_tqdm=False):
+        completion = out.outputs[0]
+        logprobs = [step[token].logprob for step, token in zip(completion.logprobs, completion.token_ids)]
+        results.append((list(out.prompt_token_ids), list(completion.token_ids), logprobs,
+                        out.num_cached_tokens or 0))
+    return results
+
+
+@pytest.mark.parametrize("kind,mask", CHEBYSHEV, ids=[f"{k}-{m}" for k, m in CHEBYSHEV])
+def test_vllm_serves_the_chebyshev_mask(tmp_path, kind, mask):
+    folder = str(tmp_path / kind)
+    model = save_patched(folder, kind, c2rope.C2RoPEConfig(mask=mask))
+    causal = HF_CLASSES[kind].from_pretrained(folder, dtype=torch.float32).eval()
+    c2rope.patch_model(causal, c2rope.C2RoPEConfig(mask="causal"))  # same positions, causal attention
+    processor = transformers.AutoProcessor.from_pretrained(folder)
+    suppress = list(range(len(vllm_tiny.SPECIALS)))
+    rng = random.Random(_seed())
+    prompts = random_prompts(rng)
+    # 30 words, vision start, a 4 x 4 image at tokens 31 ... 46: the first 32-token block
+    # (cached after the first run) ends inside the image.
+    image = random_image(rng, 16, 16)
+    prompts.append({"prompt": f"{vllm_tiny.random_text(rng, 30, 30)} {vllm_tiny.IMAGE} {vllm_tiny.random_text(rng)}",
+                    "multi_modal_data": {"image": [image]}})
+    # Blocks of 32 tokens: the second run's prompts hit the prefix cache, some inside an image.
+    llm = make_llm(folder, block_size=32, enable_prefix_caching=True, disable_chunked_mm_input=True)
+    vocab = model.config.text_config.vocab_size
+    sensitive = inside = 0
+    for run in range(2):
+        served = served_greedy(llm, prompts, vocab, suppress)
+        parted = []
+        for prompt, (ids, tokens, logprobs, cached) in zip(prompts, served):
+            inputs, reference, step = compare(model, processor, prompt, (ids, tokens, logprobs), suppress)
+            parted += [] if step is None else [step]
+            if run == 0 and _several_tokens(inputs):
+                assert (hf_logprobs(causal, inputs, tokens) - reference).abs().max() > 1e-3
+                sensitive += 1
+            vision = _image_tokens(inputs)
+            inside += run == 1 and cached - 1 in vision and cached in vision  # the cache ends inside an image
+        assert len(parted) <= 1, f"greedy runs parted at ties in {len(parted)} of {len(prompts)} prompts"
+    assert sensitive >= 3, "too few prompts where the mask matters"
+    assert inside >= 1, "no prompt of the second run started inside an image"
