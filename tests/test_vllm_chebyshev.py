@@ -92,3 +92,20 @@ def test_vllm_serves_the_chebyshev_mask(tmp_path, kind, mask):
         assert len(parted) <= 1, f"greedy runs parted at ties in {len(parted)} of {len(prompts)} prompts"
     assert sensitive >= 3, "too few prompts where the mask matters"
     assert inside >= 1, "no prompt of the second run started inside an image"
+
+
+def test_the_chebyshev_mask_is_refused_on_other_backends():
+    """On any attention backend but vLLM's CPU one (a GPU engine: FLASH_ATTN, TRITON_ATTN,
+    FLEX_ATTENTION, ...) the layers are not touched and the model is refused by the
+    backend's name, never served causally."""
+    from types import SimpleNamespace
+
+    from c2rope.vllm import chebyshev
+
+    config = SimpleNamespace(scheduler_config=SimpleNamespace(enable_chunked_prefill=True,
+                                                              disable_chunked_mm_input=True))
+    for backend in ("FLASH_ATTN", "TRITON_ATTN", "FLEX_ATTENTION"):
+        layer = SimpleNamespace(attn_backend=SimpleNamespace(get_name=lambda name=backend: name), impl=object())
+        with pytest.raises(ValueError, match=f"attention backend is {backend}"):
+            chebyshev.install([layer], chebyshev.MaskState("outward"), config)
+        assert type(layer.impl) is object

@@ -57,13 +57,19 @@ def _rings(h: int, w: int) -> torch.Tensor:
 
 
 class MaskState:
-    """What the layers share in one engine: the mask mode and this step's positions."""
+    """What the layers share in one engine: the mask mode and this step's image cells."""
 
     def __init__(self, mode: str):
         if mode not in ("outward", "inward"):
             raise ValueError(f"mode must be 'outward' or 'inward', got {mode!r}")
         self.mode = mode
-        self.positions: Optional[torch.Tensor] = None
+        self.cells: Optional[torch.Tensor] = None  # int64 [3, tokens of the step]
+        self.rows = torch.zeros(0, dtype=torch.int64)  # the step's image tokens
+
+    def step(self, positions: torch.Tensor) -> None:
+        """The model's forward: this step's (encoded) positions, decoded once for all layers."""
+        self.cells = decode_cells(positions.detach().cpu())
+        self.rows = (self.cells[0] > 0).nonzero().flatten()
 
 
 class ChebyshevCPUImpl(CPUAttentionBackendImpl):
@@ -76,13 +82,12 @@ class ChebyshevCPUImpl(CPUAttentionBackendImpl):
                 output_block_scale=None):
         result = super().forward(layer, query, key, value, kv_cache, attn_metadata, output, output_scale,
                                  output_block_scale)
-        if attn_metadata is None or self.c2rope_state.positions is None:
+        state = self.c2rope_state
+        if attn_metadata is None or not state.rows.numel():
             return result
-        n = attn_metadata.num_actual_tokens
-        cells = decode_cells(self.c2rope_state.positions[:, :n].cpu())
-        rows = (cells[0] > 0).nonzero().flatten()
+        rows = state.rows[state.rows < attn_metadata.num_actual_tokens]  # not the padding
         if rows.numel():
-            self._image_rows(layer, query, key, value, kv_cache, attn_metadata, output, cells, rows)
+            self._image_rows(layer, query, key, value, kv_cache, attn_metadata, output, state.cells, rows)
         return result
 
     def _image_rows(self, layer, query, key, value, kv_cache, meta, output, cells, rows) -> None:

@@ -68,7 +68,7 @@ class C2RoPEQwenMixin:
     def forward(self, *args, **kwargs):
         # Outside the compiled text model: the step's positions for the Chebyshev mask's layers.
         if getattr(self, "c2rope_mask", None) is not None:
-            self.c2rope_mask.positions = kwargs["positions"] if "positions" in kwargs else args[1]
+            self.c2rope_mask.step(kwargs["positions"] if "positions" in kwargs else args[1])
         return super().forward(*args, **kwargs)
 
     def get_mrope_input_positions(self, input_tokens, mm_features):
