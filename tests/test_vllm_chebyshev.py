@@ -9,6 +9,7 @@ also computed from a step that starts inside an image. The mask must matter: the
 with a 4 x 4 image gets log-probs more than 1e-3 away under the causal mask (and the plugin
 with its image rows switched off fails the comparison)."""
 import random
+from types import SimpleNamespace
 
 import pytest
 
@@ -93,8 +94,6 @@ def test_the_chebyshev_mask_is_refused_on_other_backends():
     """On any attention backend but vLLM's CPU one (a GPU engine: FLASH_ATTN, TRITON_ATTN,
     FLEX_ATTENTION, ...) the layers are not touched and the model is refused by the
     backend's name, never served causally."""
-    from types import SimpleNamespace
-
     from c2rope.vllm import chebyshev
 
     config = SimpleNamespace(scheduler_config=SimpleNamespace(enable_chunked_prefill=True,
@@ -104,3 +103,76 @@ def test_the_chebyshev_mask_is_refused_on_other_backends():
         with pytest.raises(ValueError, match=f"attention backend is {backend}"):
             chebyshev.install([layer], chebyshev.MaskState("outward"), config)
         assert type(layer.impl) is object
+
+
+def _cpu_layer(num_heads, num_kv_heads, head, mode):
+    """A ChebyshevCPUImpl as `install` leaves it, without an engine around it."""
+    from c2rope.vllm import chebyshev
+
+    impl = object.__new__(chebyshev.ChebyshevCPUImpl)
+    impl.num_heads, impl.num_kv_heads, impl.scale = num_heads, num_kv_heads, head ** -0.5
+    impl.c2rope_state = chebyshev.MaskState(mode)
+    return impl
+
+
+@pytest.mark.parametrize("mode", ["outward", "inward"])
+def test_image_rows_equal_the_dense_chebyshev_mask(mode):
+    """One request with two images (3 x 4 and 2 x 2) in vLLM's paged CPU cache (its own
+    write op, non-contiguous blocks); this step starts inside the first image (its start
+    came from the prefix cache). The recomputed image rows equal SDPA under
+    c2rope.chebyshev_mask; text rows are left to vLLM's kernel."""
+    from vllm import _custom_ops as ops
+
+    from c2rope.vllm.chebyshev import image_cells
+    from c2rope.vllm.positions import attach_cells, encode_positions
+
+    gen = torch.Generator().manual_seed(_seed())
+    heads, kv_heads, head, block = 4, 2, 32, 32
+    spans = [(5, 3, 4), (40, 2, 2)]
+    seq, first = 70, 9  # this step: tokens 9 ... 69
+    layout = c2rope.VisualLayout.from_spans([spans], seq)
+    dense = c2rope.chebyshev_mask(layout, c2rope.C2RoPEConfig(mask=mode))[0, 0]  # [seq, seq] bool
+    q = torch.randn(seq, heads, head, generator=gen)
+    k = torch.randn(seq, kv_heads, head, generator=gen)
+    v = torch.randn(seq, kv_heads, head, generator=gen)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=dense, enable_gqa=True).transpose(0, 1)
+
+    kv_cache = torch.zeros(4, kv_heads, block, 2 * head)
+    keys, values = kv_cache.view(4, kv_heads, 2 * block, head).chunk(2, dim=2)
+    block_table = torch.tensor([[2, 0, 3]], dtype=torch.int32)
+    slots = block_table[0].long()[torch.arange(seq) // block] * block + torch.arange(seq) % block
+    ops.cpu_attn_reshape_and_cache(k, v, keys, values, slots, "vec")
+
+    encoded = encode_positions(torch.zeros(3, seq))
+    encoded = attach_cells(encoded, torch.zeros(3, seq), image_cells(spans, seq))[:, first:]
+    impl = _cpu_layer(heads, kv_heads, head, mode)
+    impl.c2rope_state.step(encoded)
+    meta = SimpleNamespace(query_start_loc=torch.tensor([0, seq - first], dtype=torch.int32),
+                           seq_lens=torch.tensor([seq], dtype=torch.int32), block_table=block_table)
+    layer = SimpleNamespace(isa="vec")
+    output = torch.full((seq - first, heads, head), float("nan"))
+    impl._image_rows(layer, q[first:], k[first:], v[first:], kv_cache, meta, output,
+                     impl.c2rope_state.cells, impl.c2rope_state.rows)
+    image = torch.tensor(sorted(set(range(first, 17)) | set(range(40, 44))))
+    torch.testing.assert_close(output[image - first], expected[image], atol=1e-5, rtol=1e-5)
+    text = torch.ones(seq - first, dtype=torch.bool)
+    text[image - first] = False
+    assert bool(output[text].isnan().all()), "text rows are vLLM's kernel's, not recomputed"
+
+    # A step that ends inside an image (its last keys do not exist yet) is refused.
+    short = SimpleNamespace(query_start_loc=torch.tensor([0, 42 - first], dtype=torch.int32),
+                            seq_lens=torch.tensor([42], dtype=torch.int32), block_table=block_table)
+    impl.c2rope_state.step(encoded[:, :42 - first])
+    with pytest.raises(RuntimeError, match=r"part of an image \(tokens 40..43\)"):
+        impl._image_rows(layer, q[first:42], k[first:42], v[first:42], kv_cache, short, output,
+                         impl.c2rope_state.cells, impl.c2rope_state.rows)
+    # Another CPU kernel's cache layout is refused by name, and a cache that does not hold
+    # this step's keys where they are read is refused too.
+    impl.c2rope_state.step(encoded)
+    with pytest.raises(RuntimeError, match="kernel is 'amx'"):
+        impl._image_rows(SimpleNamespace(isa="amx"), q[first:], k[first:], v[first:], kv_cache, meta, output,
+                         impl.c2rope_state.cells, impl.c2rope_state.rows)
+    with pytest.raises(RuntimeError, match="unknown cache layout"):
+        impl._image_rows(layer, q[first:], k[first:], v[first:], kv_cache.transpose(2, 3).contiguous()
+                         .view_as(kv_cache), meta, output, impl.c2rope_state.cells, impl.c2rope_state.rows)

@@ -35,6 +35,7 @@ except ImportError as exc:  # pragma: no cover - only without vLLM
 
 # vLLM's CPU kernels (cpu_attn `layer.isa`) whose KV cache layout `_image_rows` reads.
 CACHE_LAYOUTS = ("vec", "vec16")
+_ROWS_AT_ONCE = 256
 
 
 def image_cells(spans, length: int) -> torch.Tensor:
@@ -123,28 +124,31 @@ class ChebyshevCPUImpl(CPUAttentionBackendImpl):
             mask = logical[:, None] >= j[None, :]               # causal, then each image's rule
             raster, h, w = cells[0, own] - 1, cells[1, own], cells[2, own]
             image_start = logical - raster
-            for start, hh, ww in {(int(a), int(b), int(c)) for a, b, c in zip(image_start, h, w)}:
+            for start, hh, ww in torch.unique(torch.stack([image_start, h, w], dim=1), dim=0).tolist():
                 end = start + hh * ww
                 if end > seq:
                     raise RuntimeError(
                         f"c2rope.vllm: a step computes part of an image (tokens {start}..{end - 1}) before its last "
                         f"token exists ({seq} tokens so far): the Chebyshev mask needs the whole image in one step. "
-                        "Serve with disable_chunked_mm_input=True (docs/serving.md)")
+                        "With disable_chunked_mm_input=True this happens only to a step that starts inside an image "
+                        "found in the prefix cache and cannot finish it: raise max_num_batched_tokens or turn prefix "
+                        "caching off (docs/serving.md)")
                 these = image_start == start
                 rings = _rings(hh, ww)
                 mine = rings[raster[these]][:, None]
                 theirs = rings[None, :]
                 inside = theirs <= mine if self.c2rope_state.mode == "outward" else theirs >= mine
                 mask[these, start:end] = inside
-            q = query[own].to(torch.float32).transpose(0, 1)   # [heads, rows, head]
             group = self.num_heads // self.num_kv_heads
-            k = keys.to(torch.float32).repeat_interleave(group, dim=1).transpose(0, 1)
+            k = keys.to(torch.float32).repeat_interleave(group, dim=1).transpose(0, 1)   # [heads, seq, head]
             v = values.to(torch.float32).repeat_interleave(group, dim=1).transpose(0, 1)
-            scores = (q @ k.transpose(1, 2)) * self.scale
-            scores = scores.masked_fill(~mask[None], float("-inf"))
-            out = torch.softmax(scores, dim=-1) @ v             # [heads, rows, head]
-            output[own] = out.transpose(0, 1).to(output.dtype)
-
+            for at in range(0, own.numel(), _ROWS_AT_ONCE):  # bounds the [heads, rows, seq] scores
+                part = slice(at, at + _ROWS_AT_ONCE)
+                q = query[own[part]].to(torch.float32).transpose(0, 1)                   # [heads, rows, head]
+                scores = (q @ k.transpose(1, 2)) * self.scale
+                scores = scores.masked_fill(~mask[part][None], float("-inf"))
+                out = torch.softmax(scores, dim=-1) @ v
+                output[own[part]] = out.transpose(0, 1).to(output.dtype)
 
 def install(attention_layers, state: MaskState, vllm_config) -> None:
     """Give every vLLM Attention layer in `attention_layers` the Chebyshev mask, or
