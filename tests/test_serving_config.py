@@ -104,3 +104,52 @@ def test_check_servable_refusals():
         check_servable(_config(config_entry(c2rope.C2RoPEConfig())))
     recorded = check_servable(_config(config_entry(c2rope.C2RoPEConfig(mask="causal"))))
     assert recorded["config"] == c2rope.C2RoPEConfig(mask="causal")
+    # A family that wires in the Chebyshev mask (Qwen2/2.5-VL) names the masks it serves.
+    masks = ("causal", "outward", "inward")
+    assert check_servable(_config(config_entry(c2rope.C2RoPEConfig(mask="inward"))), masks)["config"].mask == "inward"
+
+
+def test_check_mask_backend():
+    """The Chebyshev mask is applied on vLLM's CPU backend only; any other backend is
+    refused by name (a GPU engine would otherwise serve the model causally)."""
+    from c2rope.vllm.servable import check_mask_backend
+
+    check_mask_backend("outward", "CPU_ATTN")
+    check_mask_backend("causal", "FLASH_ATTN")
+    for backend in ("FLASH_ATTN", "TRITON_ATTN", "FLEX_ATTENTION", "FLASHINFER"):
+        with pytest.raises(ValueError, match="Chebyshev") as caught:
+            check_mask_backend("inward", backend)
+        assert f"backend is {backend}." in str(caught.value) and "mask='inward'" in str(caught.value)
+        assert "The Chebyshev mask on vLLM" in str(caught.value)
+
+
+def test_image_cells_travel_with_positions():
+    """Image cells (raster index + 1, h, w) ride above the float bits: decoding the
+    positions ignores them, decode_cells gets them back, text carries none."""
+    from c2rope.vllm.positions import attach_cells, decode_cells, decode_positions, encode_positions
+
+    positions = torch.tensor([[3.0, 3.5, -0.5, 7.0], [3.0, -1.5, 2.0, 7.0], [3.0, 0.5, -0.25, 7.0]])
+    cells = torch.tensor([[0, 1, 2, 0], [0, 1, 1, 0], [0, 2, 2, 0]])
+    cells[:, 2] = torch.tensor([(1 << 22) - 1, 4096, 1])
+    encoded = attach_cells(encode_positions(positions), positions, cells)
+    assert torch.equal(decode_positions(encoded).view(torch.int32), positions.view(torch.int32))
+    assert torch.equal(decode_cells(encoded), cells)
+    assert torch.equal(decode_cells(encode_positions(positions)), torch.zeros_like(cells))
+    with pytest.raises(ValueError, match="cells must be in"):
+        attach_cells(encode_positions(positions), positions, cells << 1)
+
+
+def test_check_mask_scheduler():
+    """A scheduler that may split an image over two steps is refused for the Chebyshev mask."""
+    from c2rope.vllm.servable import check_mask_scheduler
+
+    def scheduler(chunked, whole_items):
+        return type("SchedulerConfig", (), {"enable_chunked_prefill": chunked,
+                                            "disable_chunked_mm_input": whole_items})()
+
+    check_mask_scheduler("outward", scheduler(True, True))
+    check_mask_scheduler("outward", scheduler(False, False))
+    check_mask_scheduler("causal", scheduler(True, False))
+    with pytest.raises(ValueError, match="disable_chunked_mm_input=True") as caught:
+        check_mask_scheduler("inward", scheduler(True, False))
+    assert "mask='inward'" in str(caught.value)

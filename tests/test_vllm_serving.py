@@ -4,7 +4,8 @@ scripts/vllm_lane.sh; skipped where vLLM is not installed).
 A tiny random Qwen2-VL / Qwen2.5-VL is patched with C2RoPEConfig(mask="causal"), recorded
 with c2rope.record_config and saved; vLLM serves that folder through the plugin (found by
 its entry point) and must generate what patched transformers generates: the same greedy
-tokens and log-probs within 1e-4, over 64 tokens, for a batch of text, image and video prompts."""
+tokens and log-probs within 1e-4, over 64 tokens, for a batch of text, image and video prompts. The Chebyshev mask:
+tests/test_vllm_chebyshev.py."""
 import os
 import random
 import subprocess
@@ -205,9 +206,12 @@ def test_stock_vllm_refuses_a_recorded_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("mask", ["outward", "inward"])
-def test_plugin_refuses_the_chebyshev_mask(tmp_path, mask):
+def test_plugin_refuses_the_chebyshev_mask_with_chunked_images(tmp_path, mask):
+    """The Chebyshev mask is served (tests/test_vllm_chebyshev.py) only where no step
+    computes part of an image: vLLM's CPU default (chunked prefill, images chunked too)
+    is refused when the model is built, with the setting to pass."""
     folder = str(tmp_path / "model")
     save_patched(folder, "qwen2_vl", c2rope.C2RoPEConfig(mask=mask))
     with pytest.raises(Exception, match="Chebyshev") as caught:
         make_llm(folder)
-    assert f"mask={mask!r}" in str(caught.value)
+    assert f"mask={mask!r}" in str(caught.value) and "disable_chunked_mm_input=True" in str(caught.value)

