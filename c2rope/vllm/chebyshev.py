@@ -150,6 +150,7 @@ class ChebyshevCPUImpl(CPUAttentionBackendImpl):
                 out = torch.softmax(scores, dim=-1) @ v
                 output[own[part]] = out.transpose(0, 1).to(output.dtype)
 
+
 def install(attention_layers, state: MaskState, vllm_config) -> None:
     """Give every vLLM Attention layer in `attention_layers` the Chebyshev mask, or
     ValueError (naming the backend or the scheduler setting) where it cannot be applied
