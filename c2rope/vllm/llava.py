@@ -1,17 +1,19 @@
-"""The vLLM model class that serves C2RoPE-patched LLaVA checkpoints
-(transformers' LlavaForConditionalGeneration: a CLIP / SigLIP vision tower, a Llama-family
-text model).
+"""The vLLM model classes that serve C2RoPE-patched LLaVA and LLaVA-NeXT checkpoints
+(transformers' LlavaForConditionalGeneration / LlavaNextForConditionalGeneration: a
+CLIP / SigLIP vision tower, a Llama-family text model).
 
 vLLM runs LLaVA with 1-D positions; c2rope gives every token a triplet (m, x, y). The
-plugin's config hook (`mrope_config.py`) makes vLLM treat this architecture as an M-RoPE
-model, so that it asks `get_mrope_input_positions` for a prompt's positions and keeps
-three rows per token. This class is vLLM's LlavaForConditionalGeneration with:
+plugin's config hook (`mrope_config.py`) makes vLLM treat these architectures as M-RoPE
+models, so that it asks `get_mrope_input_positions` for a prompt's positions and keeps
+three rows per token. Each class is vLLM's own with:
 - `get_mrope_input_positions`: the triplets `c2rope.patch_model` gives the prompt in
-  transformers, from the same functions (`VisualLayout.from_input_ids` with the grid and
-  image token id patch_model takes from the config, `build_position_ids`), rows
-  (m, x, y), float32 values carried exactly by `positions.py`; the decode offset is
-  `next_temporal_index` minus the prompt length (an integer: text continues at an
-  integer m);
+  transformers, from the same functions: the image grids (LLaVA: one
+  `image_size // patch_size` grid per image, `VisualLayout.from_input_ids`; LLaVA-NeXT: a
+  base grid and the unpadded high-resolution grid with its newline column, from each
+  image's `image_sizes`, `AnyresGeometry` + `placeholder_spans`), then
+  `build_position_ids`: rows (m, x, y), float32 values carried exactly by
+  `positions.py`; the decode offset is `next_temporal_index` minus the prompt length (an
+  integer: text continues at an integer m);
 - every text layer's rotary replaced by `C2RoPEMRotary` on c2rope's frequency split
   (`C2RoPEConfig.axis_table`, slot k rotating by row m, x or y), which is what patched
   transformers computes (`C2RotaryEmbedding.from_hf`); text-only prompts get (m, m, m),
