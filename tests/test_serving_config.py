@@ -40,19 +40,22 @@ def test_record_config_writes_entry_and_serving_architecture(tmp_path, kind):
     assert json.loads((tmp_path / "plain" / "config.json").read_text())["architectures"] == [type(model).__name__]
 
 
-def test_record_config_llava(tmp_path):
-    """LLaVA records its C2RoPEConfig with no options (it takes none), names the LLaVA
-    serving class, and is refused when patched with another grid than its config's (the
-    plugin derives the grid from config.json, as patch_model does by default)."""
+@pytest.mark.parametrize("kind", ["llava", "llava_next"])
+def test_record_config_llava(tmp_path, kind):
+    """LLaVA / LLaVA-NeXT record their C2RoPEConfig with no options (they take none), name
+    their serving class, and are refused when patched with another grid or image token than
+    their config's (the plugin derives those from config.json, as patch_model does by
+    default)."""
     from c2rope.vllm.mrope_config import three_row_section
 
-    model, _ = vllm_tiny_llava.make_model()
+    model, _ = vllm_tiny_llava.make_model(kind=kind)
     config = c2rope.C2RoPEConfig.from_name(random.choice(["causal", "paper-causal", "recommended-causal"]))
     c2rope.patch_model(model, config)
     c2rope.record_config(model)
     model.save_pretrained(tmp_path)
     written = json.loads((tmp_path / "config.json").read_text())
-    assert written["architectures"] == ["C2RoPELlavaForConditionalGeneration"]
+    assert written["architectures"] == [SERVING_ARCHITECTURES[type(model).__name__]]
+    assert written["architectures"][0].startswith("C2RoPELlava")
     assert c2rope.recorded_config(tmp_path) == {"config": config, "options": {}}
     loaded = type(model).from_pretrained(tmp_path, dtype=torch.float32)
     assert not hasattr(loaded.config, "mrope_section")  # transformers loads what it always did
@@ -61,10 +64,15 @@ def test_record_config_llava(tmp_path):
     table = config.axis_table(loaded.config.text_config.head_dim)
     assert section == [table.count(axis) for axis in (0, 1, 2)] and sum(section) == len(table)
 
-    model, _ = vllm_tiny_llava.make_model()
-    c2rope.patch_model(model, c2rope.C2RoPEConfig(mask="causal"), grid=(2, 8))
-    with pytest.raises(ValueError, match="grid"):
+    model, _ = vllm_tiny_llava.make_model(kind=kind)
+    c2rope.patch_model(model, c2rope.C2RoPEConfig(mask="causal"), image_token_id=7)
+    with pytest.raises(ValueError, match="image_token_id=7"):
         c2rope.record_config(model)
+    if kind == "llava":
+        model, _ = vllm_tiny_llava.make_model(kind=kind)
+        c2rope.patch_model(model, c2rope.C2RoPEConfig(mask="causal"), grid=(2, 8))
+        with pytest.raises(ValueError, match="grid"):
+            c2rope.record_config(model)
 
 
 def test_record_config_refusals():
