@@ -19,7 +19,9 @@ three rows per token. Each class is vLLM's own with:
   transformers computes (`C2RotaryEmbedding.from_hf`); text-only prompts get (m, m, m),
   i.e. plain RoPE, as there;
 - the text model run eagerly: vLLM compiles Llama's decoder with 1-D positions marked
-  dynamic on their first dimension, which for [3, L] rows would be the wrong one.
+  dynamic on their first dimension, which for [3, L] rows is the wrong one (vLLM's
+  default, compiled engine then stops with a ConstraintViolationError on the token
+  count); the vision tower is run as vLLM runs it.
 What cannot be served exactly is refused when the model is built.
 """
 from __future__ import annotations
