@@ -1,4 +1,4 @@
-"""Three position rows for serving classes whose model has 1-D RoPE (LLaVA).
+"""Three position rows for serving classes whose model has 1-D RoPE (LLaVA, LLaVA-NeXT).
 
 vLLM asks a model for a prompt's positions (`get_mrope_input_positions`, [3, L] rows and
 an integer decode offset) only when it decides from the checkpoint's config that the
