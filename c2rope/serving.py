@@ -26,12 +26,16 @@ FORMAT = 1
 SERVING_ARCHITECTURES = {
     "Qwen2VLForConditionalGeneration": "C2RoPEQwen2VLForConditionalGeneration",
     "Qwen2_5_VLForConditionalGeneration": "C2RoPEQwen2_5_VLForConditionalGeneration",
+    "LlavaForConditionalGeneration": "C2RoPELlavaForConditionalGeneration",
+    "LlavaNextForConditionalGeneration": "C2RoPELlavaNextForConditionalGeneration",
 }
 # serving architecture -> the module of c2rope.vllm that defines the class (imported by
 # vLLM only when it builds such a model).
 SERVING_MODULES = {
     "C2RoPEQwen2VLForConditionalGeneration": "c2rope.vllm.qwen",
     "C2RoPEQwen2_5_VLForConditionalGeneration": "c2rope.vllm.qwen",
+    "C2RoPELlavaForConditionalGeneration": "c2rope.vllm.llava",
+    "C2RoPELlavaNextForConditionalGeneration": "c2rope.vllm.llava",
 }
 ORIGINAL_ARCHITECTURES = {served: original for original, served in SERVING_ARCHITECTURES.items()}
 

@@ -8,6 +8,7 @@ import torch
 
 import c2rope
 import qwen_tiny
+import vllm_tiny_llava
 from c2rope.serving import SERVING_ARCHITECTURES, config_entry, parse_entry
 from c2rope.vllm.positions import FLOAT_TAG, decode_positions, encode_positions
 
@@ -37,6 +38,41 @@ def test_record_config_writes_entry_and_serving_architecture(tmp_path, kind):
     assert c2rope.recorded_config(model.config) is None
     model.save_pretrained(tmp_path / "plain")
     assert json.loads((tmp_path / "plain" / "config.json").read_text())["architectures"] == [type(model).__name__]
+
+
+@pytest.mark.parametrize("kind", ["llava", "llava_next"])
+def test_record_config_llava(tmp_path, kind):
+    """LLaVA / LLaVA-NeXT record their C2RoPEConfig with no options (they take none), name
+    their serving class, and are refused when patched with another grid or image token than
+    their config's (the plugin derives those from config.json, as patch_model does by
+    default)."""
+    from c2rope.vllm.mrope_config import three_row_section
+
+    model, _ = vllm_tiny_llava.make_model(kind=kind)
+    config = c2rope.C2RoPEConfig.from_name(random.choice(["causal", "paper-causal", "recommended-causal"]))
+    c2rope.patch_model(model, config)
+    c2rope.record_config(model)
+    model.save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written["architectures"] == [SERVING_ARCHITECTURES[type(model).__name__]]
+    assert written["architectures"][0].startswith("C2RoPELlava")
+    assert c2rope.recorded_config(tmp_path) == {"config": config, "options": {}}
+    loaded = type(model).from_pretrained(tmp_path, dtype=torch.float32)
+    assert not hasattr(loaded.config, "mrope_section")  # transformers loads what it always did
+    # What the plugin's config hook declares to vLLM: three rows, the split's slot counts.
+    section = three_row_section(loaded.config)
+    table = config.axis_table(loaded.config.text_config.head_dim)
+    assert section == [table.count(axis) for axis in (0, 1, 2)] and sum(section) == len(table)
+
+    model, _ = vllm_tiny_llava.make_model(kind=kind)
+    c2rope.patch_model(model, c2rope.C2RoPEConfig(mask="causal"), image_token_id=7)
+    with pytest.raises(ValueError, match="image_token_id=7"):
+        c2rope.record_config(model)
+    if kind == "llava":
+        model, _ = vllm_tiny_llava.make_model(kind=kind)
+        c2rope.patch_model(model, c2rope.C2RoPEConfig(mask="causal"), grid=(2, 8))
+        with pytest.raises(ValueError, match="grid"):
+            c2rope.record_config(model)
 
 
 def test_record_config_refusals():
@@ -102,6 +138,8 @@ def test_check_servable_refusals():
         check_servable(_config(config_entry(c2rope.C2RoPEConfig(mask="causal"), {"frame_axis": "separate"})))
     with pytest.raises(ValueError, match="Chebyshev"):
         check_servable(_config(config_entry(c2rope.C2RoPEConfig())))
+    with pytest.raises(ValueError, match="text_spatial='zero'"):
+        check_servable(_config(config_entry(c2rope.C2RoPEConfig(mask="causal", text_spatial="zero"))))
     recorded = check_servable(_config(config_entry(c2rope.C2RoPEConfig(mask="causal"))))
     assert recorded["config"] == c2rope.C2RoPEConfig(mask="causal")
     # A family that wires in the Chebyshev mask (Qwen2/2.5-VL) names the masks it serves.

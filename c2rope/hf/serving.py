@@ -11,6 +11,15 @@ from . import _RECORD_ATTR, _base_model
 
 # docs/qwen.md: options={"frequencies": ..., "frame_axis": ...} of a C2RoPEConfig patch.
 QWEN_C2ROPE_OPTION_DEFAULTS = {"frequencies": "model", "frame_axis": "temporal"}
+# Per served class, the options a C2RoPEConfig patch takes, with their defaults: written
+# out in full so that the record does not depend on a later release's defaults. LLaVA
+# takes no options. A class not listed records the options it was given.
+C2ROPE_OPTION_DEFAULTS = {
+    "Qwen2VLForConditionalGeneration": QWEN_C2ROPE_OPTION_DEFAULTS,
+    "Qwen2_5_VLForConditionalGeneration": QWEN_C2ROPE_OPTION_DEFAULTS,
+    "LlavaForConditionalGeneration": {},
+    "LlavaNextForConditionalGeneration": {},
+}
 
 
 def record_config(model):
@@ -21,7 +30,9 @@ def record_config(model):
     plugin serves. Undone by `c2rope.unpatch_model`. Returns the model.
 
     TypeError when the model is not patched by c2rope, or is a class the plugin does not
-    serve (the settings would be recorded for nothing)."""
+    serve (the settings would be recorded for nothing); ValueError for a LLaVA (-NeXT)
+    patched with another grid or image token than its config's (the plugin derives them
+    from it)."""
     base = _base_model(model)
     record = vars(base).get(_RECORD_ATTR)
     if record is None:
@@ -33,12 +44,32 @@ def record_config(model):
     state = record.state
     options = dict(getattr(state, "options", None) or {})
     if type(state.config).__name__ == "C2RoPEConfig":
-        # The Qwen-VL options' defaults written out (patch_model validated the values).
-        options = {**QWEN_C2ROPE_OPTION_DEFAULTS, **options}
+        # The family's option defaults written out (patch_model validated the values).
+        options = {**C2ROPE_OPTION_DEFAULTS.get(name, {}), **options}
+    if name in ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration"):
+        _check_llava_derived(base.config, state, grid=name == "LlavaForConditionalGeneration")
     record.set_attr(base.config, KEY, config_entry(state.config, options))
     record.set_attr(base, "save_pretrained", functools.partial(_save_pretrained, base.save_pretrained,
                                                                SERVING_ARCHITECTURES[name]))
     return model
+
+
+def _check_llava_derived(config, state, grid: bool) -> None:
+    """The plugin derives LLaVA's image token (and plain LLaVA's grid) from config.json as
+    patch_model does by default (c2rope/hf/families/llava.py); a patch given others cannot
+    be served so. (LLaVA-NeXT takes no grid: its grids come from image_sizes.)"""
+    token = getattr(config, "image_token_id", None)
+    token = getattr(config, "image_token_index", None) if token is None else token
+    if state.image_token_id != token:
+        raise ValueError(f"model: patched with image_token_id={state.image_token_id!r}; the vLLM plugin serves "
+                         f"LLaVA with the config's image token {token} (patch_model's default), so this patch "
+                         "cannot be recorded for serving")
+    vision = config.vision_config
+    side = vision.image_size // vision.patch_size
+    if grid and tuple(state.grid) != (side, side):
+        raise ValueError(f"model: patched with grid={state.grid!r}; the vLLM plugin serves LLaVA with the config's "
+                         f"({side}, {side}) grid (patch_model's default), so this patch cannot be recorded for "
+                         "serving")
 
 
 def _save_pretrained(original, architecture, save_directory, *args, **kwargs):

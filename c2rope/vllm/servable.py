@@ -39,6 +39,11 @@ def check_servable(hf_config, masks=("causal",)) -> dict:
             "causal mask unless told otherwise), and serving it causally would give other outputs than the model "
             "was trained for. Serve it with transformers' generate (c2rope.patch_model), or fine-tune with "
             "C2RoPEConfig(mask='causal')")
+    if config.text_spatial != "temporal":
+        raise ValueError(
+            f"c2rope.vllm: C2RoPEConfig(text_spatial={config.text_spatial!r}) puts text at (m, 0, 0), but vLLM "
+            "decodes every generated token at (p, p, p) on all position rows; only text_spatial='temporal' is "
+            "served")
     if options.get("frame_axis", "temporal") != "temporal":
         raise ValueError(
             f"c2rope.vllm: options['frame_axis']={options['frame_axis']!r} needs a 4th position row, which vLLM's "

@@ -78,20 +78,31 @@ class AnyresGeometry:
     and from the helpers of its own transformers module."""
 
     def __init__(self, model: torch.nn.Module):
-        config = model.config
+        inner = getattr(model, "model", model)
+        self._read(model.config, importlib.import_module(type(model).__module__),
+                   getattr(inner, "image_newline", None) is not None)
+
+    @classmethod
+    def from_config(cls, config, module, newline: bool) -> "AnyresGeometry":
+        """The same geometry without a transformers model (the vLLM plugin): `module` is
+        the family's transformers modeling module, `newline` whether the model has an
+        `image_newline`."""
+        geometry = cls.__new__(cls)
+        geometry._read(config, module, newline)
+        return geometry
+
+    def _read(self, config, module, newline: bool) -> None:
         vision = config.vision_config
         self.tile = int(vision.image_size)
         self.side = self.tile // int(vision.patch_size)
         self.pinpoints = [list(p) for p in config.image_grid_pinpoints]
-        module = importlib.import_module(type(model).__module__)
         self._grid_shape = _helper(module, "get_anyres_image_grid_shape")
         self._unpad = _helper(module, "unpad_image")
         self.onevision = config.model_type == "llava_onevision"
         # Every release so far reads the budget from the config only (the forward's own
         # vision_aspect_ratio argument never reaches pack_image_features).
         self.max_tiles = _max_tiles(config.vision_aspect_ratio) if self.onevision else None
-        inner = getattr(model, "model", model)
-        self.newline = int(getattr(inner, "image_newline", None) is not None)
+        self.newline = int(bool(newline))
 
     def image(self, height: int, width: int, tiled: bool = True) -> ImageTokens:
         """The tokens of one image of `height x width` pixels (its `image_sizes` row)."""

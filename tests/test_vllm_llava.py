@@ -1,0 +1,188 @@
+"""c2rope's vLLM plugin serving LLaVA and LLaVA-NeXT (c2rope/vllm/llava.py) against
+c2rope-patched transformers (the vLLM lane: scripts/vllm_lane.sh; skipped where vLLM is
+not installed).
+
+A tiny random LLaVA or LLaVA-NeXT (CLIP + Llama; anyres tiles for NeXT) is patched with a
+causal C2RoPEConfig, recorded with c2rope.record_config and saved; vLLM serves that folder
+through the plugin and must generate what patched transformers generates: the same greedy
+tokens and log-probs within 1e-4, over 64 tokens, for a batch of text prompts and prompts
+with one or two images of random sizes. Same standard as tests/test_vllm_serving.py
+(Qwen-VL); text prompts also match the unpatched model (plain RoPE)."""
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded: the model is written in code
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+vllm = pytest.importorskip("vllm", reason="vLLM is not installed: the vLLM tests run in scripts/vllm_lane.sh")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import c2rope  # noqa: E402
+import vllm_tiny_llava as tiny  # noqa: E402
+
+NEW_TOKENS = 64
+TOLERANCE = 1e-4
+SUPPRESS = list(range(len(tiny.SPECIALS)))  # end of text and the image token: text tokens only
+
+
+def _seed():
+    return int(os.environ["C2ROPE_TEST_SEED"])
+
+
+def save_patched(folder, config, kind="llava"):
+    """The tiny checkpoint, patched, recorded and saved as a fine-tuned model would be."""
+    tiny.save_tiny_llava(folder, seed=_seed(), kind=kind)
+    model = tiny.CLASSES[kind].from_pretrained(folder, dtype=torch.float32).eval()
+    c2rope.patch_model(model, config)
+    c2rope.record_config(model)
+    model.save_pretrained(folder)
+    return model
+
+
+def make_llm(folder):
+    return vllm.LLM(folder, dtype="float32", enforce_eager=True, max_model_len=512, max_num_seqs=8,
+                    limit_mm_per_prompt={"image": 2}, seed=0)
+
+
+def random_image(rng):
+    # Any size: LLaVA's processor resizes and crops every image to 8x8 (one 4x4 grid);
+    # LLaVA-NeXT's adds the tiles of the best pinpoint, unpadded to the aspect ratio.
+    height, width = rng.randint(3, 40), rng.randint(3, 40)
+    pixels = np.random.default_rng(rng.randrange(2**31)).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def random_prompts(rng):
+    """Two text prompts and three image prompts (one with two images, back to back or
+    apart), shuffled."""
+    prompts = [{"prompt": tiny.random_text(rng)} for _ in range(2)]
+    for count in (1, 1, 2):
+        text, images = tiny.random_text(rng, 1, 4), []
+        for _ in range(count):
+            images.append(random_image(rng))
+            between = tiny.random_text(rng, 1, 4) if rng.random() < 0.5 else ""
+            text += f" {tiny.IMAGE} {between}"
+        prompts.append({"prompt": text.strip(), "multi_modal_data": {"image": images}})
+    rng.shuffle(prompts)
+    return prompts
+
+
+def hf_inputs(processor, prompt):
+    images = prompt.get("multi_modal_data", {}).get("image")
+    return processor(text=[prompt["prompt"]], images=images, return_tensors="pt")
+
+
+def hf_logprobs(model, inputs, tokens):
+    """float64 [len(tokens), vocab]: transformers' log-probs for each of `tokens` given the
+    prompt and the tokens before it (one forward over prompt + tokens)."""
+    ids = torch.cat([inputs["input_ids"], torch.tensor([tokens])], dim=1)
+    kwargs = dict(inputs, input_ids=ids, attention_mask=torch.ones_like(ids))
+    with torch.no_grad():
+        logits = model(**kwargs).logits[0, inputs["input_ids"].shape[1] - 1:-1]
+    return torch.log_softmax(logits.double(), dim=-1)
+
+
+def vllm_greedy(llm, prompts, vocab_size):
+    allowed = [i for i in range(vocab_size) if i not in SUPPRESS]
+    params = vllm.SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, logprobs=1,
+                                 allowed_token_ids=allowed)
+    results = []
+    for out in llm.generate(prompts, params, use_tqdm=False):
+        completion = out.outputs[0]
+        logprobs = [step[token].logprob for step, token in zip(completion.logprobs, completion.token_ids)]
+        results.append((list(out.prompt_token_ids), list(completion.token_ids), logprobs))
+    return results
+
+
+def compare(model, inputs, served, what):
+    """Asserts that vLLM's greedy completion is patched transformers': every log-prob equal
+    within TOLERANCE, every token transformers' greedy choice (within TOLERANCE of the
+    best), and transformers' own generate (KV cache) the same tokens but at a tie.
+    Returns (transformers' log-probs, the step where generate parted at a tie, or None)."""
+    prompt_ids, tokens, logprobs = served
+    assert prompt_ids == inputs["input_ids"][0].tolist(), f"vLLM and transformers tokenised {what} differently"
+    assert len(tokens) == NEW_TOKENS
+    reference = hf_logprobs(model, inputs, tokens)
+    steps = torch.arange(NEW_TOKENS)
+    diff = (torch.tensor(logprobs, dtype=torch.float64) - reference[steps, tokens]).abs().max().item()
+    assert diff <= TOLERANCE, f"log-probs differ by {diff:.2e} for {what}"
+    allowed = reference.clone()
+    allowed[:, SUPPRESS] = -float("inf")
+    shortfall = (allowed.max(dim=-1).values - reference[steps, tokens]).max().item()
+    assert shortfall <= TOLERANCE, f"vLLM chose a token {shortfall:.2e} below the best for {what}"
+    out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, suppress_tokens=SUPPRESS)
+    generated = out[0, inputs["input_ids"].shape[1]:].tolist()
+    parted = next((k for k in range(NEW_TOKENS) if generated[k] != tokens[k]), None)
+    if parted is not None:  # allowed only at a tie: both tokens within TOLERANCE of each other
+        gap = abs(reference[parted, generated[parted]] - reference[parted, tokens[parted]]).item()
+        assert gap <= TOLERANCE, f"greedy tokens part at step {parted} (gap {gap:.2e}) for {what}"
+    return reference, parted
+
+
+# The default split on raster m; the paper's (concentric m: an image's mean m is any
+# rational, merged coordinates, blocked split); the recommended one (one shared,
+# half-integer m per image, spread split). All causal: the Chebyshev mask is refused.
+SERVED = [("llava", "causal"), ("llava", "paper-causal"), ("llava", "recommended-causal"),
+          ("llava_next", "paper-causal"), ("llava_next", "recommended-causal")]
+
+
+@pytest.mark.parametrize("kind,name", SERVED, ids=[f"{k}-{n}" for k, n in SERVED])
+def test_vllm_serves_llava_as_patched_hf_generates(tmp_path, kind, name):
+    folder = str(tmp_path / kind)
+    model = save_patched(folder, c2rope.C2RoPEConfig.from_name(name), kind)
+    stock = tiny.CLASSES[kind].from_pretrained(folder, dtype=torch.float32).eval()
+    processor = transformers.AutoProcessor.from_pretrained(folder)
+    rng = random.Random(_seed())
+    prompts = random_prompts(rng)
+    served = vllm_greedy(make_llm(folder), prompts, model.config.text_config.vocab_size)
+    parted = []
+    for prompt, result in zip(prompts, served):
+        inputs = hf_inputs(processor, prompt)
+        reference, step = compare(model, inputs, result, repr(prompt["prompt"]))
+        parted += [] if step is None else [step]
+        stock_diff = (hf_logprobs(stock, inputs, result[1]) - reference).abs().max().item()
+        if "multi_modal_data" in prompt:  # the comparison sees positions: the model's own give other numbers
+            assert stock_diff > 1e-3
+        else:  # text alone is plain RoPE under c2rope: the unpatched model's numbers
+            assert stock_diff <= TOLERANCE, f"{prompt['prompt']!r}: {stock_diff:.2e} from the unpatched model"
+    assert len(parted) <= 1, f"greedy runs parted at ties in {len(parted)} of {len(prompts)} prompts"
+
+
+STOCK_SCRIPT = """
+import sys
+from vllm import LLM
+try:
+    LLM(sys.argv[1], dtype="float32", enforce_eager=True, max_model_len=512)
+except Exception as exc:
+    print("REFUSED:", type(exc).__name__, exc)
+    sys.exit(3)
+print("SERVED")
+"""
+
+
+def test_stock_vllm_refuses_a_recorded_llava(tmp_path):
+    """Without the plugin (VLLM_PLUGINS names only vLLM's own), vLLM does not know the
+    serving architecture the folder names, and refuses to build it."""
+    folder = str(tmp_path / "model")
+    save_patched(folder, c2rope.C2RoPEConfig(mask="causal"))
+    env = dict(os.environ, VLLM_PLUGINS="lora_filesystem_resolver", HF_HUB_OFFLINE="1")
+    run = subprocess.run([sys.executable, "-c", STOCK_SCRIPT, folder], env=env, capture_output=True, text=True,
+                         timeout=600)
+    output = run.stdout + run.stderr
+    assert run.returncode == 3, output[-3000:]
+    assert "C2RoPELlavaForConditionalGeneration" in output
+
+
+def test_plugin_refuses_the_chebyshev_mask_on_llava(tmp_path):
+    folder = str(tmp_path / "model")
+    save_patched(folder, c2rope.C2RoPEConfig(mask="outward"))
+    with pytest.raises(Exception, match="Chebyshev"):
+        make_llm(folder)
