@@ -26,12 +26,14 @@ FORMAT = 1
 SERVING_ARCHITECTURES = {
     "Qwen2VLForConditionalGeneration": "C2RoPEQwen2VLForConditionalGeneration",
     "Qwen2_5_VLForConditionalGeneration": "C2RoPEQwen2_5_VLForConditionalGeneration",
+    "Qwen3VLForConditionalGeneration": "C2RoPEQwen3VLForConditionalGeneration",
 }
 # serving architecture -> the module of c2rope.vllm that defines the class (imported by
 # vLLM only when it builds such a model).
 SERVING_MODULES = {
     "C2RoPEQwen2VLForConditionalGeneration": "c2rope.vllm.qwen",
     "C2RoPEQwen2_5_VLForConditionalGeneration": "c2rope.vllm.qwen",
+    "C2RoPEQwen3VLForConditionalGeneration": "c2rope.vllm.qwen3",
 }
 ORIGINAL_ARCHITECTURES = {served: original for original, served in SERVING_ARCHITECTURES.items()}
 

@@ -30,7 +30,8 @@ import vllm_tiny  # noqa: E402
 NEW_TOKENS = 64
 TOLERANCE = 1e-4
 HF_CLASSES = {"qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
-              "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration}
+              "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
+              "qwen3_vl": transformers.Qwen3VLForConditionalGeneration}
 
 
 def _seed():
@@ -157,7 +158,9 @@ def compare(model, processor, prompt, served, suppress):
 # frequency split; the recommended one (shared, half-integer m) on the model's sections.
 SERVED = [("qwen2_vl", "causal", None),
           ("qwen2_5_vl", "paper-causal", {"frequencies": "c2rope"}),
-          ("qwen2_5_vl", "recommended-causal", None)]
+          ("qwen2_5_vl", "recommended-causal", None),
+          ("qwen3_vl", "causal", None),  # interleaved sections, timestamps between frames, deepstack
+          ("qwen3_vl", "paper-causal", {"frequencies": "c2rope"})]
 
 
 @pytest.mark.parametrize("kind,name,options", SERVED, ids=[f"{k}-{n}-{o}" for k, n, o in SERVED])

@@ -18,7 +18,7 @@ from ..mrope import c2rope_mrope_position_ids, mm_token_type_ids_from_input_ids,
 from ..serving import SERVING_MODULES
 from .positions import encode_positions
 from .servable import check_servable
-from .rotary import C2RoPEMRotary, c2rope_rows, section_rows
+from .rotary import C2RoPEMRotary, c2rope_rows, model_rows
 
 try:
     from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
@@ -28,7 +28,7 @@ except ImportError as exc:  # pragma: no cover - only without vLLM
 
 
 class C2RoPEQwenMixin:
-    """What the served classes add to vLLM's Qwen2-VL / Qwen2.5-VL."""
+    """What the served classes add to vLLM's Qwen2-VL / Qwen2.5-VL (and Qwen3-VL, qwen3.py)."""
 
     def _install_c2rope(self, vllm_config) -> None:
         hf_config = vllm_config.model_config.hf_config
@@ -42,14 +42,14 @@ class C2RoPEQwenMixin:
         rotaries = {}
         for layer in layers:
             original = layer.self_attn.rotary_emb
-            if getattr(original, "mrope_interleaved", False) or not getattr(original, "mrope_section", None):
-                raise ValueError("c2rope.vllm: expected Qwen2-VL's chunked M-RoPE rotary in every layer, got "
+            if not getattr(original, "mrope_section", None) or not hasattr(original, "forward_native"):
+                raise ValueError("c2rope.vllm: expected vLLM's M-RoPE rotary (MRotaryEmbedding) in every layer, got "
                                  f"{type(original).__name__}")
             if id(original) not in rotaries:
                 if self.c2rope_options.get("frequencies", "model") == "c2rope":
                     rows = c2rope_rows(self.c2rope_config, original.rotary_dim)
                 else:
-                    rows = section_rows(original.mrope_section)
+                    rows = model_rows(original)
                 rotaries[id(original)] = C2RoPEMRotary(original, rows)
             layer.self_attn.rotary_emb = rotaries[id(original)]
 
@@ -62,16 +62,28 @@ class C2RoPEQwenMixin:
         ids = torch.tensor([list(input_tokens)], dtype=torch.int64)
         types = mm_token_type_ids_from_input_ids(ids, self.c2rope_image_token_id, self.c2rope_video_token_id)
         spans = qwen_vision_spans(types, images or None, videos or None, spatial_merge_size=self.c2rope_merge)
-        first_of_item = [s.start for s in spans[0] if s.frame in (None, 0)]
-        placed = [f.mm_position.offset for f in features]
-        if first_of_item != placed:
-            raise ValueError(f"c2rope.vllm: the image / video tokens of the prompt start at {first_of_item}, "
-                             f"vLLM placed its items at {placed}")
+        check_placement(spans[0], features)
         positions, deltas = c2rope_mrope_position_ids(spans, ids.shape[1], self.c2rope_config)
         delta = float(deltas[0, 0])
         if delta != round(delta):  # text continues at an integer m after every image
             raise ValueError(f"c2rope.vllm: decode offset {delta} is not an integer")
         return encode_positions(positions[:, 0]), int(round(delta))
+
+
+def check_placement(spans, features) -> None:
+    """Every image and video frame c2rope found in the ids lies inside the placeholder vLLM
+    recorded for its item (in prompt order): c2rope places the same items vLLM encodes.
+    A Qwen3-VL video's placeholder also holds its timestamps and frame markers."""
+    ranges = [(f.mm_position.offset, f.mm_position.offset + f.mm_position.length) for f in features]
+    item = -1
+    for span in spans:
+        item += span.frame in (None, 0)  # an image, or a video's first frame, starts the next item
+        end = span.start + span.h * span.w
+        if item >= len(ranges) or not ranges[item][0] <= span.start < end <= ranges[item][1]:
+            raise ValueError(f"c2rope.vllm: the image / video tokens of the prompt at {span.start}..{end - 1} are not "
+                             f"inside vLLM's placeholder of item {item} (placeholders {ranges})")
+    if item != len(ranges) - 1:
+        raise ValueError(f"c2rope.vllm: the prompt holds {item + 1} images / videos, vLLM placed {len(ranges)}")
 
 
 class C2RoPEQwen2VLForConditionalGeneration(C2RoPEQwenMixin, Qwen2VLForConditionalGeneration):
@@ -92,4 +104,5 @@ SERVED = {cls.__name__: cls for cls in (C2RoPEQwen2VLForConditionalGeneration,
                                         C2RoPEQwen2_5_VLForConditionalGeneration)}
 assert set(SERVED) == {name for name, module in SERVING_MODULES.items() if module == __name__}
 
-__all__ = ["C2RoPEQwen2VLForConditionalGeneration", "C2RoPEQwen2_5_VLForConditionalGeneration", "check_servable"]
+__all__ = ["C2RoPEQwen2VLForConditionalGeneration", "C2RoPEQwen2_5_VLForConditionalGeneration", "C2RoPEQwenMixin",
+           "check_placement", "check_servable"]
