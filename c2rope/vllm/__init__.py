@@ -13,7 +13,7 @@ names their modules) are registered by name and imported when vLLM builds such a
 """
 from __future__ import annotations
 
-from ..serving import SERVING_MODULES
+from ..serving import ORIGINAL_ARCHITECTURES, SERVING_MODULES
 
 ARCHITECTURES = tuple(sorted(SERVING_MODULES))
 
@@ -25,6 +25,16 @@ def register() -> None:
     for name in ARCHITECTURES:
         if name not in ModelRegistry.get_supported_archs():
             ModelRegistry.register_model(name, f"{SERVING_MODULES[name]}:{name}")
+    # vLLM adjusts some configs by architecture name (Qwen3.5: the SSM state dtype its
+    # config.json asks for); a serving class gets its original's adjustments.
+    try:
+        from vllm.model_executor.models.config import MODELS_CONFIG_MAP
+    except ImportError:  # pragma: no cover - a vLLM without the table
+        return
+    for name in ARCHITECTURES:
+        original = ORIGINAL_ARCHITECTURES[name]
+        if original in MODELS_CONFIG_MAP:
+            MODELS_CONFIG_MAP.setdefault(name, MODELS_CONFIG_MAP[original])
 
 
 __all__ = ["ARCHITECTURES", "register"]
