@@ -110,7 +110,9 @@ def test_check_servable_refusals():
     with pytest.raises(ValueError, match="C2RoPEConfig only"):
         check_servable(_config(config_entry(c2rope.CircleRoPEConfig())))
     with pytest.raises(ValueError, match="frame_axis"):
-        check_servable(_config(config_entry(c2rope.C2RoPEConfig(mask="causal"), {"frame_axis": "separate"})))
+        check_servable(_config(config_entry(c2rope.C2RoPEConfig(mask="causal"), {"frame_axis": "sideways"})))
+    with pytest.raises(ValueError, match="frequencies"):
+        check_servable(_config(config_entry(c2rope.C2RoPEConfig(mask="causal"), {"frequencies": "other"})))
     with pytest.raises(ValueError, match="Chebyshev"):
         check_servable(_config(config_entry(c2rope.C2RoPEConfig())))
     recorded = check_servable(_config(config_entry(c2rope.C2RoPEConfig(mask="causal"))))

@@ -17,6 +17,7 @@ from __future__ import annotations
 from ..serving import SERVING_MODULES
 
 ARCHITECTURES = tuple(sorted(SERVING_MODULES))
+M_ROPE_MODULES = ("c2rope.vllm.qwen", "c2rope.vllm.qwen3")
 
 
 def register() -> None:
@@ -26,6 +27,23 @@ def register() -> None:
     for name in ARCHITECTURES:
         if name not in ModelRegistry.get_supported_archs():
             ModelRegistry.register_model(name, f"{SERVING_MODULES[name]}:{name}")
+    _register_config_hook()
+
+
+def _register_config_hook() -> None:
+    """The M-RoPE serving classes' config hook (frames.py: the frame axis' 4th row)."""
+    from vllm.model_executor.models.config import MODELS_CONFIG_MAP, VerifyAndUpdateConfig
+
+    from .frames import add_frame_section
+
+    class C2RoPEFrameAxisConfig(VerifyAndUpdateConfig):
+        @staticmethod
+        def verify_and_update_model_config(model_config) -> None:
+            add_frame_section(model_config)
+
+    for name in ARCHITECTURES:
+        if SERVING_MODULES[name] in M_ROPE_MODULES:
+            MODELS_CONFIG_MAP.setdefault(name, C2RoPEFrameAxisConfig)
 
 
 __all__ = ["ARCHITECTURES", "register"]

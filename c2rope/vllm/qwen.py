@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from ..mrope import c2rope_mrope_position_ids, mm_token_type_ids_from_input_ids, qwen_vision_spans
+from ..mrope import c2rope_mrope_position_ids, frame_axis_table, mm_token_type_ids_from_input_ids, qwen_vision_spans
 from ..serving import SERVING_MODULES
+from .frames import frame_positions
 from .positions import encode_positions
 from .servable import check_servable
 from .rotary import C2RoPEMRotary, c2rope_rows, model_rows
@@ -38,6 +39,7 @@ class C2RoPEQwenMixin:
         self.c2rope_merge = int(hf_config.vision_config.spatial_merge_size)
         self.c2rope_image_token_id = hf_config.image_token_id
         self.c2rope_video_token_id = getattr(hf_config, "video_token_id", None)
+        self.c2rope_frames = self.c2rope_options.get("frame_axis", "temporal") == "separate"
         layers = [layer for layer in self.language_model.model.layers if hasattr(layer, "self_attn")]
         rotaries = {}
         for layer in layers:
@@ -50,6 +52,8 @@ class C2RoPEQwenMixin:
                     rows = c2rope_rows(self.c2rope_config, original.rotary_dim)
                 else:
                     rows = model_rows(original)
+                if self.c2rope_frames:  # the slower half of m's slots turn by the frame row (frames.py)
+                    rows = frame_axis_table(rows)
                 rotaries[id(original)] = C2RoPEMRotary(original, rows)
             layer.self_attn.rotary_emb = rotaries[id(original)]
 
@@ -58,7 +62,10 @@ class C2RoPEQwenMixin:
         images = [f.data["image_grid_thw"].data.tolist() for f in features if f.modality == "image"]
         videos = [f.data["video_grid_thw"].data.tolist() for f in features if f.modality == "video"]
         if not images and not videos:
-            return super().get_mrope_input_positions(input_tokens, mm_features)
+            positions, delta = super().get_mrope_input_positions(input_tokens, mm_features)
+            if self.c2rope_frames:  # text: frame = m
+                positions = torch.cat([positions, positions[:1]], dim=0)
+            return positions, delta
         ids = torch.tensor([list(input_tokens)], dtype=torch.int64)
         types = mm_token_type_ids_from_input_ids(ids, self.c2rope_image_token_id, self.c2rope_video_token_id)
         spans = qwen_vision_spans(types, images or None, videos or None, spatial_merge_size=self.c2rope_merge)
@@ -67,7 +74,10 @@ class C2RoPEQwenMixin:
         delta = float(deltas[0, 0])
         if delta != round(delta):  # text continues at an integer m after every image
             raise ValueError(f"c2rope.vllm: decode offset {delta} is not an integer")
-        return encode_positions(positions[:, 0]), int(round(delta))
+        rows = positions[:, 0]
+        if self.c2rope_frames:
+            rows = frame_positions(rows, spans[0])
+        return encode_positions(rows), int(round(delta))
 
 
 def check_placement(spans, features) -> None:

@@ -30,8 +30,10 @@ def model_rows(original: nn.Module) -> list:
     # Slot k is dims (k, k + half) in the NeoX layout, (2k, 2k + 1) in the GPT-J one.
     first_dim = torch.arange(half) if original.is_neox_style else 2 * torch.arange(half)
     rows = [None] * half
+    # As many rows as vLLM's buffer has (a 4th, empty section for the frame axis: frames.py).
+    count = max(3, len(original.mrope_section))
     for row in range(3):
-        positions = torch.zeros(3, 1, dtype=torch.int64, device=device)
+        positions = torch.zeros(count, 1, dtype=torch.int64, device=device)
         positions[row] = 1
         with torch.no_grad():
             turned, _ = type(original).forward_native(original, positions, query.clone(), query.clone())
@@ -73,8 +75,9 @@ class C2RoPEMRotary(nn.Module):
         self.register_buffer("slot_rows", torch.tensor(list(slot_rows), dtype=torch.int64), persistent=False)
 
     def cos_sin(self, positions: torch.Tensor):
-        """cos, sin float32 [num_tokens, rotary_dim / 2] for int64 positions [3, num_tokens]."""
-        values = decode_positions(positions)  # float32 [3, N]
+        """cos, sin float32 [num_tokens, rotary_dim / 2] for int64 positions [rows, num_tokens]
+        (3 rows, or 4 with the frame axis)."""
+        values = decode_positions(positions)  # float32 [rows, N]
         per_slot = values.index_select(0, self.slot_rows.to(values.device)).t()  # [N, slots]
         freqs = per_slot * self.inv_freq.to(values.device)
         return freqs.cos(), freqs.sin()

@@ -34,10 +34,8 @@ def check_servable(hf_config) -> dict:
             "ignores block masks), and serving it causally would give other outputs than the model was trained "
             "for. Serve it with transformers' generate (c2rope.patch_model), or fine-tune with "
             "C2RoPEConfig(mask='causal')")
-    if options.get("frame_axis", "temporal") != "temporal":
-        raise ValueError(
-            f"c2rope.vllm: options['frame_axis']={options['frame_axis']!r} needs a 4th position row, which vLLM's "
-            "M-RoPE buffer (3 rows) cannot carry; only frame_axis='temporal' is served")
+    if options.get("frame_axis", "temporal") not in ("temporal", "separate"):
+        raise ValueError(f"c2rope.vllm: unknown options['frame_axis']={options['frame_axis']!r}")
     if options.get("frequencies", "model") not in ("model", "c2rope"):
         raise ValueError(f"c2rope.vllm: unknown options['frequencies']={options['frequencies']!r}")
     return recorded
