@@ -8,6 +8,7 @@ Each is vLLM's own class with two changes, made from the "c2rope" entry of confi
   (`positions.py`). Prompts without images are left to vLLM's own code: text is (m, m, m).
 - every attention layer's rotary becomes `C2RoPEMRotary`, which turns those float
   positions into cos/sin as transformers does.
+- options["frame_axis"] = "separate": a 4th row, the frame index (frames.py).
 What cannot be served exactly is refused when the model is built (`check_servable`).
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from ..mrope import c2rope_mrope_position_ids, frame_axis_table, mm_token_type_ids_from_input_ids, qwen_vision_spans
 from ..serving import SERVING_MODULES
-from .frames import frame_positions
+from .frames import FRAME_ROWS, frame_positions
 from .positions import encode_positions
 from .servable import check_servable
 from .rotary import C2RoPEMRotary, c2rope_rows, model_rows
@@ -53,6 +54,10 @@ class C2RoPEQwenMixin:
                 else:
                     rows = model_rows(original)
                 if self.c2rope_frames:  # the slower half of m's slots turn by the frame row (frames.py)
+                    if len(original.mrope_section) != FRAME_ROWS:
+                        raise ValueError("c2rope.vllm: options['frame_axis']='separate' needs vLLM's M-RoPE buffer "
+                                         f"to have {FRAME_ROWS} rows, but the text config's mrope_section is "
+                                         f"{original.mrope_section} (c2rope's config hook did not run)")
                     rows = frame_axis_table(rows)
                 rotaries[id(original)] = C2RoPEMRotary(original, rows)
             layer.self_attn.rotary_emb = rotaries[id(original)]
