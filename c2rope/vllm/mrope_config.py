@@ -1,4 +1,7 @@
-"""Three position rows for serving classes whose model has 1-D RoPE (LLaVA, LLaVA-NeXT).
+"""vLLM's per-architecture config hooks that size the position rows of the serving classes:
+- three rows for serving classes whose model has 1-D RoPE (LLaVA, LLaVA-NeXT), below;
+- a 4th row for the Qwen-VL classes when the checkpoint records the frame axis
+  (frames.py, `add_frame_section`).
 
 vLLM asks a model for a prompt's positions (`get_mrope_input_positions`, [3, L] rows and
 an integer decode offset) only when it decides from the checkpoint's config that the
@@ -19,6 +22,9 @@ from ..serving import SERVING_MODULES
 # Serving architectures whose model has 1-D positions in vLLM (module c2rope.vllm.llava).
 THREE_ROW_ARCHITECTURES = tuple(sorted(name for name, module in SERVING_MODULES.items()
                                        if module == "c2rope.vllm.llava"))
+# Serving architectures whose model is M-RoPE in vLLM already (the frame axis may add a row).
+M_ROPE_ARCHITECTURES = tuple(sorted(name for name, module in SERVING_MODULES.items()
+                                    if module in ("c2rope.vllm.qwen", "c2rope.vllm.qwen3")))
 
 
 def three_row_section(hf_config) -> list:
@@ -35,9 +41,11 @@ def three_row_section(hf_config) -> list:
 
 
 def register_config_hooks() -> None:
-    """File the hook for every three-row serving architecture (vLLM's own hook for an
-    architecture, if it ever has one, is kept)."""
+    """File the hook for every serving architecture (vLLM's own hook for an architecture,
+    if it ever has one, is kept)."""
     from vllm.model_executor.models.config import MODELS_CONFIG_MAP, VerifyAndUpdateConfig
+
+    from .frames import add_frame_section
 
     class C2RoPEThreeRows(VerifyAndUpdateConfig):
         @staticmethod
@@ -46,8 +54,15 @@ def register_config_hooks() -> None:
             # Refuse what cannot be served before vLLM sizes anything for it.
             hf_config.mrope_section = three_row_section(hf_config)
 
+    class C2RoPEFrameAxis(VerifyAndUpdateConfig):
+        @staticmethod
+        def verify_and_update_model_config(model_config) -> None:
+            add_frame_section(model_config)
+
     for name in THREE_ROW_ARCHITECTURES:
         MODELS_CONFIG_MAP.setdefault(name, C2RoPEThreeRows)
+    for name in M_ROPE_ARCHITECTURES:
+        MODELS_CONFIG_MAP.setdefault(name, C2RoPEFrameAxis)
 
 
-__all__ = ["THREE_ROW_ARCHITECTURES", "register_config_hooks", "three_row_section"]
+__all__ = ["M_ROPE_ARCHITECTURES", "THREE_ROW_ARCHITECTURES", "register_config_hooks", "three_row_section"]

@@ -11,6 +11,7 @@ Each is vLLM's own class with two changes, made from the "c2rope" entry of confi
 - under the Chebyshev mask (mask="outward" / "inward"), image tokens also carry where
   they lie in their image, and every attention layer applies the mask (`chebyshev.py`,
   vLLM's CPU backend only).
+- options["frame_axis"] = "separate": a 4th row, the frame index (frames.py).
 What cannot be served exactly is refused when the model is built (`check_servable`,
 `chebyshev.install`).
 """
@@ -18,11 +19,12 @@ from __future__ import annotations
 
 import torch
 
-from ..mrope import c2rope_mrope_position_ids, mm_token_type_ids_from_input_ids, qwen_vision_spans
+from ..mrope import c2rope_mrope_position_ids, frame_axis_table, mm_token_type_ids_from_input_ids, qwen_vision_spans
 from ..serving import SERVING_MODULES
+from .frames import FRAME_ROWS, frame_positions
 from .positions import attach_cells, encode_positions
 from .servable import check_servable
-from .rotary import C2RoPEMRotary, c2rope_rows, section_rows
+from .rotary import C2RoPEMRotary, c2rope_rows, model_rows
 
 try:
     from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
@@ -34,7 +36,7 @@ MASKS = ("causal", "outward", "inward")  # the Chebyshev masks through chebyshev
 
 
 class C2RoPEQwenMixin:
-    """What the served classes add to vLLM's Qwen2-VL / Qwen2.5-VL."""
+    """What the served classes add to vLLM's Qwen2-VL / Qwen2.5-VL (and Qwen3-VL, qwen3.py)."""
 
     def _install_c2rope(self, vllm_config) -> None:
         hf_config = vllm_config.model_config.hf_config
@@ -44,18 +46,25 @@ class C2RoPEQwenMixin:
         self.c2rope_merge = int(hf_config.vision_config.spatial_merge_size)
         self.c2rope_image_token_id = hf_config.image_token_id
         self.c2rope_video_token_id = getattr(hf_config, "video_token_id", None)
+        self.c2rope_frames = self.c2rope_options.get("frame_axis", "temporal") == "separate"
         layers = [layer for layer in self.language_model.model.layers if hasattr(layer, "self_attn")]
         rotaries = {}
         for layer in layers:
             original = layer.self_attn.rotary_emb
-            if getattr(original, "mrope_interleaved", False) or not getattr(original, "mrope_section", None):
-                raise ValueError("c2rope.vllm: expected Qwen2-VL's chunked M-RoPE rotary in every layer, got "
+            if not getattr(original, "mrope_section", None) or not hasattr(original, "forward_native"):
+                raise ValueError("c2rope.vllm: expected vLLM's M-RoPE rotary (MRotaryEmbedding) in every layer, got "
                                  f"{type(original).__name__}")
             if id(original) not in rotaries:
                 if self.c2rope_options.get("frequencies", "model") == "c2rope":
                     rows = c2rope_rows(self.c2rope_config, original.rotary_dim)
                 else:
-                    rows = section_rows(original.mrope_section)
+                    rows = model_rows(original)
+                if self.c2rope_frames:  # the slower half of m's slots turn by the frame row (frames.py)
+                    if len(original.mrope_section) != FRAME_ROWS:
+                        raise ValueError("c2rope.vllm: options['frame_axis']='separate' needs vLLM's M-RoPE buffer "
+                                         f"to have {FRAME_ROWS} rows, but the text config's mrope_section is "
+                                         f"{original.mrope_section} (c2rope's config hook did not run)")
+                    rows = frame_axis_table(rows)
                 rotaries[id(original)] = C2RoPEMRotary(original, rows)
             layer.self_attn.rotary_emb = rotaries[id(original)]
         self.c2rope_mask = None
@@ -76,25 +85,45 @@ class C2RoPEQwenMixin:
         images = [f.data["image_grid_thw"].data.tolist() for f in features if f.modality == "image"]
         videos = [f.data["video_grid_thw"].data.tolist() for f in features if f.modality == "video"]
         if not images and not videos:
-            return super().get_mrope_input_positions(input_tokens, mm_features)
+            positions, delta = super().get_mrope_input_positions(input_tokens, mm_features)
+            if self.c2rope_frames:  # text: frame = m
+                positions = torch.cat([positions, positions[:1]], dim=0)
+            return positions, delta
         ids = torch.tensor([list(input_tokens)], dtype=torch.int64)
         types = mm_token_type_ids_from_input_ids(ids, self.c2rope_image_token_id, self.c2rope_video_token_id)
         spans = qwen_vision_spans(types, images or None, videos or None, spatial_merge_size=self.c2rope_merge)
-        first_of_item = [s.start for s in spans[0] if s.frame in (None, 0)]
-        placed = [f.mm_position.offset for f in features]
-        if first_of_item != placed:
-            raise ValueError(f"c2rope.vllm: the image / video tokens of the prompt start at {first_of_item}, "
-                             f"vLLM placed its items at {placed}")
+        check_placement(spans[0], features)
         positions, deltas = c2rope_mrope_position_ids(spans, ids.shape[1], self.c2rope_config)
         delta = float(deltas[0, 0])
         if delta != round(delta):  # text continues at an integer m after every image
             raise ValueError(f"c2rope.vllm: decode offset {delta} is not an integer")
-        encoded = encode_positions(positions[:, 0])
+        rows = positions[:, 0]
+        if self.c2rope_frames:
+            rows = frame_positions(rows, spans[0])
+        encoded = encode_positions(rows)
         if self.c2rope_config.mask != "causal":
             from .chebyshev import image_cells
 
-            encoded = attach_cells(encoded, positions[:, 0], image_cells(spans[0], ids.shape[1]))
+            cells = image_cells(spans[0], ids.shape[1])  # (raster, h, w) rows; none on the frame row
+            cells = torch.cat([cells, cells.new_zeros(rows.shape[0] - cells.shape[0], cells.shape[1])])
+            encoded = attach_cells(encoded, rows, cells)
         return encoded, int(round(delta))
+
+
+def check_placement(spans, features) -> None:
+    """Every image and video frame c2rope found in the ids lies inside the placeholder vLLM
+    recorded for its item (in prompt order): c2rope places the same items vLLM encodes.
+    A Qwen3-VL video's placeholder also holds its timestamps and frame markers."""
+    ranges = [(f.mm_position.offset, f.mm_position.offset + f.mm_position.length) for f in features]
+    item = -1
+    for span in spans:
+        item += span.frame in (None, 0)  # an image, or a video's first frame, starts the next item
+        end = span.start + span.h * span.w
+        if item >= len(ranges) or not ranges[item][0] <= span.start < end <= ranges[item][1]:
+            raise ValueError(f"c2rope.vllm: the image / video tokens of the prompt at {span.start}..{end - 1} are not "
+                             f"inside vLLM's placeholder of item {item} (placeholders {ranges})")
+    if item != len(ranges) - 1:
+        raise ValueError(f"c2rope.vllm: the prompt holds {item + 1} images / videos, vLLM placed {len(ranges)}")
 
 
 class C2RoPEQwen2VLForConditionalGeneration(C2RoPEQwenMixin, Qwen2VLForConditionalGeneration):
@@ -115,4 +144,5 @@ SERVED = {cls.__name__: cls for cls in (C2RoPEQwen2VLForConditionalGeneration,
                                         C2RoPEQwen2_5_VLForConditionalGeneration)}
 assert set(SERVED) == {name for name, module in SERVING_MODULES.items() if module == __name__}
 
-__all__ = ["C2RoPEQwen2VLForConditionalGeneration", "C2RoPEQwen2_5_VLForConditionalGeneration", "check_servable"]
+__all__ = ["C2RoPEQwen2VLForConditionalGeneration", "C2RoPEQwen2_5_VLForConditionalGeneration", "C2RoPEQwenMixin",
+           "check_placement", "check_servable"]

@@ -4,8 +4,8 @@ vLLM's MRotaryEmbedding looks cos/sin up in a table indexed by integer positions
 one computes them from the float32 positions `positions.decode_positions` recovers, as
 transformers' rotary does (cos(p * inv_freq) in float32, then the attention dtype), with
 each frequency slot rotated by the position row its axis table names: the model's
-M-RoPE sections (t, h, w) or c2rope's split. The rotation itself is vLLM's own
-(`apply_rotary_emb.forward_native` of the original module).
+M-RoPE sections (t, h, w; chunked or interleaved, `model_rows`) or c2rope's split. The
+rotation itself is vLLM's own (`apply_rotary_emb.forward_native` of the original module).
 """
 from __future__ import annotations
 
@@ -17,9 +17,35 @@ from torch import nn
 from .positions import decode_positions
 
 
-def section_rows(mrope_section: Sequence[int]) -> list:
-    """Qwen2/2.5-VL's chunked M-RoPE: which row (t, h, w) = (0, 1, 2) each slot rotates by."""
-    return [row for row, size in enumerate(mrope_section) for _ in range(int(size))]
+def model_rows(original: nn.Module) -> list:
+    """Which row (t, h, w) = (0, 1, 2) each frequency slot of vLLM's M-RoPE rotary
+    rotates by, read from the rotary itself: position 1 on one row and 0 on the others
+    turns exactly that row's slots. So chunked sections (Qwen2/2.5-VL) and interleaved
+    ones (Qwen3-VL: t h w t h w ... with t filling the tail) come out as vLLM computes
+    them, and transformers' patched tables read theirs the same way (tables.model_row_table)."""
+    half, rotary_dim = original.rotary_dim // 2, original.rotary_dim
+    device = original.cos_sin_cache.device
+    query = torch.zeros(1, original.head_size, dtype=torch.float32, device=device)
+    query[:, :rotary_dim] = 1.0
+    # Slot k is dims (k, k + half) in the NeoX layout, (2k, 2k + 1) in the GPT-J one.
+    first_dim = torch.arange(half) if original.is_neox_style else 2 * torch.arange(half)
+    rows = [None] * half
+    # As many rows as vLLM's buffer has (a 4th, empty section for the frame axis: frames.py).
+    count = max(3, len(original.mrope_section))
+    for row in range(3):
+        positions = torch.zeros(count, 1, dtype=torch.int64, device=device)
+        positions[row] = 1
+        with torch.no_grad():
+            turned, _ = type(original).forward_native(original, positions, query.clone(), query.clone())
+        for slot in (turned[0, first_dim.to(device)] != 1.0).nonzero().flatten().tolist():
+            if rows[slot] is not None:
+                raise ValueError(f"c2rope.vllm: frequency slot {slot} of {type(original).__name__} turns by rows "
+                                 f"{rows[slot]} and {row}")
+            rows[slot] = row
+    if any(row is None for row in rows):
+        raise ValueError(f"c2rope.vllm: could not tell which M-RoPE row turns each frequency slot of "
+                         f"{type(original).__name__} (mrope_section={original.mrope_section})")
+    return rows
 
 
 def c2rope_rows(config, rotary_dim: int) -> list:
@@ -49,8 +75,9 @@ class C2RoPEMRotary(nn.Module):
         self.register_buffer("slot_rows", torch.tensor(list(slot_rows), dtype=torch.int64), persistent=False)
 
     def cos_sin(self, positions: torch.Tensor):
-        """cos, sin float32 [num_tokens, rotary_dim / 2] for int64 positions [3, num_tokens]."""
-        values = decode_positions(positions)  # float32 [3, N]
+        """cos, sin float32 [num_tokens, rotary_dim / 2] for int64 positions [rows, num_tokens]
+        (3 rows, or 4 with the frame axis)."""
+        values = decode_positions(positions)  # float32 [rows, N]
         per_slot = values.index_select(0, self.slot_rows.to(values.device)).t()  # [N, slots]
         freqs = per_slot * self.inv_freq.to(values.device)
         return freqs.cos(), freqs.sin()
@@ -72,4 +99,4 @@ class C2RoPEMRotary(nn.Module):
         return out[0], out[1]
 
 
-__all__ = ["C2RoPEMRotary", "c2rope_rows", "section_rows"]
+__all__ = ["C2RoPEMRotary", "c2rope_rows", "model_rows"]

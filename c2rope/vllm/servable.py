@@ -44,10 +44,8 @@ def check_servable(hf_config, masks=("causal",)) -> dict:
             f"c2rope.vllm: C2RoPEConfig(text_spatial={config.text_spatial!r}) puts text at (m, 0, 0), but vLLM "
             "decodes every generated token at (p, p, p) on all position rows; only text_spatial='temporal' is "
             "served")
-    if options.get("frame_axis", "temporal") != "temporal":
-        raise ValueError(
-            f"c2rope.vllm: options['frame_axis']={options['frame_axis']!r} needs a 4th position row, which vLLM's "
-            "M-RoPE buffer (3 rows) cannot carry; only frame_axis='temporal' is served")
+    if options.get("frame_axis", "temporal") not in ("temporal", "separate"):
+        raise ValueError(f"c2rope.vllm: unknown options['frame_axis']={options['frame_axis']!r}")
     if options.get("frequencies", "model") not in ("model", "c2rope"):
         raise ValueError(f"c2rope.vllm: unknown options['frequencies']={options['frequencies']!r}")
     return recorded
