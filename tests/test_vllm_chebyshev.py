@@ -31,7 +31,9 @@ def random_image(rng, height, width):
     return Image.fromarray(pixels)
 
 
-CHEBYSHEV = [("qwen2_vl", "outward"), ("qwen2_5_vl", "inward")]
+# (kind, mask, options): the frame axis adds a 4th position row, which carries no image cells.
+CHEBYSHEV = [("qwen2_vl", "outward", None), ("qwen2_5_vl", "inward", None),
+             ("qwen2_5_vl", "outward", {"frame_axis": "separate"})]
 
 
 def _image_tokens(inputs):
@@ -55,12 +57,13 @@ def served_greedy(llm, prompts, vocab_size, suppress):
     return results
 
 
-@pytest.mark.parametrize("kind,mask", CHEBYSHEV, ids=[f"{k}-{m}" for k, m in CHEBYSHEV])
-def test_vllm_serves_the_chebyshev_mask(tmp_path, kind, mask):
+@pytest.mark.parametrize("kind,mask,options", CHEBYSHEV,
+                         ids=[f"{k}-{m}" + ("-frames" if o else "") for k, m, o in CHEBYSHEV])
+def test_vllm_serves_the_chebyshev_mask(tmp_path, kind, mask, options):
     folder = str(tmp_path / kind)
-    model = save_patched(folder, kind, c2rope.C2RoPEConfig(mask=mask))
+    model = save_patched(folder, kind, c2rope.C2RoPEConfig(mask=mask), options)
     causal = HF_CLASSES[kind].from_pretrained(folder, dtype=torch.float32).eval()
-    c2rope.patch_model(causal, c2rope.C2RoPEConfig(mask="causal"))  # same positions, causal attention
+    c2rope.patch_model(causal, c2rope.C2RoPEConfig(mask="causal"), options=options)  # same positions, causal
     processor = transformers.AutoProcessor.from_pretrained(folder)
     suppress = list(range(len(vllm_tiny.SPECIALS)))
     rng = random.Random(_seed())
