@@ -33,7 +33,7 @@ def random_image(rng, height, width):
 
 # (kind, mask, options): the frame axis adds a 4th position row, which carries no image cells.
 CHEBYSHEV = [("qwen2_vl", "outward", None), ("qwen2_5_vl", "inward", None),
-             ("qwen2_5_vl", "outward", {"frame_axis": "separate"})]
+             ("qwen2_5_vl", "outward", {"frame_axis": "separate"}), ("qwen3_vl", "outward", None)]
 
 
 def _image_tokens(inputs):

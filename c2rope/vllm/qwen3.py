@@ -7,12 +7,14 @@ layer's rotary replaced by `C2RoPEMRotary`. What differs from Qwen2-VL is handle
   each slot is read from vLLM's rotary itself (`rotary.model_rows`);
 - a video's placeholder holds its frames' timestamps and vision start / end tokens:
   c2rope finds the frames from the token ids (`qwen_vision_spans`), those tokens are text;
-- deepstack adds visual features to the first layers' hidden states, which no position touches.
+- deepstack adds visual features to the first layers' hidden states, which no position touches;
+- the Chebyshev mask (mask="outward" / "inward") as for Qwen2-VL: image cells in the positions,
+  the image rows recomputed in every layer (chebyshev.py); deepstack touches no attention.
 """
 from __future__ import annotations
 
 from ..serving import SERVING_MODULES
-from .qwen import C2RoPEQwenMixin
+from .qwen import MASKS, C2RoPEQwenMixin
 from .servable import check_servable
 
 try:
@@ -23,7 +25,7 @@ except ImportError as exc:  # pragma: no cover - only without vLLM
 
 class C2RoPEQwen3VLForConditionalGeneration(C2RoPEQwenMixin, Qwen3VLForConditionalGeneration):
     def __init__(self, *, vllm_config, prefix: str = "model"):
-        check_servable(vllm_config.model_config.hf_config)  # refuse before building anything
+        check_servable(vllm_config.model_config.hf_config, MASKS)  # refuse before building anything
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self._install_c2rope(vllm_config)
 
