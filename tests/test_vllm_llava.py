@@ -7,7 +7,8 @@ causal C2RoPEConfig, recorded with c2rope.record_config and saved; vLLM serves t
 through the plugin and must generate what patched transformers generates: the same greedy
 tokens and log-probs within 1e-4, over 64 tokens, for a batch of text prompts and prompts
 with one or two images of random sizes. Same standard as tests/test_vllm_serving.py
-(Qwen-VL); text prompts also match the unpatched model (plain RoPE)."""
+(Qwen-VL); text prompts also match the unpatched model (plain RoPE). The Chebyshev mask
+(mask="outward" / "inward"): the same comparison, with vLLM's prefix cache (CHEBYSHEV)."""
 import os
 import random
 import subprocess
@@ -47,9 +48,9 @@ def save_patched(folder, config, kind="llava"):
     return model
 
 
-def make_llm(folder):
+def make_llm(folder, **kwargs):
     return vllm.LLM(folder, dtype="float32", enforce_eager=True, max_model_len=512, max_num_seqs=8,
-                    limit_mm_per_prompt={"image": 2}, seed=0)
+                    limit_mm_per_prompt={"image": 2}, seed=0, **kwargs)
 
 
 def random_image(rng):
@@ -90,7 +91,9 @@ def hf_logprobs(model, inputs, tokens):
     return torch.log_softmax(logits.double(), dim=-1)
 
 
-def vllm_greedy(llm, prompts, vocab_size):
+def vllm_greedy(llm, prompts, vocab_size, cached=None):
+    """[(prompt ids, tokens, log-probs)]; `cached`: a list given the number of prompt tokens
+    vLLM found in its prefix cache for each prompt."""
     allowed = [i for i in range(vocab_size) if i not in SUPPRESS]
     params = vllm.SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, logprobs=1,
                                  allowed_token_ids=allowed)
@@ -99,6 +102,8 @@ def vllm_greedy(llm, prompts, vocab_size):
         completion = out.outputs[0]
         logprobs = [step[token].logprob for step, token in zip(completion.logprobs, completion.token_ids)]
         results.append((list(out.prompt_token_ids), list(completion.token_ids), logprobs))
+        if cached is not None:
+            cached.append(out.num_cached_tokens or 0)
     return results
 
 
@@ -129,7 +134,7 @@ def compare(model, inputs, served, what):
 
 # The default split on raster m; the paper's (concentric m: an image's mean m is any
 # rational, merged coordinates, blocked split); the recommended one (one shared,
-# half-integer m per image, spread split). All causal: the Chebyshev mask is refused.
+# half-integer m per image, spread split). The Chebyshev mask: CHEBYSHEV below.
 SERVED = [("llava", "causal"), ("llava", "paper-causal"), ("llava", "recommended-causal"),
           ("llava_next", "paper-causal"), ("llava_next", "recommended-causal")]
 
@@ -181,8 +186,53 @@ def test_stock_vllm_refuses_a_recorded_llava(tmp_path):
     assert "C2RoPELlavaForConditionalGeneration" in output
 
 
-def test_plugin_refuses_the_chebyshev_mask_on_llava(tmp_path):
+# The Chebyshev mask (c2rope/vllm/chebyshev.py on vLLM's CPU backend): one ring set per
+# grid (LLaVA-NeXT: the base view, and the high-resolution grid with its newline column).
+CHEBYSHEV = [("llava", "outward"), ("llava", "inward"), ("llava_next", "outward"), ("llava_next", "inward")]
+
+
+@pytest.mark.parametrize("kind,mask", CHEBYSHEV, ids=[f"{k}-{m}" for k, m in CHEBYSHEV])
+def test_vllm_serves_the_chebyshev_mask_on_llava(tmp_path, kind, mask):
+    """The comparison above under C2RoPEConfig(mask=mask), run twice on one engine: the
+    second run finds the prompts' first 32-token blocks in vLLM's prefix cache, so image
+    rows are also computed from a step that starts inside an image. The mask must matter:
+    the prompt with an image at tokens 30 ... 45 gets log-probs more than 1e-3 away under
+    the causal mask (so serving it causally fails the comparison)."""
+    folder = str(tmp_path / kind)
+    model = save_patched(folder, c2rope.C2RoPEConfig(mask=mask), kind)
+    causal = tiny.CLASSES[kind].from_pretrained(folder, dtype=torch.float32).eval()
+    c2rope.patch_model(causal, c2rope.C2RoPEConfig(mask="causal"))  # same positions, causal mask
+    processor = transformers.AutoProcessor.from_pretrained(folder)
+    rng = random.Random(_seed())
+    prompts = random_prompts(rng)
+    # 30 words, then an image: the first 32-token block (cached after the first run) ends inside it.
+    prompts.append({"prompt": f"{tiny.random_text(rng, 30, 30)} {tiny.IMAGE} {tiny.random_text(rng)}",
+                    "multi_modal_data": {"image": [random_image(rng)]}})
+    llm = make_llm(folder, block_size=32, enable_prefix_caching=True, disable_chunked_mm_input=True)
+    image_token = tiny.SPECIALS.index(tiny.IMAGE)
+    inside = 0
+    for run in range(2):
+        cached = []
+        served = vllm_greedy(llm, prompts, model.config.text_config.vocab_size, cached)
+        parted = []
+        for prompt, result, hits in zip(prompts, served, cached):
+            inputs = hf_inputs(processor, prompt)
+            reference, step = compare(model, inputs, result, repr(prompt["prompt"]))
+            parted += [] if step is None else [step]
+            if run == 0 and prompt is prompts[-1]:
+                away = (hf_logprobs(causal, inputs, result[1]) - reference).abs().max().item()
+                assert away > 1e-3, f"the causal mask gives nearly the same log-probs ({away:.1e})"
+            ids = result[0]
+            inside += run == 1 and 0 < hits < len(ids) and ids[hits - 1] == ids[hits] == image_token
+        assert len(parted) <= 1, f"greedy runs parted at ties in {len(parted)} of {len(prompts)} prompts"
+    assert inside >= 1, "no prompt of the second run started inside an image"
+
+
+def test_plugin_refuses_the_chebyshev_mask_with_chunked_images_on_llava(tmp_path):
+    """vLLM's CPU default (chunked prefill, images chunked too) could compute part of an
+    image in one step: refused when the model is built, naming the setting to pass."""
     folder = str(tmp_path / "model")
     save_patched(folder, c2rope.C2RoPEConfig(mask="outward"))
-    with pytest.raises(Exception, match="Chebyshev"):
+    with pytest.raises(Exception, match="Chebyshev") as caught:
         make_llm(folder)
+    assert "disable_chunked_mm_input=True" in str(caught.value)

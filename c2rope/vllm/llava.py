@@ -21,7 +21,10 @@ three rows per token. Each class is vLLM's own with:
 - the text model run eagerly: vLLM compiles Llama's decoder with 1-D positions marked
   dynamic on their first dimension, which for [3, L] rows is the wrong one (vLLM's
   default, compiled engine then stops with a ConstraintViolationError on the token
-  count); the vision tower is run as vLLM runs it.
+  count); the vision tower is run as vLLM runs it;
+- under the Chebyshev mask (mask="outward" / "inward"), every grid's tokens carry their
+  cell and every text layer applies the mask (`masked.py`, `chebyshev.py`; vLLM's CPU
+  backend only), one ring set per grid as in patched transformers.
 What cannot be served exactly is refused when the model is built.
 """
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch
 from ..layout import VisualLayout
 from ..positions import build_position_ids, next_temporal_index
 from ..serving import SERVING_MODULES
+from .masked import MASKS, ChebyshevMaskMixin, with_cells
 from .positions import encode_positions
 from .rotary import C2RoPEMRotary
 from .servable import check_servable
@@ -77,16 +81,17 @@ _VISION_TOWER_LEVEL = WeightsMapper(orig_to_new_regex={
 })
 
 
-class C2RoPELlavaMixin:
+class C2RoPELlavaMixin(ChebyshevMaskMixin):
     """What the served classes add to vLLM's LLaVA / LLaVA-NeXT. (Not itself a
     SupportsMRoPE: a Protocol base ahead of nn.Module would replace the __init__ chain.)"""
 
-    def _install_c2rope(self, recorded, hf_config) -> None:
+    def _install_c2rope(self, recorded, hf_config, vllm_config) -> None:
         self.c2rope_config = recorded["config"]
         self.c2rope_image_token_id = image_token_id(hf_config)
         decoder = self.language_model.model
         rotaries = {}
-        for layer in (layer for layer in decoder.layers if hasattr(layer, "self_attn")):
+        layers = [layer for layer in decoder.layers if hasattr(layer, "self_attn")]
+        for layer in layers:
             original = layer.self_attn.rotary_emb
             if type(original) is not RotaryEmbedding:
                 raise ValueError("c2rope.vllm serves LLaVA text models with plain RoPE (no rope scaling); this "
@@ -95,6 +100,7 @@ class C2RoPELlavaMixin:
                 rotaries[id(original)] = C2RoPEMRotary(original, self.c2rope_config.axis_table(original.rotary_dim))
             layer.self_attn.rotary_emb = rotaries[id(original)]
         decoder.do_not_compile = True  # see the module docstring
+        self._install_mask(self.c2rope_config.mask, [layer.self_attn.attn for layer in layers], vllm_config)
 
     def _c2rope_positions(self, ids: torch.Tensor, spans, mm_features, item_starts):
         """Encoded [3, L] rows (m, x, y) and the decode offset for one prompt whose images
@@ -107,11 +113,13 @@ class C2RoPELlavaMixin:
         layout = VisualLayout.from_spans([list(spans)], ids.shape[1])
         positions = build_position_ids(layout, self.c2rope_config)[0].t().contiguous()  # [3, L]: m, x, y
         delta = int(next_temporal_index(layout, self.c2rope_config)[0]) - ids.shape[1]
-        return encode_positions(positions), delta
+        # Under the Chebyshev mask: every grid its own ring set, as patched transformers'
+        # layout gives it (LLaVA-NeXT: base and high-res grids apart, newlines in the rings).
+        return with_cells(encode_positions(positions), positions, spans, self.c2rope_config.mask), delta
 
 
 def _recorded_without_options(hf_config) -> dict:
-    recorded = check_servable(hf_config)  # refuse before building anything
+    recorded = check_servable(hf_config, MASKS)  # refuse before building anything
     if recorded["options"]:
         raise ValueError(f"c2rope.vllm: LLaVA takes no c2rope options, the checkpoint records "
                          f"{sorted(recorded['options'])}")
@@ -127,7 +135,7 @@ class C2RoPELlavaForConditionalGeneration(C2RoPELlavaMixin, LlavaForConditionalG
         grid = llava_grid(hf_config)
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.c2rope_grid = grid
-        self._install_c2rope(recorded, hf_config)
+        self._install_c2rope(recorded, hf_config, vllm_config)
 
     def get_mrope_input_positions(self, input_tokens, mm_features):
         ids = torch.tensor([list(input_tokens)], dtype=torch.int64)
@@ -152,7 +160,7 @@ class C2RoPELlavaNextForConditionalGeneration(C2RoPELlavaMixin, LlavaNextForCond
         llava_grid(hf_config)  # one base grid per image: CLIP / SigLIP, "default" features
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.c2rope_geometry = AnyresGeometry.from_config(hf_config, module, newline=True)
-        self._install_c2rope(recorded, hf_config)
+        self._install_c2rope(recorded, hf_config, vllm_config)
 
     def get_mrope_input_positions(self, input_tokens, mm_features):
         from ..hf.families.llava_next.anyres import placeholder_spans

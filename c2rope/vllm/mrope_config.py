@@ -31,9 +31,9 @@ def three_row_section(hf_config) -> list:
     """[m, x, y] rotary-slot counts of the recorded C2RoPEConfig on the text model's
     rotary dim: what `mrope_section` declares (len 3 = three position rows)."""
     from ..config import AXIS_M, AXIS_X, AXIS_Y
-    from .servable import check_servable
+    from .servable import MASKS, check_servable
 
-    config = check_servable(hf_config)["config"]
+    config = check_servable(hf_config, MASKS)["config"]
     text = hf_config.get_text_config()
     head = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     table = config.axis_table(int(head))

