@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 # (test_vllm_serving skips this module where vLLM is not installed.)
-from test_vllm_serving import HF_CLASSES, NEW_TOKENS, _seed, compare, hf_logprobs, make_llm, random_prompts
+from test_vllm_serving import HF_CLASSES, _seed, compare, hf_logprobs, make_llm, random_prompts
 from test_vllm_serving import save_patched, vllm
 
 import numpy as np
@@ -24,6 +24,7 @@ from PIL import Image
 
 import c2rope
 import vllm_tiny
+from vllm_common import served_greedy
 
 
 def random_image(rng, height, width):
@@ -43,18 +44,6 @@ def _image_tokens(inputs):
     return set(vision.nonzero().flatten().tolist())
 
 
-def served_greedy(llm, prompts, vocab_size, suppress):
-    """[(prompt ids, tokens, log-probs, prompt tokens found in the prefix cache)]."""
-    allowed = [i for i in range(vocab_size) if i not in suppress]
-    params = vllm.SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, logprobs=1,
-                                 allowed_token_ids=allowed)
-    results = []
-    for out in llm.generate(prompts, params, use_tqdm=False):
-        completion = out.outputs[0]
-        logprobs = [step[token].logprob for step, token in zip(completion.logprobs, completion.token_ids)]
-        results.append((list(out.prompt_token_ids), list(completion.token_ids), logprobs,
-                        out.num_cached_tokens or 0))
-    return results
 
 
 @pytest.mark.parametrize("kind,mask,options", CHEBYSHEV,
@@ -78,9 +67,10 @@ def test_vllm_serves_the_chebyshev_mask(tmp_path, kind, mask, options):
     vocab = model.config.text_config.vocab_size
     inside = 0
     for run in range(2):
-        served = served_greedy(llm, prompts, vocab, suppress)
+        hits = []
+        served = served_greedy(llm, prompts, vocab, suppress, hits)
         parted = []
-        for prompt, (ids, tokens, logprobs, cached) in zip(prompts, served):
+        for prompt, (ids, tokens, logprobs), cached in zip(prompts, served, hits):
             inputs, reference, step = compare(model, processor, prompt, (ids, tokens, logprobs), suppress)
             parted += [] if step is None else [step]
             if run == 0 and prompt is prompts[-1]:

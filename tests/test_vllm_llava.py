@@ -11,8 +11,6 @@ with one or two images of random sizes. Same standard as tests/test_vllm_serving
 (mask="outward" / "inward"): the same comparison, with vLLM's prefix cache (CHEBYSHEV)."""
 import os
 import random
-import subprocess
-import sys
 
 import pytest
 
@@ -28,8 +26,8 @@ from PIL import Image  # noqa: E402
 
 import c2rope  # noqa: E402
 import vllm_tiny_llava as tiny  # noqa: E402
+from vllm_common import NEW_TOKENS, served_greedy, stock_vllm  # noqa: E402
 
-NEW_TOKENS = 64
 TOLERANCE = 1e-4
 SUPPRESS = list(range(len(tiny.SPECIALS)))  # end of text and the image token: text tokens only
 
@@ -91,20 +89,6 @@ def hf_logprobs(model, inputs, tokens):
     return torch.log_softmax(logits.double(), dim=-1)
 
 
-def vllm_greedy(llm, prompts, vocab_size, cached=None):
-    """[(prompt ids, tokens, log-probs)]; `cached`: a list given the number of prompt tokens
-    vLLM found in its prefix cache for each prompt."""
-    allowed = [i for i in range(vocab_size) if i not in SUPPRESS]
-    params = vllm.SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, logprobs=1,
-                                 allowed_token_ids=allowed)
-    results = []
-    for out in llm.generate(prompts, params, use_tqdm=False):
-        completion = out.outputs[0]
-        logprobs = [step[token].logprob for step, token in zip(completion.logprobs, completion.token_ids)]
-        results.append((list(out.prompt_token_ids), list(completion.token_ids), logprobs))
-        if cached is not None:
-            cached.append(out.num_cached_tokens or 0)
-    return results
 
 
 def compare(model, inputs, served, what):
@@ -147,7 +131,7 @@ def test_vllm_serves_llava_as_patched_hf_generates(tmp_path, kind, name):
     processor = transformers.AutoProcessor.from_pretrained(folder)
     rng = random.Random(_seed())
     prompts = random_prompts(rng)
-    served = vllm_greedy(make_llm(folder), prompts, model.config.text_config.vocab_size)
+    served = served_greedy(make_llm(folder), prompts, model.config.text_config.vocab_size, SUPPRESS)
     parted = []
     for prompt, result in zip(prompts, served):
         inputs = hf_inputs(processor, prompt)
@@ -161,28 +145,13 @@ def test_vllm_serves_llava_as_patched_hf_generates(tmp_path, kind, name):
     assert len(parted) <= 1, f"greedy runs parted at ties in {len(parted)} of {len(prompts)} prompts"
 
 
-STOCK_SCRIPT = """
-import sys
-from vllm import LLM
-try:
-    LLM(sys.argv[1], dtype="float32", enforce_eager=True, max_model_len=512)
-except Exception as exc:
-    print("REFUSED:", type(exc).__name__, exc)
-    sys.exit(3)
-print("SERVED")
-"""
-
-
 def test_stock_vllm_refuses_a_recorded_llava(tmp_path):
     """Without the plugin (VLLM_PLUGINS names only vLLM's own), vLLM does not know the
     serving architecture the folder names, and refuses to build it."""
     folder = str(tmp_path / "model")
     save_patched(folder, c2rope.C2RoPEConfig(mask="causal"))
-    env = dict(os.environ, VLLM_PLUGINS="lora_filesystem_resolver", HF_HUB_OFFLINE="1")
-    run = subprocess.run([sys.executable, "-c", STOCK_SCRIPT, folder], env=env, capture_output=True, text=True,
-                         timeout=600)
-    output = run.stdout + run.stderr
-    assert run.returncode == 3, output[-3000:]
+    code, output = stock_vllm(folder, max_model_len=512)
+    assert code == 3, output[-3000:]
     assert "C2RoPELlavaForConditionalGeneration" in output
 
 
@@ -213,7 +182,7 @@ def test_vllm_serves_the_chebyshev_mask_on_llava(tmp_path, kind, mask):
     inside = 0
     for run in range(2):
         cached = []
-        served = vllm_greedy(llm, prompts, model.config.text_config.vocab_size, cached)
+        served = served_greedy(llm, prompts, model.config.text_config.vocab_size, SUPPRESS, cached)
         parted = []
         for prompt, result, hits in zip(prompts, served, cached):
             inputs = hf_inputs(processor, prompt)

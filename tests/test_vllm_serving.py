@@ -8,8 +8,6 @@ tokens and log-probs within 1e-4, over 64 tokens, for a batch of text, image and
 tests/test_vllm_chebyshev.py."""
 import os
 import random
-import subprocess
-import sys
 
 import pytest
 
@@ -27,8 +25,8 @@ from PIL import Image  # noqa: E402
 
 import c2rope  # noqa: E402
 import vllm_tiny  # noqa: E402
+from vllm_common import NEW_TOKENS, served_greedy, stock_vllm  # noqa: E402
 
-NEW_TOKENS = 64
 TOLERANCE = 1e-4
 HF_CLASSES = {"qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
               "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
@@ -123,17 +121,6 @@ def hf_logprobs(model, inputs, tokens):
     return torch.log_softmax(logits.double(), dim=-1)
 
 
-def vllm_greedy(llm, prompts, vocab_size, suppress):
-    allowed = [i for i in range(vocab_size) if i not in suppress]
-    params = vllm.SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, logprobs=1,
-                                 allowed_token_ids=allowed)
-    outputs = llm.generate(prompts, params, use_tqdm=False)
-    results = []
-    for out in outputs:
-        completion = out.outputs[0]
-        logprobs = [step[token].logprob for step, token in zip(completion.logprobs, completion.token_ids)]
-        results.append((list(out.prompt_token_ids), list(completion.token_ids), logprobs))
-    return results
 
 
 def compare(model, processor, prompt, served, suppress):
@@ -185,7 +172,7 @@ def test_vllm_serves_what_patched_hf_generates(tmp_path, kind, name, options):
     rng = random.Random(_seed())
     prompts = random_prompts(rng)
     llm = make_llm(folder)
-    served = vllm_greedy(llm, prompts, model.config.text_config.vocab_size, suppress)
+    served = served_greedy(llm, prompts, model.config.text_config.vocab_size, suppress)
     parted = []
     for prompt, result in zip(prompts, served):
         inputs, reference, step = compare(model, processor, prompt, result, suppress)
@@ -194,28 +181,13 @@ def test_vllm_serves_what_patched_hf_generates(tmp_path, kind, name, options):
             assert (hf_logprobs(stock, inputs, result[1]) - reference).abs().max() > 1e-3
     assert len(parted) <= 1, f"greedy runs parted at ties in {len(parted)} of {len(prompts)} prompts"
 
-STOCK_SCRIPT = """
-import sys
-from vllm import LLM
-try:
-    LLM(sys.argv[1], dtype="float32", enforce_eager=True, max_model_len=1024)
-except Exception as exc:
-    print("REFUSED:", type(exc).__name__, exc)
-    sys.exit(3)
-print("SERVED")
-"""
-
-
 def test_stock_vllm_refuses_a_recorded_checkpoint(tmp_path):
     """Without the plugin (VLLM_PLUGINS names only vLLM's own), vLLM does not know the
     serving architecture the folder names, and refuses to build it."""
     folder = str(tmp_path / "model")
     save_patched(folder, "qwen2_vl", c2rope.C2RoPEConfig(mask="causal"))
-    env = dict(os.environ, VLLM_PLUGINS="lora_filesystem_resolver", HF_HUB_OFFLINE="1")
-    run = subprocess.run([sys.executable, "-c", STOCK_SCRIPT, folder], env=env, capture_output=True, text=True,
-                         timeout=600)
-    output = run.stdout + run.stderr
-    assert run.returncode == 3, output[-3000:]
+    code, output = stock_vllm(folder, max_model_len=1024)
+    assert code == 3, output[-3000:]
     assert "C2RoPEQwen2VLForConditionalGeneration" in output
 
 

@@ -6,6 +6,8 @@ import random
 import torch
 import transformers
 
+from vllm_common import word_tokenizer
+
 WORDS = 96  # "w0" ... "w95"
 SPECIALS = ["<|endoftext|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 PATCH, MERGE, TEMPORAL = 2, 2, 2
@@ -26,15 +28,7 @@ KINDS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")
 
 
 def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {token: i for i, token in enumerate(SPECIALS + [f"w{i}" for i in range(WORDS)])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-        additional_special_tokens=SPECIALS[1:])
-    return tokenizer, vocab
+    return word_tokenizer(SPECIALS, WORDS)
 
 
 def _byte_level_tokenizer():

@@ -8,6 +8,8 @@ import random
 import torch
 import transformers
 
+from vllm_common import word_tokenizer
+
 WORDS = 96  # "w0" ... "w95"
 SPECIALS = ["<|endoftext|>", "<image>"]
 IMAGE = "<image>"
@@ -23,15 +25,7 @@ CLASSES = {"llava": transformers.LlavaForConditionalGeneration,
 
 
 def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {token: i for i, token in enumerate(SPECIALS + [f"w{i}" for i in range(WORDS)])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-        additional_special_tokens=SPECIALS[1:])
-    return tokenizer, vocab
+    return word_tokenizer(SPECIALS, WORDS)
 
 
 def make_model(seed=0, kind="llava"):
