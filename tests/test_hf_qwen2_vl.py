@@ -165,7 +165,28 @@ def test_text_only_logits_unchanged():
         assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, want)
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
     unpatch_qwen2_vl(model)
-    assert torch.equal(out, model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False))
+    reference = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False,
+                               return_dict_in_generate=True, output_logits=True)
+    rows = [0, 1]
+    if not _cached_decode_matches_uncached(model, reference, mask, row=1):
+        # The release's own cached decode of a left-padded row disagrees with its uncached
+        # forward (measured, C2ROPE_TEST_SEED=1064502301: unpatched up to 0.22 on 5.0.0 and
+        # 2e-3 on 4.57.6, c2rope's patched model off by other amounts; 5.24 and 5.25: 4e-8
+        # for both): there is no one right answer to compare the padded row with.
+        rows = [0]
+    assert torch.equal(out[rows], reference.sequences[rows])
+
+
+def _cached_decode_matches_uncached(model, generated, prompt_mask, row, tolerance=1e-5):
+    """Whether `generate`'s logits (cached decode) of `row` equal one uncached forward over
+    the generated sequence."""
+    sequences = generated.sequences
+    length = prompt_mask.shape[1]
+    mask = torch.cat([prompt_mask, torch.ones_like(sequences[:, length:])], dim=1)
+    with torch.no_grad():
+        logits = model(input_ids=sequences, attention_mask=mask).logits
+    return all((step[row] - logits[row, length - 1 + k]).abs().max() <= tolerance
+               for k, step in enumerate(generated.logits))
 
 
 @pytest.mark.parametrize("strategy", ["all", "alternate", "second_half"])
