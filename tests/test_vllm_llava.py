@@ -10,7 +10,7 @@ tokens and log-probs within 1e-4, over 64 tokens, for a batch of text prompts an
 with one or two images of random sizes. Same standard as tests/test_vllm_serving.py
 (Qwen-VL); text prompts also match the unpatched model (plain RoPE). The Chebyshev mask
 (mask="outward" / "inward"): the same comparison, with vLLM's prefix cache (CHEBYSHEV).
-OneVision video prompts are refused."""
+OneVision also gets video prompts (pooled frames), alone and with an image."""
 import os
 import random
 
@@ -53,9 +53,10 @@ def save_patched(folder, config, kind="llava"):
     return model
 
 
-def make_llm(folder, **kwargs):
+def make_llm(folder, kind="llava", **kwargs):
+    limits = {"image": 2, "video": 1} if kind == "llava_onevision" else {"image": 2}
     return vllm.LLM(folder, dtype="float32", enforce_eager=True, max_model_len=512, max_num_seqs=8,
-                    limit_mm_per_prompt={"image": 2}, seed=0, **kwargs)
+                    limit_mm_per_prompt=limits, seed=0, **kwargs)
 
 
 def random_image(rng, large=False):
@@ -70,9 +71,17 @@ def random_image(rng, large=False):
     return Image.fromarray(pixels)
 
 
-def random_prompts(rng, large=False):
+def random_video(rng):
+    """1 to 4 frames of one random size (OneVision resizes every frame to 8x8, one 4x4
+    grid, and pools it to 2x2)."""
+    frames, height, width = rng.randint(1, 4), rng.randint(3, 40), rng.randint(3, 40)
+    return np.random.default_rng(rng.randrange(2**31)).integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
+
+
+def random_prompts(rng, large=False, videos=False):
     """Two text prompts and three image prompts (one with two images, back to back or
-    apart), shuffled; large: the first image is a large one (random_image)."""
+    apart), shuffled; large: the first image is a large one (random_image); videos: also
+    a video prompt and one with an image and a video (OneVision)."""
     prompts = [{"prompt": tiny.random_text(rng)} for _ in range(2)]
     for count in (1, 1, 2):
         text, images = tiny.random_text(rng, 1, 4), []
@@ -81,13 +90,22 @@ def random_prompts(rng, large=False):
             between = tiny.random_text(rng, 1, 4) if rng.random() < 0.5 else ""
             text += f" {tiny.IMAGE} {between}"
         prompts.append({"prompt": text.strip(), "multi_modal_data": {"image": images}})
+    for with_image in ([False, True] if videos else []):
+        parts = [tiny.random_text(rng, 1, 4), tiny.VIDEO, tiny.random_text(rng, 1, 4)]
+        data = {"video": [random_video(rng)]}
+        if with_image:
+            parts[rng.choice([0, 3]):0] = [tiny.IMAGE]  # the image before or after the video
+            data["image"] = [random_image(rng)]
+        prompts.append({"prompt": " ".join(parts), "multi_modal_data": data})
     rng.shuffle(prompts)
     return prompts
 
 
 def hf_inputs(processor, prompt):
-    images = prompt.get("multi_modal_data", {}).get("image")
-    return processor(text=[prompt["prompt"]], images=images, return_tensors="pt")
+    data = prompt.get("multi_modal_data", {})
+    if "video" in data:
+        return processor(text=[prompt["prompt"]], images=data.get("image"), videos=data["video"], return_tensors="pt")
+    return processor(text=[prompt["prompt"]], images=data.get("image"), return_tensors="pt")
 
 
 def hf_logprobs(model, inputs, tokens):
@@ -106,7 +124,11 @@ def compare(model, inputs, served, what, suppress):
     """Asserts that vLLM's greedy completion is patched transformers': every log-prob equal
     within TOLERANCE, every token transformers' greedy choice (within TOLERANCE of the
     best), and transformers' own generate (KV cache) the same tokens but at a tie.
-    Returns (transformers' log-probs, the step where generate parted at a tie, or None)."""
+    Returns (transformers' log-probs, the step where generate parted at a tie, or None).
+    Video prompts skip the generate part: transformers 5.x's generate encodes a video
+    once and passes its features without pixel_values_videos, whose frame count patched
+    transformers needs (it refuses the call), so only the one forward over prompt +
+    tokens is compared."""
     prompt_ids, tokens, logprobs = served
     assert prompt_ids == inputs["input_ids"][0].tolist(), f"vLLM and transformers tokenised {what} differently"
     assert len(tokens) == NEW_TOKENS
@@ -118,6 +140,8 @@ def compare(model, inputs, served, what, suppress):
     allowed[:, suppress] = -float("inf")
     shortfall = (allowed.max(dim=-1).values - reference[steps, tokens]).max().item()
     assert shortfall <= TOLERANCE, f"vLLM chose a token {shortfall:.2e} below the best for {what}"
+    if "pixel_values_videos" in inputs:
+        return reference, None
     out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, suppress_tokens=suppress)
     generated = out[0, inputs["input_ids"].shape[1]:].tolist()
     parted = next((k for k in range(NEW_TOKENS) if generated[k] != tokens[k]), None)
@@ -142,9 +166,9 @@ def test_vllm_serves_llava_as_patched_hf_generates(tmp_path, kind, name):
     stock = tiny.CLASSES[kind].from_pretrained(folder, dtype=torch.float32).eval()
     processor = transformers.AutoProcessor.from_pretrained(folder)
     rng = random.Random(_seed())
-    prompts = random_prompts(rng, large=kind == "llava_onevision")
+    prompts = random_prompts(rng, large=kind == "llava_onevision", videos=kind == "llava_onevision")
     suppress = suppressed(kind)
-    served = served_greedy(make_llm(folder), prompts, model.config.text_config.vocab_size, suppress)
+    served = served_greedy(make_llm(folder, kind), prompts, model.config.text_config.vocab_size, suppress)
     if kind == "llava_onevision":  # the large image was shrunk: fewer tokens than its 4x4 tiles unshrunk
         assert any(_shrunk(model, processor, prompt) for prompt in prompts)
     parted = []
@@ -184,23 +208,6 @@ def test_stock_vllm_refuses_a_recorded_llava(tmp_path, kind):
     assert SERVING_ARCHITECTURES[tiny.CLASSES[kind].__name__] in output
 
 
-def test_plugin_refuses_onevision_videos(tmp_path):
-    """A OneVision video prompt is refused by name before it runs (c2rope's positions for
-    pooled frames are not served); the engine still serves the image prompt after it."""
-    folder = str(tmp_path / "model")
-    model = save_patched(folder, c2rope.C2RoPEConfig(mask="causal"), "llava_onevision")
-    llm = make_llm(folder)
-    video = np.zeros((4, tiny.PIXELS, tiny.PIXELS, 3), dtype=np.uint8)
-    with pytest.raises(ValueError, match="does not serve LLaVA-OneVision videos"):
-        llm.generate({"prompt": f"w1 {tiny.VIDEO} w2", "multi_modal_data": {"video": video}},
-                      vllm.SamplingParams(max_tokens=2), use_tqdm=False)
-    prompt = {"prompt": f"w1 {tiny.IMAGE} w2", "multi_modal_data": {"image": [random_image(random.Random(_seed()))]}}
-    suppress = suppressed("llava_onevision")
-    served = served_greedy(llm, [prompt], model.config.text_config.vocab_size, suppress)
-    processor = transformers.AutoProcessor.from_pretrained(folder)
-    compare(model, hf_inputs(processor, prompt), served[0], "the image prompt after the refusal", suppress)
-
-
 # The Chebyshev mask (c2rope/vllm/chebyshev.py on vLLM's CPU backend): one ring set per
 # grid (LLaVA-NeXT: the base view, and the high-resolution grid with its newline column).
 CHEBYSHEV = [("llava", "outward"), ("llava", "inward"), ("llava_next", "outward"), ("llava_next", "inward"),
@@ -220,11 +227,11 @@ def test_vllm_serves_the_chebyshev_mask_on_llava(tmp_path, kind, mask):
     c2rope.patch_model(causal, c2rope.C2RoPEConfig(mask="causal"))  # same positions, causal mask
     processor = transformers.AutoProcessor.from_pretrained(folder)
     rng = random.Random(_seed())
-    prompts = random_prompts(rng)
+    prompts = random_prompts(rng, videos=kind == "llava_onevision")
     # 30 words, then an image: the first 32-token block (cached after the first run) ends inside it.
     prompts.append({"prompt": f"{tiny.random_text(rng, 30, 30)} {tiny.IMAGE} {tiny.random_text(rng)}",
                     "multi_modal_data": {"image": [random_image(rng)]}})
-    llm = make_llm(folder, block_size=32, enable_prefix_caching=True, disable_chunked_mm_input=True)
+    llm = make_llm(folder, kind, block_size=32, enable_prefix_caching=True, disable_chunked_mm_input=True)
     image_token = tiny.SPECIALS.index(tiny.IMAGE)
     suppress = suppressed(kind)
     inside = 0

