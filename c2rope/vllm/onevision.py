@@ -67,6 +67,14 @@ class C2RoPELlavaOnevisionForConditionalGeneration(C2RoPELlavaMixin, LlavaOnevis
         videos = super()._process_video_pixels(inputs)
         return videos if isinstance(videos, torch.Tensor) else [v.reshape(-1, v.shape[-1]) for v in videos]
 
+    def _frames(self, tokens: int) -> int:
+        one = self.c2rope_geometry.video(1)
+        per_frame = one.num_tokens - one.closing_text
+        if tokens <= one.closing_text or (tokens - one.closing_text) % per_frame:
+            raise ValueError(f"c2rope.vllm: a LLaVA-OneVision video of {tokens} tokens is not whole frames of "
+                             f"{per_frame} tokens plus {one.closing_text} newline")
+        return (tokens - one.closing_text) // per_frame
+
     def get_mrope_input_positions(self, input_tokens, mm_features):
         from ..hf.families.llava_next.anyres import merge_rows, placeholder_spans
 
@@ -74,14 +82,14 @@ class C2RoPELlavaOnevisionForConditionalGeneration(C2RoPELlavaMixin, LlavaOnevis
         features = sorted(mm_features, key=lambda f: f.mm_position.offset)
         images = [f for f in features if f.modality == "image"]
         videos = [f for f in features if f.modality == "video"]
-        if any(f.data is None or "image_sizes" not in f.data for f in images) or \
-                any(f.data is None or "pixel_values_videos" not in f.data for f in videos):
-            raise ValueError("c2rope.vllm: LLaVA-OneVision images need their image_sizes, and videos their frames "
-                             "(pixel inputs, not embeddings), for c2rope's positions")
+        if any(f.data is None or "image_sizes" not in f.data for f in images):
+            raise ValueError("c2rope.vllm: LLaVA-OneVision images need their image_sizes (pixel inputs, not "
+                             "embeddings) for c2rope's positions")
         # Every image tiled, as vLLM computes it (no batch_num_images: see the module docstring).
         items = self.c2rope_geometry.images([f.data["image_sizes"].data.tolist() for f in images])
-        # A video item's pixels: [frames, C, H, W] (one tensor per video).
-        clips = [self.c2rope_geometry.video(int(f.data["pixel_values_videos"].data.shape[0])) for f in videos]
+        # A video's frame count, from its placeholder (frames x pooled grid + one newline):
+        # vLLM may hand a video item without its pixels (e.g. once its features are cached).
+        clips = [self.c2rope_geometry.video(self._frames(f.mm_position.length)) for f in videos]
         parts, starts = [], []
         for token, what, entries in ((self.c2rope_image_token_id, "image", items),
                                      (self.c2rope_video_token_id, "video", clips)):
