@@ -1,7 +1,7 @@
 """A tiny random LLaVA, LLaVA-NeXT or LLaVA-OneVision checkpoint (transformers'
 LlavaForConditionalGeneration / LlavaNextForConditionalGeneration /
-LlavaOnevisionForConditionalGeneration: CLIP vision tower, Llama text model) written to a
-folder in code: weights, config, a word-level tokenizer and the image processor, nothing
+LlavaOnevisionForConditionalGeneration: CLIP vision tower, Llama text model; OneVision's
+Qwen2, as published) written to a folder in code: weights, config, a word-level tokenizer and the image processor, nothing
 downloaded. Used by
 tests/test_vllm_llava.py (the vLLM lane) and tests/test_serving_config.py."""
 import random
@@ -51,10 +51,12 @@ def make_model(seed=0, kind="llava"):
     vision = transformers.CLIPVisionConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=1,
                                            num_attention_heads=2, image_size=PIXELS, patch_size=PATCH,
                                            projection_dim=64)
-    text = transformers.LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                    num_attention_heads=2, num_key_value_heads=1, head_dim=32,
-                                    max_position_embeddings=1024, bos_token_id=0, eos_token_id=0, pad_token_id=0,
-                                    rope_parameters={"rope_type": "default", "rope_theta": 100.0})
+    # OneVision's published checkpoints have a Qwen2 text model (biased q, k, v), the others Llama.
+    text_class = transformers.Qwen2Config if kind == "llava_onevision" else transformers.LlamaConfig
+    text = text_class(vocab_size=len(vocab), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=1024,
+                      bos_token_id=0, eos_token_id=0, pad_token_id=0,
+                      rope_parameters={"rope_type": "default", "rope_theta": 100.0})
     common = dict(vision_config=vision, text_config=text, image_token_id=vocab[IMAGE], vision_feature_layer=-1,
                   vision_feature_select_strategy="default")
     if kind == "llava":
