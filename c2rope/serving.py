@@ -28,6 +28,7 @@ SERVING_ARCHITECTURES = {
     "Qwen2_5_VLForConditionalGeneration": "C2RoPEQwen2_5_VLForConditionalGeneration",
     "LlavaForConditionalGeneration": "C2RoPELlavaForConditionalGeneration",
     "LlavaNextForConditionalGeneration": "C2RoPELlavaNextForConditionalGeneration",
+    "LlavaOnevisionForConditionalGeneration": "C2RoPELlavaOnevisionForConditionalGeneration",
     "Qwen3VLForConditionalGeneration": "C2RoPEQwen3VLForConditionalGeneration",
 }
 # serving architecture -> the module of c2rope.vllm that defines the class (imported by
@@ -37,6 +38,7 @@ SERVING_MODULES = {
     "C2RoPEQwen2_5_VLForConditionalGeneration": "c2rope.vllm.qwen",
     "C2RoPELlavaForConditionalGeneration": "c2rope.vllm.llava",
     "C2RoPELlavaNextForConditionalGeneration": "c2rope.vllm.llava",
+    "C2RoPELlavaOnevisionForConditionalGeneration": "c2rope.vllm.onevision",
     "C2RoPEQwen3VLForConditionalGeneration": "c2rope.vllm.qwen3",
 }
 ORIGINAL_ARCHITECTURES = {served: original for original, served in SERVING_ARCHITECTURES.items()}
@@ -86,6 +88,30 @@ def parse_entry(entry) -> dict:
     return {"config": config, "options": dict(options)}
 
 
+# The only high-res budget vLLM 0.32's LLaVA-OneVision computes: its token count and its
+# merge of the tiles take no config value (transformers reads config.vision_aspect_ratio).
+ONEVISION_ASPECT = "anyres_max_9"
+
+
+def onevision_refusal(config) -> Optional[str]:
+    """Why the vLLM plugin cannot serve a LLaVA-OneVision with this transformers config
+    exactly, or None: its image tokens must be one per patch (CLIP without its CLS token,
+    "default"; SigLIP, "full"), and its high-res budget the one vLLM computes."""
+    tower = getattr(config.vision_config, "model_type", None)
+    per_patch = {"clip_vision_model": "default", "siglip_vision_model": "full"}
+    strategy = getattr(config, "vision_feature_select_strategy", None)
+    if per_patch.get(tower) != strategy:
+        return ("the vLLM plugin serves LLaVA-OneVision with a CLIP tower and vision_feature_select_strategy="
+                f"'default', or a SigLIP tower and 'full' (one token per patch), got {tower!r} with {strategy!r}: "
+                "the image tokens would not be one grid per view")
+    aspect = getattr(config, "vision_aspect_ratio", None)
+    if aspect != ONEVISION_ASPECT:
+        return (f"vision_aspect_ratio is {aspect!r}; vLLM's LLaVA-OneVision shrinks the high-resolution grid with "
+                f"{ONEVISION_ASPECT!r} whatever the config says, so its image tokens would differ from "
+                f"transformers'. The vLLM plugin serves vision_aspect_ratio={ONEVISION_ASPECT!r} only")
+    return None
+
+
 def recorded_config(source) -> Optional[dict]:
     """What a checkpoint recorded: {"config": ..., "options": ...}, ready for
     `c2rope.patch_model(model, **recorded_config(folder))`; None when it recorded nothing.
@@ -108,6 +134,7 @@ def recorded_config(source) -> Optional[dict]:
     return None if entry is None else parse_entry(entry)
 
 
-__all__ = ["KEY", "SERVING_ARCHITECTURES", "SERVING_MODULES", "config_entry", "parse_entry", "recorded_config"]
+__all__ = ["KEY", "ONEVISION_ASPECT", "SERVING_ARCHITECTURES", "SERVING_MODULES", "config_entry",
+           "onevision_refusal", "parse_entry", "recorded_config"]
 
 assert set(SERVING_MODULES) == set(ORIGINAL_ARCHITECTURES)

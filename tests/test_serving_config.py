@@ -41,9 +41,9 @@ def test_record_config_writes_entry_and_serving_architecture(tmp_path, kind):
     assert json.loads((tmp_path / "plain" / "config.json").read_text())["architectures"] == [type(model).__name__]
 
 
-@pytest.mark.parametrize("kind", ["llava", "llava_next"])
+@pytest.mark.parametrize("kind", ["llava", "llava_next", "llava_onevision"])
 def test_record_config_llava(tmp_path, kind):
-    """LLaVA / LLaVA-NeXT record their C2RoPEConfig with no options (they take none), name
+    """LLaVA / LLaVA-NeXT / LLaVA-OneVision record their C2RoPEConfig with no options (they take none), name
     their serving class, and are refused when patched with another grid or image token than
     their config's (the plugin derives those from config.json, as patch_model does by
     default)."""
@@ -74,6 +74,21 @@ def test_record_config_llava(tmp_path, kind):
         c2rope.patch_model(model, c2rope.C2RoPEConfig(mask="causal"), grid=(2, 8))
         with pytest.raises(ValueError, match="grid"):
             c2rope.record_config(model)
+
+
+@pytest.mark.parametrize("change,match", [({"vision_aspect_ratio": "anyres_max_4"}, "anyres_max_9"),
+                                          ({"vision_feature_select_strategy": "full"}, "one token per patch")])
+def test_record_config_refuses_onevision_that_vllm_computes_otherwise(change, match):
+    """vLLM's OneVision shrinks with anyres_max_9 whatever the config says, and the image
+    tokens must be one per patch (CLIP: "default"): anything else is refused when recorded,
+    as the serving class would refuse it when built."""
+    model, _ = vllm_tiny_llava.make_model(kind="llava_onevision")
+    for key, value in change.items():
+        setattr(model.config, key, value)
+    c2rope.patch_model(model, c2rope.C2RoPEConfig(mask="causal"))
+    with pytest.raises(ValueError, match=match):
+        c2rope.record_config(model)
+    assert c2rope.recorded_config(model.config) is None
 
 
 def test_record_config_refusals():

@@ -1,14 +1,16 @@
-"""c2rope's vLLM plugin serving LLaVA and LLaVA-NeXT (c2rope/vllm/llava.py) against
-c2rope-patched transformers (the vLLM lane: scripts/vllm_lane.sh; skipped where vLLM is
-not installed).
+"""c2rope's vLLM plugin serving LLaVA, LLaVA-NeXT (c2rope/vllm/llava.py) and LLaVA-OneVision
+(c2rope/vllm/onevision.py) against c2rope-patched transformers (the vLLM lane:
+scripts/vllm_lane.sh; skipped where vLLM is not installed).
 
-A tiny random LLaVA or LLaVA-NeXT (CLIP + Llama; anyres tiles for NeXT) is patched with a
+A tiny random LLaVA, LLaVA-NeXT or LLaVA-OneVision (CLIP + Llama; anyres tiles for NeXT
+and OneVision, OneVision's anyres_max_9 shrink on large images) is patched with a
 causal C2RoPEConfig, recorded with c2rope.record_config and saved; vLLM serves that folder
 through the plugin and must generate what patched transformers generates: the same greedy
 tokens and log-probs within 1e-4, over 64 tokens, for a batch of text prompts and prompts
 with one or two images of random sizes. Same standard as tests/test_vllm_serving.py
 (Qwen-VL); text prompts also match the unpatched model (plain RoPE). The Chebyshev mask
-(mask="outward" / "inward"): the same comparison, with vLLM's prefix cache (CHEBYSHEV)."""
+(mask="outward" / "inward"): the same comparison, with vLLM's prefix cache (CHEBYSHEV).
+OneVision also gets video prompts (pooled frames), alone and with an image."""
 import os
 import random
 
@@ -26,10 +28,15 @@ from PIL import Image  # noqa: E402
 
 import c2rope  # noqa: E402
 import vllm_tiny_llava as tiny  # noqa: E402
+from c2rope.serving import SERVING_ARCHITECTURES  # noqa: E402
 from vllm_common import NEW_TOKENS, served_greedy, stock_vllm  # noqa: E402
 
 TOLERANCE = 1e-4
-SUPPRESS = list(range(len(tiny.SPECIALS)))  # end of text and the image token: text tokens only
+
+
+def suppressed(kind):
+    """The special tokens of `kind` (end of text, image, OneVision's video): text tokens only."""
+    return list(range(len(tiny.specials(kind))))
 
 
 def _seed():
@@ -46,37 +53,59 @@ def save_patched(folder, config, kind="llava"):
     return model
 
 
-def make_llm(folder, **kwargs):
+def make_llm(folder, kind="llava", **kwargs):
+    limits = {"image": 2, "video": 1} if kind == "llava_onevision" else {"image": 2}
     return vllm.LLM(folder, dtype="float32", enforce_eager=True, max_model_len=512, max_num_seqs=8,
-                    limit_mm_per_prompt={"image": 2}, seed=0, **kwargs)
+                    limit_mm_per_prompt=limits, seed=0, **kwargs)
 
 
-def random_image(rng):
+def random_image(rng, large=False):
     # Any size: LLaVA's processor resizes and crops every image to 8x8 (one 4x4 grid);
     # LLaVA-NeXT's adds the tiles of the best pinpoint, unpadded to the aspect ratio.
+    # large: near-square, 28 px or more, which OneVision tiles 4x4 and then shrinks.
     height, width = rng.randint(3, 40), rng.randint(3, 40)
+    if large:
+        height = rng.randint(28, 48)
+        width = height + rng.randint(-4, 4)
     pixels = np.random.default_rng(rng.randrange(2**31)).integers(0, 256, (height, width, 3), dtype=np.uint8)
     return Image.fromarray(pixels)
 
 
-def random_prompts(rng):
+def random_video(rng):
+    """1 to 4 frames of one random size (OneVision resizes every frame to 8x8, one 4x4
+    grid, and pools it to 2x2)."""
+    frames, height, width = rng.randint(1, 4), rng.randint(3, 40), rng.randint(3, 40)
+    return np.random.default_rng(rng.randrange(2**31)).integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
+
+
+def random_prompts(rng, large=False, videos=False):
     """Two text prompts and three image prompts (one with two images, back to back or
-    apart), shuffled."""
+    apart), shuffled; large: the first image is a large one (random_image); videos: also
+    a video prompt and one with an image and a video (OneVision)."""
     prompts = [{"prompt": tiny.random_text(rng)} for _ in range(2)]
     for count in (1, 1, 2):
         text, images = tiny.random_text(rng, 1, 4), []
         for _ in range(count):
-            images.append(random_image(rng))
+            images.append(random_image(rng, large and len(prompts) == 2 and not images))
             between = tiny.random_text(rng, 1, 4) if rng.random() < 0.5 else ""
             text += f" {tiny.IMAGE} {between}"
         prompts.append({"prompt": text.strip(), "multi_modal_data": {"image": images}})
+    for with_image in ([False, True] if videos else []):
+        parts = [tiny.random_text(rng, 1, 4), tiny.VIDEO, tiny.random_text(rng, 1, 4)]
+        data = {"video": [random_video(rng)]}
+        if with_image:
+            parts[rng.choice([0, 3]):0] = [tiny.IMAGE]  # the image before or after the video
+            data["image"] = [random_image(rng)]
+        prompts.append({"prompt": " ".join(parts), "multi_modal_data": data})
     rng.shuffle(prompts)
     return prompts
 
 
 def hf_inputs(processor, prompt):
-    images = prompt.get("multi_modal_data", {}).get("image")
-    return processor(text=[prompt["prompt"]], images=images, return_tensors="pt")
+    data = prompt.get("multi_modal_data", {})
+    if "video" in data:
+        return processor(text=[prompt["prompt"]], images=data.get("image"), videos=data["video"], return_tensors="pt")
+    return processor(text=[prompt["prompt"]], images=data.get("image"), return_tensors="pt")
 
 
 def hf_logprobs(model, inputs, tokens):
@@ -91,11 +120,15 @@ def hf_logprobs(model, inputs, tokens):
 
 
 
-def compare(model, inputs, served, what):
+def compare(model, inputs, served, what, suppress):
     """Asserts that vLLM's greedy completion is patched transformers': every log-prob equal
     within TOLERANCE, every token transformers' greedy choice (within TOLERANCE of the
     best), and transformers' own generate (KV cache) the same tokens but at a tie.
-    Returns (transformers' log-probs, the step where generate parted at a tie, or None)."""
+    Returns (transformers' log-probs, the step where generate parted at a tie, or None).
+    Video prompts skip the generate part: transformers 5.x's generate encodes a video
+    once and passes its features without pixel_values_videos, whose frame count patched
+    transformers needs (it refuses the call), so only the one forward over prompt +
+    tokens is compared."""
     prompt_ids, tokens, logprobs = served
     assert prompt_ids == inputs["input_ids"][0].tolist(), f"vLLM and transformers tokenised {what} differently"
     assert len(tokens) == NEW_TOKENS
@@ -104,10 +137,12 @@ def compare(model, inputs, served, what):
     diff = (torch.tensor(logprobs, dtype=torch.float64) - reference[steps, tokens]).abs().max().item()
     assert diff <= TOLERANCE, f"log-probs differ by {diff:.2e} for {what}"
     allowed = reference.clone()
-    allowed[:, SUPPRESS] = -float("inf")
+    allowed[:, suppress] = -float("inf")
     shortfall = (allowed.max(dim=-1).values - reference[steps, tokens]).max().item()
     assert shortfall <= TOLERANCE, f"vLLM chose a token {shortfall:.2e} below the best for {what}"
-    out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, suppress_tokens=SUPPRESS)
+    if "pixel_values_videos" in inputs:
+        return reference, None
+    out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, suppress_tokens=suppress)
     generated = out[0, inputs["input_ids"].shape[1]:].tolist()
     parted = next((k for k in range(NEW_TOKENS) if generated[k] != tokens[k]), None)
     if parted is not None:  # allowed only at a tie: both tokens within TOLERANCE of each other
@@ -120,7 +155,8 @@ def compare(model, inputs, served, what):
 # rational, merged coordinates, blocked split); the recommended one (one shared,
 # half-integer m per image, spread split). The Chebyshev mask: CHEBYSHEV below.
 SERVED = [("llava", "causal"), ("llava", "paper-causal"), ("llava", "recommended-causal"),
-          ("llava_next", "paper-causal"), ("llava_next", "recommended-causal")]
+          ("llava_next", "paper-causal"), ("llava_next", "recommended-causal"),
+          ("llava_onevision", "paper-causal"), ("llava_onevision", "recommended-causal")]
 
 
 @pytest.mark.parametrize("kind,name", SERVED, ids=[f"{k}-{n}" for k, n in SERVED])
@@ -130,12 +166,15 @@ def test_vllm_serves_llava_as_patched_hf_generates(tmp_path, kind, name):
     stock = tiny.CLASSES[kind].from_pretrained(folder, dtype=torch.float32).eval()
     processor = transformers.AutoProcessor.from_pretrained(folder)
     rng = random.Random(_seed())
-    prompts = random_prompts(rng)
-    served = served_greedy(make_llm(folder), prompts, model.config.text_config.vocab_size, SUPPRESS)
+    prompts = random_prompts(rng, large=kind == "llava_onevision", videos=kind == "llava_onevision")
+    suppress = suppressed(kind)
+    served = served_greedy(make_llm(folder, kind), prompts, model.config.text_config.vocab_size, suppress)
+    if kind == "llava_onevision":  # the large image was shrunk: fewer tokens than its 4x4 tiles unshrunk
+        assert any(_shrunk(model, processor, prompt) for prompt in prompts)
     parted = []
     for prompt, result in zip(prompts, served):
         inputs = hf_inputs(processor, prompt)
-        reference, step = compare(model, inputs, result, repr(prompt["prompt"]))
+        reference, step = compare(model, inputs, result, repr(prompt["prompt"]), suppress)
         parted += [] if step is None else [step]
         stock_diff = (hf_logprobs(stock, inputs, result[1]) - reference).abs().max().item()
         if "multi_modal_data" in prompt:  # the comparison sees positions: the model's own give other numbers
@@ -145,19 +184,34 @@ def test_vllm_serves_llava_as_patched_hf_generates(tmp_path, kind, name):
     assert len(parted) <= 1, f"greedy runs parted at ties in {len(parted)} of {len(prompts)} prompts"
 
 
-def test_stock_vllm_refuses_a_recorded_llava(tmp_path):
+def _shrunk(model, processor, prompt):
+    """Whether one of `prompt`'s images has a high-res grid anyres_max_9 shrank (OneVision)."""
+    from c2rope.hf.families.llava_next.anyres import AnyresGeometry
+
+    geometry = AnyresGeometry(model)
+    for image in prompt.get("multi_modal_data", {}).get("image", []):
+        rows, cols = geometry.tile_grid(image.height, image.width)
+        high = geometry.image(image.height, image.width).grids[1:]
+        if rows * cols == 16 and high and high[0][0] < rows * geometry.side and high[0][1] - 1 < cols * geometry.side:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("kind", ["llava", "llava_onevision"])
+def test_stock_vllm_refuses_a_recorded_llava(tmp_path, kind):
     """Without the plugin (VLLM_PLUGINS names only vLLM's own), vLLM does not know the
     serving architecture the folder names, and refuses to build it."""
     folder = str(tmp_path / "model")
-    save_patched(folder, c2rope.C2RoPEConfig(mask="causal"))
+    save_patched(folder, c2rope.C2RoPEConfig(mask="causal"), kind)
     code, output = stock_vllm(folder, max_model_len=512)
     assert code == 3, output[-3000:]
-    assert "C2RoPELlavaForConditionalGeneration" in output
+    assert SERVING_ARCHITECTURES[tiny.CLASSES[kind].__name__] in output
 
 
 # The Chebyshev mask (c2rope/vllm/chebyshev.py on vLLM's CPU backend): one ring set per
 # grid (LLaVA-NeXT: the base view, and the high-resolution grid with its newline column).
-CHEBYSHEV = [("llava", "outward"), ("llava", "inward"), ("llava_next", "outward"), ("llava_next", "inward")]
+CHEBYSHEV = [("llava", "outward"), ("llava", "inward"), ("llava_next", "outward"), ("llava_next", "inward"),
+             ("llava_onevision", "outward")]
 
 
 @pytest.mark.parametrize("kind,mask", CHEBYSHEV, ids=[f"{k}-{m}" for k, m in CHEBYSHEV])
@@ -173,20 +227,21 @@ def test_vllm_serves_the_chebyshev_mask_on_llava(tmp_path, kind, mask):
     c2rope.patch_model(causal, c2rope.C2RoPEConfig(mask="causal"))  # same positions, causal mask
     processor = transformers.AutoProcessor.from_pretrained(folder)
     rng = random.Random(_seed())
-    prompts = random_prompts(rng)
+    prompts = random_prompts(rng, videos=kind == "llava_onevision")
     # 30 words, then an image: the first 32-token block (cached after the first run) ends inside it.
     prompts.append({"prompt": f"{tiny.random_text(rng, 30, 30)} {tiny.IMAGE} {tiny.random_text(rng)}",
                     "multi_modal_data": {"image": [random_image(rng)]}})
-    llm = make_llm(folder, block_size=32, enable_prefix_caching=True, disable_chunked_mm_input=True)
+    llm = make_llm(folder, kind, block_size=32, enable_prefix_caching=True, disable_chunked_mm_input=True)
     image_token = tiny.SPECIALS.index(tiny.IMAGE)
+    suppress = suppressed(kind)
     inside = 0
     for run in range(2):
         cached = []
-        served = served_greedy(llm, prompts, model.config.text_config.vocab_size, SUPPRESS, cached)
+        served = served_greedy(llm, prompts, model.config.text_config.vocab_size, suppress, cached)
         parted = []
         for prompt, result, hits in zip(prompts, served, cached):
             inputs = hf_inputs(processor, prompt)
-            reference, step = compare(model, inputs, result, repr(prompt["prompt"]))
+            reference, step = compare(model, inputs, result, repr(prompt["prompt"]), suppress)
             parted += [] if step is None else [step]
             if run == 0 and prompt is prompts[-1]:
                 away = (hf_logprobs(causal, inputs, result[1]) - reference).abs().max().item()

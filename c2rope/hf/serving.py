@@ -29,7 +29,11 @@ C2ROPE_OPTION_DEFAULTS = {
     "Qwen3VLForConditionalGeneration": QWEN_C2ROPE_OPTION_DEFAULTS,
     "LlavaForConditionalGeneration": {},
     "LlavaNextForConditionalGeneration": {},
+    "LlavaOnevisionForConditionalGeneration": {},
 }
+# LLaVA classes whose image token (and plain LLaVA's grid) the plugin derives from the config.
+LLAVA_CLASSES = ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
+                 "LlavaOnevisionForConditionalGeneration")
 
 
 def record_config(model):
@@ -40,9 +44,10 @@ def record_config(model):
     plugin serves. Undone by `c2rope.unpatch_model`. Returns the model.
 
     TypeError when the model is not patched by c2rope, or is a class the plugin does not
-    serve (the settings would be recorded for nothing); ValueError for a LLaVA (-NeXT)
-    patched with another grid or image token than its config's (the plugin derives them
-    from it)."""
+    serve (the settings would be recorded for nothing); ValueError for a LLaVA (-NeXT,
+    -OneVision) patched with another grid or image token than its config's (the plugin
+    derives them from it), and for a OneVision config vLLM does not compute as
+    transformers does (c2rope.serving.onevision_refusal)."""
     base = _base_model(model)
     record = vars(base).get(_RECORD_ATTR)
     if record is None:
@@ -58,8 +63,10 @@ def record_config(model):
     if type(state.config).__name__ == "C2RoPEConfig":
         # The family's option defaults written out (patch_model validated the values).
         options = {**C2ROPE_OPTION_DEFAULTS.get(name, {}), **options}
-    if name in ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration"):
+    if name in LLAVA_CLASSES:
         _check_llava_derived(base.config, state, grid=name == "LlavaForConditionalGeneration")
+    if name == "LlavaOnevisionForConditionalGeneration":
+        _check_onevision(base.config)
     record.set_attr(base.config, KEY, config_entry(state.config, options))
     record.set_attr(base, "save_pretrained", functools.partial(_save_pretrained, base.save_pretrained,
                                                                SERVING_ARCHITECTURES[name]))
@@ -82,6 +89,17 @@ def _check_llava_derived(config, state, grid: bool) -> None:
         raise ValueError(f"model: patched with grid={state.grid!r}; the vLLM plugin serves LLaVA with the config's "
                          f"({side}, {side}) grid (patch_model's default), so this patch cannot be recorded for "
                          "serving")
+
+
+def _check_onevision(config) -> None:
+    """What the plugin's OneVision class refuses when it is built (c2rope/vllm/onevision.py:
+    one token per patch; vLLM sizes the high-res grid with anyres_max_9 only), refused
+    here already, where the patch is recorded."""
+    from ..serving import onevision_refusal
+
+    why = onevision_refusal(config)
+    if why is not None:
+        raise ValueError(f"model: {why}")
 
 
 def _save_pretrained(original, architecture, save_directory, *args, **kwargs):

@@ -82,7 +82,7 @@ _VISION_TOWER_LEVEL = WeightsMapper(orig_to_new_regex={
 
 
 class C2RoPELlavaMixin(ChebyshevMaskMixin):
-    """What the served classes add to vLLM's LLaVA / LLaVA-NeXT. (Not itself a
+    """What the served classes add to vLLM's LLaVA / LLaVA-NeXT / OneVision (onevision.py). (Not itself a
     SupportsMRoPE: a Protocol base ahead of nn.Module would replace the __init__ chain.)"""
 
     def _install_c2rope(self, recorded, hf_config, vllm_config) -> None:
@@ -104,11 +104,11 @@ class C2RoPELlavaMixin(ChebyshevMaskMixin):
 
     def _c2rope_positions(self, ids: torch.Tensor, spans, mm_features, item_starts):
         """Encoded [3, L] rows (m, x, y) and the decode offset for one prompt whose images
-        are `spans` [(start, H, W)]; `item_starts`: where each image item's tokens begin,
-        checked against where vLLM placed them."""
-        placed = sorted(f.mm_position.offset for f in mm_features if f.modality == "image")
-        if list(item_starts) != placed:
-            raise ValueError(f"c2rope.vllm: the prompt's images start at {list(item_starts)}, vLLM placed them "
+        (OneVision: and video frames) are `spans` [(start, H, W)]; `item_starts`: where
+        each image / video item's tokens begin, checked against where vLLM placed them."""
+        placed = sorted(f.mm_position.offset for f in mm_features if f.modality in ("image", "video"))
+        if sorted(item_starts) != placed:
+            raise ValueError(f"c2rope.vllm: the prompt's images start at {sorted(item_starts)}, vLLM placed them "
                              f"at {placed}")
         layout = VisualLayout.from_spans([list(spans)], ids.shape[1])
         positions = build_position_ids(layout, self.c2rope_config)[0].t().contiguous()  # [3, L]: m, x, y
