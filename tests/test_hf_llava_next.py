@@ -3,6 +3,8 @@ grid plus an unpadded high-resolution grid whose rows end in a newline token (th
 right column); sizes come from image_sizes. Tiny random models built in code."""
 import copy
 
+import random
+
 import pytest
 import torch
 
@@ -229,6 +231,28 @@ def test_onevision_multi_image_samples_and_video():
         got_video = model(input_ids=video_ids, attention_mask=torch.ones_like(video_ids), **video).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got_video, expected_video, atol=1e-5, rtol=1e-5)
+
+
+def test_onevision_video_generate_equals_one_uncached_forward():
+    """From 5.24 generate() encodes a video once and hands the forward its features
+    (mm_encoder_outputs["video"]) without pixel_values_videos: the patched model still
+    knows the frames (recorded by its get_video_features), and every cached step's logits
+    equal one uncached forward over the generated sequence."""
+    model = tiny_model("onevision", "eager")
+    frames = random.randint(1, 3)
+    tokens = frames * 4 + 1  # per frame a pooled 2x2 grid, then one closing newline
+    before, after = random.randint(1, 5), random.randint(1, 5)
+    ids = torch.randint(1, VIDEO - 1, (1, before + tokens + after))
+    ids[0, before:before + tokens] = VIDEO
+    pixels = torch.randn(1, frames, 3, 8, 8)
+    c2rope.patch_model(model, c2rope.C2RoPEConfig())
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=pixels,
+                         max_new_tokens=4, do_sample=False, return_dict_in_generate=True, output_logits=True)
+    sequence = out.sequences
+    with torch.no_grad():
+        whole = model(input_ids=sequence, attention_mask=torch.ones_like(sequence), pixel_values_videos=pixels).logits
+    for k, step in enumerate(out.logits):
+        torch.testing.assert_close(step[0], whole[0, ids.shape[1] - 1 + k], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["next", "onevision"])

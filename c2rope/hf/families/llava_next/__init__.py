@@ -49,10 +49,10 @@ def call_spans(geometry: AnyresGeometry, image_token_id: int, video_token_id: Op
         images = placeholder_spans(ids, image_token_id, items, "image")
     if video_token_id is not None and bool((ids == video_token_id).any()):
         pixels = arguments.get("pixel_values_videos")
-        if pixels is None or pixels.dim() != 5:
-            raise ValueError("c2rope: input_ids hold video tokens but no pixel_values_videos [videos, frames, C, H, W] "
-                             "were given (or pass visual_layout=)")
-        items = [geometry.video(int(pixels.shape[1]))] * int(pixels.shape[0])
+        if isinstance(pixels, torch.Tensor) and pixels.dim() == 5:
+            items = video_items(geometry, pixels)
+        else:
+            items = _encoded_videos(arguments.get("mm_encoder_outputs"))
         videos = placeholder_spans(ids, video_token_id, items, "video")
     spans: Optional[Spans] = merge_rows(images, videos)
     return spans
@@ -72,6 +72,38 @@ def _encoded_images(mm_encoder_outputs):
     return _ENCODED.recall(features, lambda index: f"c2rope: image {index} of mm_encoder_outputs was not encoded "
                            "by this patched model's get_image_features, so its anyres grids are unknown; pass "
                            "image_sizes (or visual_layout=)")
+
+
+def video_items(geometry, pixel_values_videos: torch.Tensor) -> list:
+    """One pooled grid item per video of pixel_values_videos [videos, frames, C, H, W]."""
+    return [geometry.video(int(pixel_values_videos.shape[1]))] * int(pixel_values_videos.shape[0])
+
+
+# Video features computed before the forward call (5.24+ generate() encodes the videos
+# once too, then passes `mm_encoder_outputs["video"]` without pixel_values_videos): one
+# feature tensor [videos, tokens, hidden] per get_video_features call, recorded with the
+# items of its videos.
+_ENCODED_VIDEOS = EncodedFeatures()
+
+
+def _encoded_videos(mm_encoder_outputs):
+    features = getattr((mm_encoder_outputs or {}).get("video"), "pooler_output", None)
+    if features is None:
+        raise ValueError("c2rope: input_ids hold video tokens but no pixel_values_videos [videos, frames, C, H, W] "
+                         "were given (or pass visual_layout=)")
+    return _ENCODED_VIDEOS.recall([features], lambda index: "c2rope: the video features of mm_encoder_outputs "
+                                  "were not encoded by this patched model's get_video_features, so their frame count "
+                                  "is unknown; pass pixel_values_videos (or visual_layout=)")[0]
+
+
+def encode_videos(original, geometry, names, *args, **kwargs):
+    """The model's get_video_features, recording the items of the videos it encodes."""
+    pixels = to_kwargs(names, args, kwargs).get("pixel_values_videos")
+    out = original(*args, **kwargs)
+    features = getattr(out, "pooler_output", out)
+    if isinstance(pixels, torch.Tensor) and pixels.dim() == 5 and isinstance(features, torch.Tensor):
+        _ENCODED_VIDEOS.remember([features], [video_items(geometry, pixels)])
+    return out
 
 
 def encode_images(original, geometry, names, *args, **kwargs):
@@ -114,6 +146,9 @@ def _patch_anyres(model, record, state):
     encoder = model.model if callable(getattr(getattr(model, "model", None), "get_image_features", None)) else model
     record.wrap_forward(encoder, encode_images, geometry, parameter_names(encoder.get_image_features),
                         attribute="get_image_features")
+    if video_token_id is not None and callable(getattr(encoder, "get_video_features", None)):
+        record.wrap_forward(encoder, encode_videos, geometry, parameter_names(encoder.get_video_features),
+                            attribute="get_video_features")
     patch_decoder(model, record, state, inner_spans=AnyresSpans(geometry, state.image_token_id, video_token_id))
 
 
