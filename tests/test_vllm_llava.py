@@ -118,17 +118,11 @@ def hf_logprobs(model, inputs, tokens):
     return torch.log_softmax(logits.double(), dim=-1)
 
 
-
-
 def compare(model, inputs, served, what, suppress):
     """Asserts that vLLM's greedy completion is patched transformers': every log-prob equal
     within TOLERANCE, every token transformers' greedy choice (within TOLERANCE of the
     best), and transformers' own generate (KV cache) the same tokens but at a tie.
-    Returns (transformers' log-probs, the step where generate parted at a tie, or None).
-    Video prompts skip the generate part: transformers 5.x's generate encodes a video
-    once and passes its features without pixel_values_videos, whose frame count patched
-    transformers needs (it refuses the call), so only the one forward over prompt +
-    tokens is compared."""
+    Returns (transformers' log-probs, the step where generate parted at a tie, or None)."""
     prompt_ids, tokens, logprobs = served
     assert prompt_ids == inputs["input_ids"][0].tolist(), f"vLLM and transformers tokenised {what} differently"
     assert len(tokens) == NEW_TOKENS
@@ -140,8 +134,6 @@ def compare(model, inputs, served, what, suppress):
     allowed[:, suppress] = -float("inf")
     shortfall = (allowed.max(dim=-1).values - reference[steps, tokens]).max().item()
     assert shortfall <= TOLERANCE, f"vLLM chose a token {shortfall:.2e} below the best for {what}"
-    if "pixel_values_videos" in inputs:
-        return reference, None
     out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, suppress_tokens=suppress)
     generated = out[0, inputs["input_ids"].shape[1]:].tolist()
     parted = next((k for k in range(NEW_TOKENS) if generated[k] != tokens[k]), None)
