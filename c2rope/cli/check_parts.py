@@ -11,6 +11,8 @@ from typing import List, Optional
 
 import torch
 
+from ..hf.state import config_image_token_id
+
 VOCAB = 512  # the test model's vocabulary
 SEQ_TEXT = 6  # text tokens before and after the synthetic image
 
@@ -52,15 +54,6 @@ def build(config, cls):
     """`cls(config)` with seeded random weights, float32, in eval mode."""
     torch.manual_seed(0)
     return cls(config).to(torch.float32).eval()
-
-
-def config_image_token_id(config) -> Optional[int]:
-    """The config's image placeholder id (image_token_id, else image_token_index)."""
-    for name in ("image_token_id", "image_token_index"):
-        value = getattr(config, name, None)
-        if value is not None:
-            return value
-    return None
 
 
 def surrounding_text(generator: torch.Generator):

@@ -25,6 +25,30 @@ MASKABLE_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention")
 _CACHE_ATTR = "_c2rope_spans"
 
 
+def config_image_token_id(config) -> Optional[int]:
+    """The config's image placeholder id (image_token_id, else image_token_index: older
+    LLaVA-family configs)."""
+    for name in ("image_token_id", "image_token_index"):
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def default_image_token_id(state, config) -> None:
+    """A patcher's default: the config's image placeholder id where the caller gave none."""
+    if state.image_token_id is None:
+        state.image_token_id = config_image_token_id(config)
+
+
+def refuse_grid(state, family: str, derives: str) -> None:
+    """ValueError when the caller passed grid= to a family whose grids follow from its
+    config or its inputs (`derives` says from what)."""
+    if state.grid is not None:
+        raise ValueError(f"c2rope: {family} derives {derives}; grid= is not taken (pass visual_layout= to a forward "
+                         "call to override)")
+
+
 @dataclasses.dataclass
 class CallPlan:
     spans: Spans  # image spans of the whole sequence (cache + this chunk), absolute

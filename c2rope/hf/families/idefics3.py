@@ -38,6 +38,7 @@ from .llama import patch_decoder
 from .. import introspect
 from ..pipeline import to_kwargs
 from ..record import Unpicklable
+from ..state import default_image_token_id, refuse_grid
 from ..registry import register_patcher
 
 MODEL_TYPES = ("idefics3", "smolvlm")
@@ -190,18 +191,15 @@ class TileSpans(Unpicklable):
 def _patch_tiles(model: nn.Module, record, state) -> None:
     config = model.config
     require_release(config.model_type)
-    if state.grid is not None:
-        raise ValueError(f"c2rope: {config.model_type} derives every tile's grid from its config (vision_config."
-                         "image_size, patch_size, scale_factor); grid= is not taken (pass visual_layout= to a "
-                         "forward call to override)")
+    refuse_grid(state, config.model_type, "every tile's grid from its config (vision_config.image_size, "
+                "patch_size, scale_factor)")
     geometry = TileGeometry(config)
     inner = getattr(model, "model", model)
     own = getattr(inner, "image_seq_len", None)
     if isinstance(own, int) and own != geometry.tokens:
         raise TypeError(f"c2rope: {type(inner).__name__}.image_seq_len is {own}, but its config gives "
                         f"{geometry.describe()}; this release lays out tiles differently")
-    if state.image_token_id is None:
-        state.image_token_id = getattr(config, "image_token_id", None)
+    default_image_token_id(state, config)
     if state.image_token_id is None:
         raise TypeError(f"c2rope: {config.model_type} config has no image_token_id; pass image_token_id=")
     state.grid = (geometry.tile, geometry.tile)

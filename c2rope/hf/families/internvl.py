@@ -31,6 +31,7 @@ from .llama import patch_decoder
 from .. import introspect
 from ..pipeline import to_kwargs
 from ..record import PatchRecord, Unpicklable
+from ..state import default_image_token_id, refuse_grid
 from ..registry import register_patcher
 
 MODEL_TYPES = ("internvl",)
@@ -118,12 +119,9 @@ class TileSpans(Unpicklable):
 def _patch_internvl(model: nn.Module, record: PatchRecord, state) -> None:
     require_release(model.config.model_type)
     config = model.config
-    if state.grid is not None:
-        raise ValueError("c2rope: InternVL derives its tile grid from the config (vision_config image_size / "
-                         "patch_size x downsample_ratio); grid= is not taken (pass visual_layout= to a forward "
-                         "call to override)")
-    if state.image_token_id is None:
-        state.image_token_id = config.image_token_id
+    refuse_grid(state, "InternVL", "its tile grid from the config (vision_config image_size / patch_size x "
+                "downsample_ratio)")
+    default_image_token_id(state, config)
     state.grid = tile_grid(config)
     patch_decoder(model, record, state, inner_spans=TileSpans(state.image_token_id, state.grid))
 

@@ -3,6 +3,7 @@ of the Llama family as language model): one image is one grid of `image_token_id
 its (H, W) read from the vision config; the decoder is patched as in llama.py."""
 from __future__ import annotations
 
+from ..state import default_image_token_id
 from ..registry import register_patcher
 from .llama import patch_decoder
 
@@ -14,10 +15,7 @@ DOCS = "docs/hf.md"
 @register_patcher(*MODEL_TYPES)
 def _patch_llava(model, record, state):
     config = model.config
-    if state.image_token_id is None:
-        state.image_token_id = getattr(config, "image_token_id", None)
-        if state.image_token_id is None:
-            state.image_token_id = getattr(config, "image_token_index", None)
+    default_image_token_id(state, config)
     if state.grid is None:
         vision = config.vision_config
         side = vision.image_size // vision.patch_size

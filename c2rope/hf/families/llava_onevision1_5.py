@@ -34,6 +34,7 @@ from ..introspect import parameter_names
 from .llama import find_decoder, patch_decoder
 from ..pipeline import to_kwargs
 from ..record import PatchRecord, Unpicklable
+from ..state import default_image_token_id, refuse_grid
 from ..registry import register_patcher
 
 MODEL_TYPES = ("llava_onevision1_5",)
@@ -133,11 +134,8 @@ def _refuse_mrope(model: nn.Module) -> None:
 def _patch_llava_onevision1_5(model: nn.Module, record: PatchRecord, state) -> None:
     require_release(model.config.model_type)
     config = model.config
-    if state.grid is not None:
-        raise ValueError("c2rope: LLaVA-OneVision-1.5 derives every image's grid from image_grid_thw / "
-                         "video_grid_thw; grid= is not taken (pass visual_layout= to a forward call to override)")
-    if state.image_token_id is None:
-        state.image_token_id = config.image_token_id
+    refuse_grid(state, "LLaVA-OneVision-1.5", "every image's grid from image_grid_thw / video_grid_thw")
+    default_image_token_id(state, config)
     _refuse_mrope(model)
     merge = int(config.vision_config.spatial_merge_size)
     grids = EncodedGrids()

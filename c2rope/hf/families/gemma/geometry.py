@@ -18,6 +18,7 @@ from ...encoded import EncodedFeatures
 from ...introspect import parameter_names, uses_global
 from ...pipeline import ROTARY_GLOBAL, to_kwargs
 from ...record import Unpicklable
+from ...state import default_image_token_id
 
 
 def gemma3_grid(model: nn.Module):
@@ -40,10 +41,7 @@ def setup(model: nn.Module, inner: nn.Module, state, record=None):
     """Fill in state.image_token_id and state.grid; return the `inner_spans` callback
     for entry.add_entry_points (None: spans are found from the image-token runs)."""
     config = model.config
-    if state.image_token_id is None:
-        state.image_token_id = getattr(config, "image_token_id", None)
-        if state.image_token_id is None:
-            state.image_token_id = getattr(config, "image_token_index", None)
+    default_image_token_id(state, config)
     if config.model_type == "gemma3":
         if state.grid is None:
             state.grid = gemma3_grid(model)

@@ -22,6 +22,7 @@ from ...introspect import parameter_names
 from ..llama import patch_decoder
 from ...pipeline import to_kwargs
 from ...record import Unpicklable
+from ...state import default_image_token_id, refuse_grid
 from ...registry import register_patcher
 
 MODEL_TYPES = ("llava_next", "llava_onevision")
@@ -133,13 +134,8 @@ class AnyresSpans(Unpicklable):
 @register_patcher(*MODEL_TYPES)
 def _patch_anyres(model, record, state):
     config = model.config
-    if state.grid is not None:
-        raise ValueError(f"c2rope: {config.model_type} derives every image's grids from its image_sizes; grid= is not "
-                         "taken (pass visual_layout= to a forward call to override)")
-    if state.image_token_id is None:
-        state.image_token_id = getattr(config, "image_token_id", None)
-        if state.image_token_id is None:
-            state.image_token_id = getattr(config, "image_token_index", None)
+    refuse_grid(state, config.model_type, "every image's grids from its image_sizes")
+    default_image_token_id(state, config)
     geometry = AnyresGeometry(model)
     state.grid = (geometry.side, geometry.side)  # a lone image token in a decoding step: the base view
     video_token_id = getattr(config, "video_token_id", None) if geometry.onevision else None
