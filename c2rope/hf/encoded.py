@@ -14,6 +14,12 @@ from typing import Callable, List
 from .record import Unpicklable
 
 
+def pooled_features(mm_encoder_outputs, modality: str):
+    """The feature tensor(s) generate() encoded for `modality` ("image", "video") and
+    handed the forward in `mm_encoder_outputs` (their pooler_output), or None."""
+    return getattr((mm_encoder_outputs or {}).get(modality), "pooler_output", None)
+
+
 class EncodedFeatures(Unpicklable):
     """Feature tensor -> what the family remembered for it (its grid, its tokens)."""
 

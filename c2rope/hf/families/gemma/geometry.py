@@ -14,7 +14,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
-from ...encoded import EncodedFeatures
+from ...encoded import EncodedFeatures, pooled_features
 from ...introspect import parameter_names, uses_global
 from ...pipeline import ROTARY_GLOBAL, to_kwargs
 from ...record import Unpicklable
@@ -95,7 +95,7 @@ def encode_images(original, kernel: int, names, *args, **kwargs):
 
 def encoded_grids(mm_encoder_outputs) -> Optional[List[Tuple[int, int]]]:
     """The grids of pre-encoded images, or None when there are none."""
-    features = getattr((mm_encoder_outputs or {}).get("image"), "pooler_output", None)
+    features = pooled_features(mm_encoder_outputs, "image")
     if features is None:
         return None
     return _ENCODED.recall(features, lambda index: f"c2rope: image {index} of mm_encoder_outputs was not encoded "

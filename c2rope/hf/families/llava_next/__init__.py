@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from .anyres import AnyresGeometry, Spans, merge_rows, placeholder_spans
-from ...encoded import EncodedFeatures
+from ...encoded import EncodedFeatures, pooled_features
 from ...introspect import parameter_names
 from ..llama import patch_decoder
 from ...pipeline import to_kwargs
@@ -66,7 +66,7 @@ _ENCODED = EncodedFeatures()
 
 
 def _encoded_images(mm_encoder_outputs):
-    features = getattr((mm_encoder_outputs or {}).get("image"), "pooler_output", None)
+    features = pooled_features(mm_encoder_outputs, "image")
     if features is None:
         raise ValueError("c2rope: input_ids hold image tokens but no image_sizes were given; the anyres grids "
                          "of an image follow from its size (or pass visual_layout=)")
@@ -88,7 +88,7 @@ _ENCODED_VIDEOS = EncodedFeatures()
 
 
 def _encoded_videos(mm_encoder_outputs):
-    features = getattr((mm_encoder_outputs or {}).get("video"), "pooler_output", None)
+    features = pooled_features(mm_encoder_outputs, "video")
     if features is None:
         raise ValueError("c2rope: input_ids hold video tokens but no pixel_values_videos [videos, frames, C, H, W] "
                          "were given (or pass visual_layout=)")
