@@ -246,8 +246,11 @@ def test_onevision_video_generate_equals_one_uncached_forward():
     ids[0, before:before + tokens] = VIDEO
     pixels = torch.randn(1, frames, 3, 8, 8)
     c2rope.patch_model(model, c2rope.C2RoPEConfig())
+    # a random model may emit a placeholder token itself, which c2rope refuses in a decoding
+    # step (docs/hf.md, "Caveats"): suppress both, as the other generate tests here do
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=pixels,
-                         max_new_tokens=4, do_sample=False, return_dict_in_generate=True, output_logits=True)
+                         max_new_tokens=4, do_sample=False, return_dict_in_generate=True, output_logits=True,
+                         suppress_tokens=[IMG, VIDEO])
     sequence = out.sequences
     with torch.no_grad():
         whole = model(input_ids=sequence, attention_mask=torch.ones_like(sequence), pixel_values_videos=pixels).logits
