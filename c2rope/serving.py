@@ -30,6 +30,8 @@ SERVING_ARCHITECTURES = {
     "LlavaNextForConditionalGeneration": "C2RoPELlavaNextForConditionalGeneration",
     "LlavaOnevisionForConditionalGeneration": "C2RoPELlavaOnevisionForConditionalGeneration",
     "Qwen3VLForConditionalGeneration": "C2RoPEQwen3VLForConditionalGeneration",
+    "Idefics3ForConditionalGeneration": "C2RoPEIdefics3ForConditionalGeneration",
+    "SmolVLMForConditionalGeneration": "C2RoPESmolVLMForConditionalGeneration",
 }
 # serving architecture -> the module of c2rope.vllm that defines the class (imported by
 # vLLM only when it builds such a model).
@@ -40,6 +42,8 @@ SERVING_MODULES = {
     "C2RoPELlavaNextForConditionalGeneration": "c2rope.vllm.llava",
     "C2RoPELlavaOnevisionForConditionalGeneration": "c2rope.vllm.onevision",
     "C2RoPEQwen3VLForConditionalGeneration": "c2rope.vllm.qwen3",
+    "C2RoPEIdefics3ForConditionalGeneration": "c2rope.vllm.idefics3",
+    "C2RoPESmolVLMForConditionalGeneration": "c2rope.vllm.idefics3",
 }
 ORIGINAL_ARCHITECTURES = {served: original for original, served in SERVING_ARCHITECTURES.items()}
 

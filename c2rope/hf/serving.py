@@ -30,10 +30,15 @@ C2ROPE_OPTION_DEFAULTS = {
     "LlavaForConditionalGeneration": {},
     "LlavaNextForConditionalGeneration": {},
     "LlavaOnevisionForConditionalGeneration": {},
+    "Idefics3ForConditionalGeneration": {},
+    "SmolVLMForConditionalGeneration": {},
 }
 # LLaVA classes whose image token (and plain LLaVA's grid) the plugin derives from the config.
 LLAVA_CLASSES = ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
                  "LlavaOnevisionForConditionalGeneration")
+# Tiled classes whose image token the plugin derives from the config (their tile grid
+# always comes from it: patch_model takes no grid= for them).
+TILE_CLASSES = ("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration")
 
 
 def record_config(model):
@@ -63,7 +68,7 @@ def record_config(model):
     if type(state.config).__name__ == "C2RoPEConfig":
         # The family's option defaults written out (patch_model validated the values).
         options = {**C2ROPE_OPTION_DEFAULTS.get(name, {}), **options}
-    if name in LLAVA_CLASSES:
+    if name in LLAVA_CLASSES or name in TILE_CLASSES:
         _check_llava_derived(base.config, state, grid=name == "LlavaForConditionalGeneration")
     if name == "LlavaOnevisionForConditionalGeneration":
         _check_onevision(base.config)
@@ -74,15 +79,16 @@ def record_config(model):
 
 
 def _check_llava_derived(config, state, grid: bool) -> None:
-    """The plugin derives LLaVA's image token (and plain LLaVA's grid) from config.json as
-    patch_model does by default (c2rope/hf/families/llava.py); a patch given others cannot
-    be served so. (LLaVA-NeXT takes no grid: its grids come from image_sizes.)"""
+    """The plugin derives LLaVA's (Idefics3's, SmolVLM's) image token and plain LLaVA's grid
+    from config.json as patch_model does by default (c2rope/hf/families/llava.py); a patch
+    given others cannot be served so. (LLaVA-NeXT takes no grid: its grids come from
+    image_sizes; the tiled families' from the config.)"""
     token = getattr(config, "image_token_id", None)
     token = getattr(config, "image_token_index", None) if token is None else token
     if state.image_token_id != token:
         raise ValueError(f"model: patched with image_token_id={state.image_token_id!r}; the vLLM plugin serves "
-                         f"LLaVA with the config's image token {token} (patch_model's default), so this patch "
-                         "cannot be recorded for serving")
+                         f"{config.model_type} with the config's image token {token} (patch_model's default), so this "
+                         "patch cannot be recorded for serving")
     vision = config.vision_config
     side = vision.image_size // vision.patch_size
     if grid and tuple(state.grid) != (side, side):

@@ -85,16 +85,17 @@ class C2RoPELlavaMixin(ChebyshevMaskMixin):
     """What the served classes add to vLLM's LLaVA / LLaVA-NeXT / OneVision (onevision.py). (Not itself a
     SupportsMRoPE: a Protocol base ahead of nn.Module would replace the __init__ chain.)"""
 
-    def _install_c2rope(self, recorded, hf_config, vllm_config) -> None:
+    def _install_c2rope(self, recorded, hf_config, vllm_config, decoder=None) -> None:
+        """decoder: vLLM's text model (its `layers`); LLaVA's `language_model.model` if None."""
         self.c2rope_config = recorded["config"]
         self.c2rope_image_token_id = image_token_id(hf_config)
-        decoder = self.language_model.model
+        decoder = self.language_model.model if decoder is None else decoder
         rotaries = {}
         layers = [layer for layer in decoder.layers if hasattr(layer, "self_attn")]
         for layer in layers:
             original = layer.self_attn.rotary_emb
             if type(original) is not RotaryEmbedding:
-                raise ValueError("c2rope.vllm serves LLaVA text models with plain RoPE (no rope scaling); this "
+                raise ValueError("c2rope.vllm serves text models with plain RoPE (no rope scaling); this "
                                  f"model's layers rotate with {type(original).__name__}")
             if id(original) not in rotaries:
                 rotaries[id(original)] = C2RoPEMRotary(original, self.c2rope_config.axis_table(original.rotary_dim))
@@ -118,10 +119,10 @@ class C2RoPELlavaMixin(ChebyshevMaskMixin):
         return with_cells(encode_positions(positions), positions, spans, self.c2rope_config.mask), delta
 
 
-def _recorded_without_options(hf_config) -> dict:
+def _recorded_without_options(hf_config, family: str = "LLaVA") -> dict:
     recorded = check_servable(hf_config, MASKS)  # refuse before building anything
     if recorded["options"]:
-        raise ValueError(f"c2rope.vllm: LLaVA takes no c2rope options, the checkpoint records "
+        raise ValueError(f"c2rope.vllm: {family} takes no c2rope options, the checkpoint records "
                          f"{sorted(recorded['options'])}")
     return recorded
 
