@@ -219,3 +219,32 @@ def test_check_mask_scheduler():
     with pytest.raises(ValueError, match="disable_chunked_mm_input=True") as caught:
         check_mask_scheduler("inward", scheduler(True, False))
     assert "mask='inward'" in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["idefics3", "smolvlm"])
+def test_record_config_idefics3(tmp_path, kind):
+    """Idefics3 / SmolVLM record their C2RoPEConfig with no options, name their serving
+    class (three position rows, as LLaVA), and are refused when patched with another image
+    token than their config's (the plugin derives it from config.json)."""
+    import vllm_tiny_idefics3
+    from c2rope.vllm.mrope_config import THREE_ROW_ARCHITECTURES, three_row_section
+
+    model, _ = vllm_tiny_idefics3.make_model(kind=kind)
+    config = c2rope.C2RoPEConfig.from_name(random.choice(["default", "paper", "causal", "paper-causal"]))
+    c2rope.patch_model(model, config)
+    c2rope.record_config(model)
+    model.save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written["architectures"] == [SERVING_ARCHITECTURES[type(model).__name__]]
+    assert written["architectures"][0] in THREE_ROW_ARCHITECTURES
+    assert c2rope.recorded_config(tmp_path) == {"config": config, "options": {}}
+    loaded = type(model).from_pretrained(tmp_path, dtype=torch.float32)
+    assert not hasattr(loaded.config, "mrope_section")  # transformers loads what it always did
+    section = three_row_section(loaded.config)
+    table = config.axis_table(loaded.config.text_config.head_dim)
+    assert section == [table.count(axis) for axis in (0, 1, 2)] and sum(section) == len(table)
+
+    model, _ = vllm_tiny_idefics3.make_model(kind=kind)
+    c2rope.patch_model(model, c2rope.C2RoPEConfig(mask="causal"), image_token_id=7)
+    with pytest.raises(ValueError, match="image_token_id=7"):
+        c2rope.record_config(model)

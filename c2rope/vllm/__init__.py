@@ -1,5 +1,5 @@
-"""c2rope's vLLM plugin: serve C2RoPE-patched Qwen2-VL / Qwen2.5-VL / Qwen3-VL and LLaVA /
-LLaVA-NeXT / LLaVA-OneVision (images) checkpoints with the positions they were trained with (docs/serving.md).
+"""c2rope's vLLM plugin: serve C2RoPE-patched Qwen2-VL / Qwen2.5-VL / Qwen3-VL, LLaVA /
+LLaVA-NeXT / LLaVA-OneVision and Idefics3 / SmolVLM (images) checkpoints with the positions they were trained with (docs/serving.md).
 
 vLLM finds it through the `vllm.general_plugins` entry point (pyproject.toml) and calls
 `register()` in every process it starts; a checkpoint saved after
@@ -11,6 +11,8 @@ vLLM finds it through the `vllm.general_plugins` entry point (pyproject.toml) an
     C2RoPELlavaForConditionalGeneration        (transformers: LlavaForConditionalGeneration)
     C2RoPELlavaNextForConditionalGeneration    (transformers: LlavaNextForConditionalGeneration)
     C2RoPELlavaOnevisionForConditionalGeneration (transformers: LlavaOnevisionForConditionalGeneration)
+    C2RoPEIdefics3ForConditionalGeneration     (transformers: Idefics3ForConditionalGeneration)
+    C2RoPESmolVLMForConditionalGeneration      (transformers: SmolVLMForConditionalGeneration)
 
 Importing this package does not import vLLM; the classes (c2rope.serving.SERVING_MODULES
 names their modules) are registered by name and imported when vLLM builds such a model.
@@ -31,7 +33,7 @@ def register() -> None:
     for name in ARCHITECTURES:
         if name not in ModelRegistry.get_supported_archs():
             ModelRegistry.register_model(name, f"{SERVING_MODULES[name]}:{name}")
-    register_config_hooks()  # mrope_config.py: LLaVA's three position rows, Qwen-VL's frame-axis row
+    register_config_hooks()  # mrope_config.py: LLaVA's / Idefics3's three position rows, Qwen-VL's frame-axis row
 
 
 __all__ = ["ARCHITECTURES", "register"]
