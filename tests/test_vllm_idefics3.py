@@ -185,3 +185,27 @@ def test_plugin_refuses_the_chebyshev_mask_with_chunked_images_on_idefics3(tmp_p
     with pytest.raises(Exception, match="Chebyshev") as caught:
         make_llm(folder)
     assert "disable_chunked_mm_input=True" in str(caught.value)
+
+
+def test_plugin_refuses_tiles_outside_the_placed_images():
+    """The check of get_mrope_input_positions: every tile lies inside an image vLLM placed,
+    each image holding the tiles vLLM encodes for it (num_patches); otherwise ValueError."""
+    from types import SimpleNamespace
+
+    from c2rope.vllm.idefics3 import C2RoPETilesMixin
+
+    owner = SimpleNamespace(c2rope_geometry=SimpleNamespace(tokens=4))
+
+    def image(offset, length, patches):
+        data = {"num_patches": SimpleNamespace(data=torch.tensor(patches))}
+        return SimpleNamespace(mm_position=SimpleNamespace(offset=offset, length=length), data=data)
+
+    spans = [(3, 2, 2), (9, 2, 2), (20, 2, 2)]  # two tiles in the first image, one in the second
+    check = C2RoPETilesMixin._item_starts
+    assert check(owner, spans, [image(1, 14, 2), image(18, 7, 1)]) == [1, 18]
+    with pytest.raises(ValueError, match="holds 2 tile"):
+        check(owner, spans, [image(1, 14, 3), image(18, 7, 1)])
+    with pytest.raises(ValueError, match=r"image tokens at \[20\] belong to no image"):
+        check(owner, spans, [image(1, 14, 2)])
+    with pytest.raises(ValueError, match="holds 0 tile"):
+        check(owner, spans[:2], [image(1, 14, 2), image(18, 7, 1)])

@@ -82,8 +82,9 @@ _VISION_TOWER_LEVEL = WeightsMapper(orig_to_new_regex={
 
 
 class C2RoPELlavaMixin(ChebyshevMaskMixin):
-    """What the served classes add to vLLM's LLaVA / LLaVA-NeXT / OneVision (onevision.py). (Not itself a
-    SupportsMRoPE: a Protocol base ahead of nn.Module would replace the __init__ chain.)"""
+    """What the served classes add to vLLM's LLaVA / LLaVA-NeXT / OneVision (onevision.py) and
+    Idefics3 / SmolVLM (idefics3.py). (Not itself a SupportsMRoPE: a Protocol base ahead of
+    nn.Module would replace the __init__ chain.)"""
 
     def _install_c2rope(self, recorded, hf_config, vllm_config, decoder=None) -> None:
         """decoder: vLLM's text model (its `layers`); LLaVA's `language_model.model` if None."""
