@@ -82,8 +82,9 @@ _VISION_TOWER_LEVEL = WeightsMapper(orig_to_new_regex={
 
 
 class C2RoPELlavaMixin(ChebyshevMaskMixin):
-    """What the served classes add to vLLM's LLaVA / LLaVA-NeXT / OneVision (onevision.py). (Not itself a
-    SupportsMRoPE: a Protocol base ahead of nn.Module would replace the __init__ chain.)"""
+    """What the served classes add to vLLM's LLaVA / LLaVA-NeXT / OneVision (onevision.py) / InternVL
+    (internvl.py). (Not itself a SupportsMRoPE: a Protocol base ahead of nn.Module would
+    replace the __init__ chain.)"""
 
     def _install_c2rope(self, recorded, hf_config, vllm_config) -> None:
         self.c2rope_config = recorded["config"]
@@ -94,8 +95,8 @@ class C2RoPELlavaMixin(ChebyshevMaskMixin):
         for layer in layers:
             original = layer.self_attn.rotary_emb
             if type(original) is not RotaryEmbedding:
-                raise ValueError("c2rope.vllm serves LLaVA text models with plain RoPE (no rope scaling); this "
-                                 f"model's layers rotate with {type(original).__name__}")
+                raise ValueError(f"c2rope.vllm serves {type(self).__name__}'s text model with plain RoPE (no rope "
+                                 f"scaling); this model's layers rotate with {type(original).__name__}")
             if id(original) not in rotaries:
                 rotaries[id(original)] = C2RoPEMRotary(original, self.c2rope_config.axis_table(original.rotary_dim))
             layer.self_attn.rotary_emb = rotaries[id(original)]
@@ -121,7 +122,7 @@ class C2RoPELlavaMixin(ChebyshevMaskMixin):
 def _recorded_without_options(hf_config) -> dict:
     recorded = check_servable(hf_config, MASKS)  # refuse before building anything
     if recorded["options"]:
-        raise ValueError(f"c2rope.vllm: LLaVA takes no c2rope options, the checkpoint records "
+        raise ValueError(f"c2rope.vllm: LLaVA and InternVL take no c2rope options, the checkpoint records "
                          f"{sorted(recorded['options'])}")
     return recorded
 
