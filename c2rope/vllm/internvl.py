@@ -78,13 +78,13 @@ class C2RoPEInternVLForConditionalGeneration(C2RoPELlavaMixin, InternS1ForCondit
                                  f"token {self.c2rope_image_token_id}")
         spans = self.c2rope_tiles.spans(tiles)[0]
         # Every item's tokens are whole tiles, and no tile crosses two items.
-        side = self.c2rope_grid[0] * self.c2rope_grid[1]
+        per_tile = self.c2rope_grid[0] * self.c2rope_grid[1]
         starts = {start for start, _, _ in spans}
         for feature in features:
             where = _embedded(feature)
-            if len(where) % side or any(where[k] not in starts for k in range(0, len(where), side)):
+            if len(where) % per_tile or any(where[k] not in starts for k in range(0, len(where), per_tile)):
                 raise ValueError(f"c2rope.vllm: vLLM placed an InternVL {feature.modality} at tokens "
-                                 f"{where[0]} ... {where[-1]}, which are not whole tiles of {side} tokens")
+                                 f"{where[0]} ... {where[-1]}, which are not whole tiles of {per_tile} tokens")
         return self._c2rope_positions(ids, spans, features, [f.mm_position.offset for f in features])
 
 
