@@ -47,8 +47,9 @@ def record_config(model):
     TypeError when the model is not patched by c2rope, or is a class the plugin does not
     serve (the settings would be recorded for nothing); ValueError for a LLaVA (-NeXT,
     -OneVision) patched with another grid or image token than its config's (the plugin
-    derives them from it), and for a OneVision config vLLM does not compute as
-    transformers does (c2rope.serving.onevision_refusal)."""
+    derives them from it), and for a OneVision or InternVL config vLLM does not compute as
+    transformers does (c2rope.serving.onevision_refusal, internvl_refusal); ValueError too
+    for an InternVL patched with another image token than its config's."""
     base = _base_model(model)
     record = vars(base).get(_RECORD_ATTR)
     if record is None:
