@@ -32,6 +32,7 @@ SERVING_ARCHITECTURES = {
     "Qwen3VLForConditionalGeneration": "C2RoPEQwen3VLForConditionalGeneration",
     "Idefics3ForConditionalGeneration": "C2RoPEIdefics3ForConditionalGeneration",
     "SmolVLMForConditionalGeneration": "C2RoPESmolVLMForConditionalGeneration",
+    "InternVLForConditionalGeneration": "C2RoPEInternVLForConditionalGeneration",
 }
 # serving architecture -> the module of c2rope.vllm that defines the class (imported by
 # vLLM only when it builds such a model).
@@ -44,6 +45,7 @@ SERVING_MODULES = {
     "C2RoPEQwen3VLForConditionalGeneration": "c2rope.vllm.qwen3",
     "C2RoPEIdefics3ForConditionalGeneration": "c2rope.vllm.idefics3",
     "C2RoPESmolVLMForConditionalGeneration": "c2rope.vllm.idefics3",
+    "C2RoPEInternVLForConditionalGeneration": "c2rope.vllm.internvl",
 }
 ORIGINAL_ARCHITECTURES = {served: original for original, served in SERVING_ARCHITECTURES.items()}
 
@@ -116,6 +118,27 @@ def onevision_refusal(config) -> Optional[str]:
     return None
 
 
+def internvl_refusal(config) -> Optional[str]:
+    """Why the vLLM plugin cannot serve an InternVL (transformers' "-HF" format) with this
+    transformers config exactly, or None: vLLM 0.32's tower (interns1.py) always takes the
+    last layer's features without the CLS token, and counts a tile's tokens from
+    image_size[0] and patch_size[0] (square tiles)."""
+    layer = getattr(config, "vision_feature_layer", -1)
+    strategy = getattr(config, "vision_feature_select_strategy", "default")
+    if layer != -1 or strategy != "default":
+        return ("the vLLM plugin serves InternVL with vision_feature_layer=-1 and vision_feature_select_strategy="
+                f"'default' (what vLLM's InternVL computes whatever the config says), got {layer!r} with "
+                f"{strategy!r}: the image features would differ from transformers'")
+    vision = config.vision_config
+    size, patch = vision.image_size, vision.patch_size
+    size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    patch = tuple(patch) if isinstance(patch, (list, tuple)) else (patch, patch)
+    if len(set(size)) != 1 or len(set(patch)) != 1:
+        return (f"vision_config image_size {list(size)} / patch_size {list(patch)} are not square; vLLM's InternVL "
+                "counts a tile's tokens from the first of each, so its image tokens would differ from transformers'")
+    return None
+
+
 def recorded_config(source) -> Optional[dict]:
     """What a checkpoint recorded: {"config": ..., "options": ...}, ready for
     `c2rope.patch_model(model, **recorded_config(folder))`; None when it recorded nothing.
@@ -139,6 +162,6 @@ def recorded_config(source) -> Optional[dict]:
 
 
 __all__ = ["KEY", "ONEVISION_ASPECT", "SERVING_ARCHITECTURES", "SERVING_MODULES", "config_entry",
-           "onevision_refusal", "parse_entry", "recorded_config"]
+           "internvl_refusal", "onevision_refusal", "parse_entry", "recorded_config"]
 
 assert set(SERVING_MODULES) == set(ORIGINAL_ARCHITECTURES)

@@ -9,6 +9,7 @@ import torch
 import c2rope
 import gemma_tiny
 import qwen_tiny
+import vllm_tiny_internvl
 import vllm_tiny_llava
 from c2rope.serving import SERVING_ARCHITECTURES, config_entry, parse_entry
 from c2rope.vllm.positions import FLOAT_TAG, decode_positions, encode_positions
@@ -89,6 +90,41 @@ def test_record_config_refuses_onevision_that_vllm_computes_otherwise(change, ma
     with pytest.raises(ValueError, match=match):
         c2rope.record_config(model)
     assert c2rope.recorded_config(model.config) is None
+
+
+def test_record_config_internvl(tmp_path):
+    """InternVL records its C2RoPEConfig with no options, names its serving class, declares
+    three position rows to vLLM, and is refused when patched with another image token than
+    its config's or when vLLM's InternVL computes its image features otherwise
+    (c2rope.serving.internvl_refusal), as the serving class would refuse it when built."""
+    from c2rope.vllm.mrope_config import three_row_section
+
+    model, _ = vllm_tiny_internvl.make_model()
+    config = c2rope.C2RoPEConfig.from_name(random.choice(["causal", "paper-causal", "recommended-causal"]))
+    c2rope.patch_model(model, config)
+    c2rope.record_config(model)
+    model.save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written["architectures"] == ["C2RoPEInternVLForConditionalGeneration"]
+    assert c2rope.recorded_config(tmp_path) == {"config": config, "options": {}}
+    loaded = type(model).from_pretrained(tmp_path, dtype=torch.float32)
+    section = three_row_section(loaded.config)
+    table = config.axis_table(loaded.config.text_config.head_dim)
+    assert section == [table.count(axis) for axis in (0, 1, 2)] and sum(section) == len(table)
+
+    model, _ = vllm_tiny_internvl.make_model()
+    c2rope.patch_model(model, c2rope.C2RoPEConfig(mask="causal"), image_token_id=7)
+    with pytest.raises(ValueError, match="image_token_id=7"):
+        c2rope.record_config(model)
+    for key, value, match in (("vision_feature_layer", -2, "vision_feature_layer=-1"),
+                              ("vision_feature_select_strategy", "full", "vision_feature_select_strategy"),
+                              ("image_size", [16, 32], "not square")):
+        model, _ = vllm_tiny_internvl.make_model()
+        setattr(model.config.vision_config if key == "image_size" else model.config, key, value)
+        c2rope.patch_model(model, c2rope.C2RoPEConfig(mask="causal"))
+        with pytest.raises(ValueError, match=match):
+            c2rope.record_config(model)
+        assert c2rope.recorded_config(model.config) is None
 
 
 def test_record_config_refusals():

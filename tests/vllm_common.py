@@ -10,17 +10,21 @@ import transformers
 NEW_TOKENS = 64
 
 
-def word_tokenizer(specials, words):
+def word_tokenizer(specials, words, named=None):
     """(tokenizer, vocab): `specials` first (the first is end of text and padding), then
-    the words "w0" ... "w{words - 1}", split on whitespace."""
+    the words "w0" ... "w{words - 1}", split on whitespace. named: {attribute: token} for
+    the specials after the first that a processor reads off the tokenizer by name (e.g.
+    InternVL's tokenizer.context_image_token); it must name them all."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     vocab = {token: i for i, token in enumerate(list(specials) + [f"w{i}" for i in range(words)])}
     core = Tokenizer(models.WordLevel(vocab, unk_token=specials[0]))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if named is not None and sorted(named.values()) != sorted(specials[1:]):
+        raise ValueError(f"named must name every special after the first, {list(specials[1:])}, got {named}")
+    extra = {"extra_special_tokens": dict(named)} if named else {"additional_special_tokens": list(specials[1:])}
     tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=core, eos_token=specials[0], pad_token=specials[0],
-        additional_special_tokens=list(specials[1:]))
+        tokenizer_object=core, eos_token=specials[0], pad_token=specials[0], **extra)
     return tokenizer, vocab
 
 

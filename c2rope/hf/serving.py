@@ -32,6 +32,7 @@ C2ROPE_OPTION_DEFAULTS = {
     "LlavaOnevisionForConditionalGeneration": {},
     "Idefics3ForConditionalGeneration": {},
     "SmolVLMForConditionalGeneration": {},
+    "InternVLForConditionalGeneration": {},
 }
 # LLaVA classes whose image token (and plain LLaVA's grid) the plugin derives from the config.
 LLAVA_CLASSES = ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
@@ -51,8 +52,9 @@ def record_config(model):
     TypeError when the model is not patched by c2rope, or is a class the plugin does not
     serve (the settings would be recorded for nothing); ValueError for a LLaVA (-NeXT,
     -OneVision) patched with another grid or image token than its config's (the plugin
-    derives them from it), and for a OneVision config vLLM does not compute as
-    transformers does (c2rope.serving.onevision_refusal)."""
+    derives them from it), and for a OneVision or InternVL config vLLM does not compute as
+    transformers does (c2rope.serving.onevision_refusal, internvl_refusal); ValueError too
+    for an InternVL patched with another image token than its config's."""
     base = _base_model(model)
     record = vars(base).get(_RECORD_ATTR)
     if record is None:
@@ -72,6 +74,8 @@ def record_config(model):
         _check_llava_derived(base.config, state, grid=name == "LlavaForConditionalGeneration")
     if name == "LlavaOnevisionForConditionalGeneration":
         _check_onevision(base.config)
+    if name == "InternVLForConditionalGeneration":
+        _check_internvl(base.config, state)
     record.set_attr(base.config, KEY, config_entry(state.config, options))
     record.set_attr(base, "save_pretrained", functools.partial(_save_pretrained, base.save_pretrained,
                                                                SERVING_ARCHITECTURES[name]))
@@ -104,6 +108,22 @@ def _check_onevision(config) -> None:
     from ..serving import onevision_refusal
 
     why = onevision_refusal(config)
+    if why is not None:
+        raise ValueError(f"model: {why}")
+
+
+def _check_internvl(config, state) -> None:
+    """What the plugin's InternVL class derives from config.json (c2rope/vllm/internvl.py:
+    the config's image token, as patch_model's default; the tile grid, which patch_model
+    always takes from the config) and what it refuses when it is built
+    (c2rope.serving.internvl_refusal), checked here already, where the patch is recorded."""
+    from ..serving import internvl_refusal
+
+    if state.image_token_id != config.image_token_id:
+        raise ValueError(f"model: patched with image_token_id={state.image_token_id!r}; the vLLM plugin serves "
+                         f"InternVL with the config's image token {config.image_token_id} (patch_model's default), "
+                         "so this patch cannot be recorded for serving")
+    why = internvl_refusal(config)
     if why is not None:
         raise ValueError(f"model: {why}")
 

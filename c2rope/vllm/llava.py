@@ -82,9 +82,9 @@ _VISION_TOWER_LEVEL = WeightsMapper(orig_to_new_regex={
 
 
 class C2RoPELlavaMixin(ChebyshevMaskMixin):
-    """What the served classes add to vLLM's LLaVA / LLaVA-NeXT / OneVision (onevision.py) and
-    Idefics3 / SmolVLM (idefics3.py). (Not itself a SupportsMRoPE: a Protocol base ahead of
-    nn.Module would replace the __init__ chain.)"""
+    """What the served classes add to vLLM's LLaVA / LLaVA-NeXT / OneVision (onevision.py),
+    Idefics3 / SmolVLM (idefics3.py) and InternVL (internvl.py). (Not itself a SupportsMRoPE:
+    a Protocol base ahead of nn.Module would replace the __init__ chain.)"""
 
     def _install_c2rope(self, recorded, hf_config, vllm_config, decoder=None) -> None:
         """decoder: vLLM's text model (its `layers`); LLaVA's `language_model.model` if None."""
@@ -96,8 +96,8 @@ class C2RoPELlavaMixin(ChebyshevMaskMixin):
         for layer in layers:
             original = layer.self_attn.rotary_emb
             if type(original) is not RotaryEmbedding:
-                raise ValueError("c2rope.vllm serves text models with plain RoPE (no rope scaling); this "
-                                 f"model's layers rotate with {type(original).__name__}")
+                raise ValueError(f"c2rope.vllm serves {type(self).__name__}'s text model with plain RoPE (no rope "
+                                 f"scaling); this model's layers rotate with {type(original).__name__}")
             if id(original) not in rotaries:
                 rotaries[id(original)] = C2RoPEMRotary(original, self.c2rope_config.axis_table(original.rotary_dim))
             layer.self_attn.rotary_emb = rotaries[id(original)]
