@@ -95,10 +95,22 @@ def test_record_config_refusals():
     model = qwen_tiny.make_model("qwen2_vl", dtype=torch.float32)
     with pytest.raises(TypeError, match="patched"):
         c2rope.record_config(model)
+
+
+@pytest.mark.parametrize("config, options", [
+    (c2rope.C2RoPEConfig(mask="causal"), None),                       # Gemma 3's own bidirectional image block
+    (c2rope.C2RoPEConfig(), None),                                    # image_attention="chebyshev" (default)
+    (c2rope.C2RoPEConfig(), {"image_attention": "bidirectional"}),
+])
+def test_record_config_refuses_gemma3_saying_why(config, options):
+    """Every Gemma 3 setting has non-causal image rows, which vLLM's CPU backend does not
+    compute (measured by tests/test_vllm_gemma3.py): refused, nothing recorded."""
     model = gemma_tiny.make_gemma3(dtype=torch.float32)
-    c2rope.patch_model(model, c2rope.C2RoPEConfig(mask="causal"))
-    with pytest.raises(TypeError, match="Gemma3ForConditionalGeneration; there is no serving class"):
+    c2rope.patch_model(model, config, options=options)
+    with pytest.raises(TypeError, match="does not serve Gemma3ForConditionalGeneration.*attends image tokens "
+                                        "causally"):
         c2rope.record_config(model)
+    assert c2rope.recorded_config(model.config) is None
 
 
 @pytest.mark.skipif(not qwen_tiny.HAS_QWEN3_5, reason="this transformers release has no Qwen3.5")

@@ -10,9 +10,10 @@ import transformers
 NEW_TOKENS = 64
 
 
-def word_tokenizer(specials, words):
+def word_tokenizer(specials, words, named=None):
     """(tokenizer, vocab): `specials` first (the first is end of text and padding), then
-    the words "w0" ... "w{words - 1}", split on whitespace."""
+    the words "w0" ... "w{words - 1}", split on whitespace. `named`: attribute -> one of
+    `specials` (e.g. Gemma 3's {"boi_token": "<start_of_image>"}), which processors read."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     vocab = {token: i for i, token in enumerate(list(specials) + [f"w{i}" for i in range(words)])}
@@ -20,7 +21,8 @@ def word_tokenizer(specials, words):
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = transformers.PreTrainedTokenizerFast(
         tokenizer_object=core, eos_token=specials[0], pad_token=specials[0],
-        additional_special_tokens=list(specials[1:]))
+        additional_special_tokens=[t for t in specials[1:] if t not in (named or {}).values()],
+        **({"extra_special_tokens": dict(named)} if named else {}))
     return tokenizer, vocab
 
 

