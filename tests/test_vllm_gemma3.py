@@ -62,9 +62,9 @@ def load(folder, config=None, options=None):
     return model
 
 
-def save_patched(folder, config, options=None):
+def save_patched(folder, config, options=None, linear=None):
     """The tiny checkpoint, patched, recorded and saved as a fine-tuned model would be."""
-    tiny.save_tiny_gemma3(folder, seed=_seed())
+    tiny.save_tiny_gemma3(folder, seed=_seed(), linear=linear)
     model = load(folder, config, options)
     c2rope.record_config(model)
     model.save_pretrained(folder)
@@ -171,11 +171,16 @@ def compare(model, inputs, served, what):
     return reference
 
 
-@pytest.mark.parametrize("name", list(SETTINGS))
-def test_vllm_serves_gemma3_as_patched_hf(tmp_path, name):
+# Each setting on the tiny model; the default one also with the global layers' rope scaled
+# linearly (gemma-3-4b-it scales by 8), which c2rope splits on the scaled frequencies.
+SERVED = [(name, None) for name in SETTINGS] + [("outward", 8.0)]
+
+
+@pytest.mark.parametrize("name,linear", SERVED, ids=[n if f is None else f"{n}-linear" for n, f in SERVED])
+def test_vllm_serves_gemma3_as_patched_hf(tmp_path, name, linear):
     config, options = SETTINGS[name]
     folder = str(tmp_path / "gemma3")
-    model = save_patched(folder, config, options)
+    model = save_patched(folder, config, options, linear)
     stock = load(folder)
     other = None
     if OTHER_RULE[name] is not None:

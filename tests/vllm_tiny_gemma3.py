@@ -29,10 +29,14 @@ def tokenizer():
     return word_tokenizer(SPECIALS, WORDS, named={"boi_token": BOI, "eoi_token": EOI, "image_token": IMAGE})
 
 
-def make_model(seed=0):
-    """(model, tokenizer): float32, eval mode, weights drawn from `seed`."""
+def make_model(seed=0, linear=None):
+    """(model, tokenizer): float32, eval mode, weights drawn from `seed`; linear: the global
+    layers' linear rope scaling factor (gemma-3-4b-it has 8), None for none."""
     torch.manual_seed(seed)
     tok, vocab = tokenizer()
+    global_rope = {"rope_type": "default", "rope_theta": 1000.0}
+    if linear is not None:
+        global_rope = {"rope_type": "linear", "factor": float(linear), "rope_theta": 1000.0}
     vision = transformers.SiglipVisionConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=1,
                                              num_attention_heads=2, image_size=PIXELS, patch_size=PATCH)
     text = transformers.Gemma3TextConfig(
@@ -40,7 +44,7 @@ def make_model(seed=0):
         num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=WINDOW,
         layer_types=list(LAYER_TYPES), max_position_embeddings=1024, bos_token_id=1, eos_token_id=0,
         pad_token_id=0, rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
-                                         "full_attention": {"rope_type": "default", "rope_theta": 1000.0}})
+                                         "full_attention": global_rope})
     config = transformers.Gemma3Config(vision_config=vision, text_config=text, mm_tokens_per_image=SIDE * SIDE,
                                        image_token_id=vocab[IMAGE], boi_token_id=vocab[BOI],
                                        eoi_token_id=vocab[EOI])
@@ -53,9 +57,9 @@ def make_model(seed=0):
     return model.float().eval(), tok
 
 
-def save_tiny_gemma3(folder, seed=0):
+def save_tiny_gemma3(folder, seed=0, linear=None):
     """Write the checkpoint and its processor to `folder`; returns (model, processor)."""
-    model, tok = make_model(seed)
+    model, tok = make_model(seed, linear)
     images = transformers.Gemma3ImageProcessor(size={"height": PIXELS, "width": PIXELS})
     processor = transformers.Gemma3Processor(image_processor=images, tokenizer=tok, image_seq_length=SIDE * SIDE)
     model.save_pretrained(folder)

@@ -6,8 +6,9 @@ What c2rope's Gemma 3 patch computes (docs/gemma.md), and how this class gets it
 - positions: every image a tokens_per_side x tokens_per_side grid of C2RoPE triplets,
   text (boi / eoi included) at (m, m, m); the LLaVA machinery (llava.py: the three-row
   config hook, `get_mrope_input_positions`), on the pooled grid;
-- rotary: one `C2RoPEMRotary` per layer type, on that type's own base (transformers'
-  patch builds one C2RotaryEmbedding per layer type the same way);
+- rotary: one `C2RoPEMRotary` per layer type, on that type's own base and linear scaling
+  (gemma-3-4b-it's global layers: inv_freq / factor), as transformers' patch builds one
+  C2RotaryEmbedding per layer type;
 - masks: image rows are never causal in a patched Gemma 3. image_attention="chebyshev"
   with mask "outward" / "inward": c2rope's rule inside each image; mask="causal" or
   image_attention="bidirectional": Gemma 3's own block (every token of an image sees the
@@ -72,7 +73,7 @@ class C2RoPEGemma3ForConditionalGeneration(C2RoPELlavaMixin, Gemma3ForConditiona
         grid = gemma3_grid(hf_config)
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.c2rope_grid = grid
-        self._install_c2rope(recorded, hf_config, vllm_config, mask_mode=mode, windows=True)
+        self._install_c2rope(recorded, hf_config, vllm_config, mask_mode=mode, windows=True, linear=True)
 
     @staticmethod
     def _c2rope_item_start(placeholder) -> int:

@@ -67,6 +67,15 @@ def llava_grid(hf_config) -> tuple:
     return side, side
 
 
+def linear_factor(rotary):
+    """The factor of vLLM's LinearScalingRotaryEmbedding with one factor, else None."""
+    from vllm.model_executor.layers.rotary_embedding.linear_scaling_rope import LinearScalingRotaryEmbedding
+
+    if type(rotary) is LinearScalingRotaryEmbedding and len(rotary.scaling_factors) == 1:
+        return float(rotary.scaling_factors[0])
+    return None
+
+
 def image_token_id(hf_config) -> int:
     found = getattr(hf_config, "image_token_id", None)
     return getattr(hf_config, "image_token_index", None) if found is None else found
@@ -85,9 +94,11 @@ class C2RoPELlavaMixin(ChebyshevMaskMixin):
     """What the served classes add to vLLM's LLaVA / LLaVA-NeXT / OneVision (onevision.py). (Not itself a
     SupportsMRoPE: a Protocol base ahead of nn.Module would replace the __init__ chain.)"""
 
-    def _install_c2rope(self, recorded, hf_config, vllm_config, mask_mode=None, windows=False) -> None:
+    def _install_c2rope(self, recorded, hf_config, vllm_config, mask_mode=None, windows=False,
+                        linear=False) -> None:
         """mask_mode: the image rule (chebyshev.MODES, or "causal"), by default the recorded
-        C2RoPEConfig.mask; windows: the text layers' sliding windows are kept under it (Gemma 3)."""
+        C2RoPEConfig.mask; windows: the text layers' sliding windows are kept under it (Gemma 3);
+        linear: rotaries with linear rope scaling are served too (Gemma 3's global layers)."""
         self.c2rope_config = recorded["config"]
         self.c2rope_mask_mode = self.c2rope_config.mask if mask_mode is None else mask_mode
         self.c2rope_image_token_id = image_token_id(hf_config)
@@ -96,11 +107,13 @@ class C2RoPELlavaMixin(ChebyshevMaskMixin):
         layers = [layer for layer in decoder.layers if hasattr(layer, "self_attn")]
         for layer in layers:
             original = layer.self_attn.rotary_emb
-            if type(original) is not RotaryEmbedding:
+            factor = linear_factor(original) if linear else None
+            if type(original) is not RotaryEmbedding and factor is None:
                 raise ValueError(f"c2rope.vllm serves {type(self).__name__} with plain RoPE in the text model (no "
                                  f"rope scaling); this model's layers rotate with {type(original).__name__}")
             if id(original) not in rotaries:
-                rotaries[id(original)] = C2RoPEMRotary(original, self.c2rope_config.axis_table(original.rotary_dim))
+                rotaries[id(original)] = C2RoPEMRotary(original, self.c2rope_config.axis_table(original.rotary_dim),
+                                                       factor or 1.0)
             layer.self_attn.rotary_emb = rotaries[id(original)]
         decoder.do_not_compile = True  # see the module docstring
         self._install_mask(self.c2rope_mask_mode, [layer.self_attn.attn for layer in layers], vllm_config, windows)
