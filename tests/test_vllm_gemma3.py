@@ -241,3 +241,22 @@ def test_plugin_refuses_gemma3_with_chunked_images(tmp_path, name):
     save_patched(folder, *SETTINGS[name])
     with pytest.raises(Exception, match="disable_chunked_mm_input=True"):
         make_llm(folder)
+
+
+def test_gemma3_image_rule_from_the_record():
+    """What the served class reads from config.json's record: the image rule of each setting,
+    and a clear ValueError for an option or value c2rope's Gemma 3 patch does not take
+    (a hand-edited config.json)."""
+    from c2rope.vllm.gemma3 import gemma3_mask_mode
+
+    def rule(config, **options):
+        return gemma3_mask_mode({"config": config, "options": options})
+
+    assert rule(c2rope.C2RoPEConfig(), image_attention="chebyshev") == "outward"
+    assert rule(c2rope.C2RoPEConfig(mask="inward")) == "inward"
+    assert rule(c2rope.C2RoPEConfig(mask="causal"), image_attention="chebyshev") == "block"
+    assert rule(c2rope.C2RoPEConfig(mask="inward"), image_attention="bidirectional") == "block"
+    with pytest.raises(ValueError, match=r"options\['image_attention'\] must be one of"):
+        rule(c2rope.C2RoPEConfig(), image_attention="both")
+    with pytest.raises(ValueError, match="takes the option 'image_attention' only.*frame_axis"):
+        rule(c2rope.C2RoPEConfig(), frame_axis="temporal")
