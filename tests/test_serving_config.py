@@ -251,3 +251,6 @@ def test_check_mask_scheduler():
     with pytest.raises(ValueError, match="disable_chunked_mm_input=True") as caught:
         check_mask_scheduler("inward", scheduler(True, False))
     assert "mask='inward'" in str(caught.value)
+    # Gemma 3's own image block (kept by mask="causal") needs whole images too; the message says so.
+    with pytest.raises(ValueError, match="Gemma 3's bidirectional image block.*disable_chunked_mm_input=True"):
+        check_mask_scheduler("block", scheduler(True, False))
