@@ -33,6 +33,7 @@ SERVING_ARCHITECTURES = {
     "Idefics3ForConditionalGeneration": "C2RoPEIdefics3ForConditionalGeneration",
     "SmolVLMForConditionalGeneration": "C2RoPESmolVLMForConditionalGeneration",
     "InternVLForConditionalGeneration": "C2RoPEInternVLForConditionalGeneration",
+    "Gemma3ForConditionalGeneration": "C2RoPEGemma3ForConditionalGeneration",
 }
 # serving architecture -> the module of c2rope.vllm that defines the class (imported by
 # vLLM only when it builds such a model).
@@ -46,6 +47,7 @@ SERVING_MODULES = {
     "C2RoPEIdefics3ForConditionalGeneration": "c2rope.vllm.idefics3",
     "C2RoPESmolVLMForConditionalGeneration": "c2rope.vllm.idefics3",
     "C2RoPEInternVLForConditionalGeneration": "c2rope.vllm.internvl",
+    "C2RoPEGemma3ForConditionalGeneration": "c2rope.vllm.gemma3",
 }
 ORIGINAL_ARCHITECTURES = {served: original for original, served in SERVING_ARCHITECTURES.items()}
 

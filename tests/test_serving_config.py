@@ -131,9 +131,41 @@ def test_record_config_refusals():
     model = qwen_tiny.make_model("qwen2_vl", dtype=torch.float32)
     with pytest.raises(TypeError, match="patched"):
         c2rope.record_config(model)
+
+
+@pytest.mark.parametrize("config, options, mode", [
+    (c2rope.C2RoPEConfig(), None, "outward"),                                    # image_attention="chebyshev"
+    (c2rope.C2RoPEConfig(mask="inward"), {"image_attention": "chebyshev"}, "inward"),
+    (c2rope.C2RoPEConfig(mask="causal"), None, "block"),                         # Gemma 3's own image block
+    (c2rope.C2RoPEConfig(), {"image_attention": "bidirectional"}, "block"),
+])
+def test_record_config_gemma3(tmp_path, config, options, mode):
+    """Gemma 3 records its C2RoPEConfig with image_attention written out, names its serving
+    class, and the plugin reads the image rule back (c2rope/vllm/gemma3.py serves all of
+    them); a patch with another image token than the config's is refused."""
+    from c2rope.vllm.mrope_config import three_row_section
+
     model = gemma_tiny.make_gemma3(dtype=torch.float32)
-    c2rope.patch_model(model, c2rope.C2RoPEConfig(mask="causal"))
-    with pytest.raises(TypeError, match="Gemma3ForConditionalGeneration; there is no serving class"):
+    c2rope.patch_model(model, config, options=options)
+    c2rope.record_config(model)
+    model.save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written["architectures"] == ["C2RoPEGemma3ForConditionalGeneration"]
+    recorded = c2rope.recorded_config(tmp_path)
+    assert recorded == {"config": config, "options": {"image_attention": "chebyshev", **(options or {})}}
+    loaded = type(model).from_pretrained(tmp_path, dtype=torch.float32)
+    table = config.axis_table(loaded.config.text_config.head_dim)
+    assert three_row_section(loaded.config) == [table.count(axis) for axis in (0, 1, 2)]
+    try:  # the image rule the served class applies (its module imports vLLM)
+        from c2rope.vllm.gemma3 import gemma3_mask_mode
+    except ImportError:
+        pass
+    else:
+        assert gemma3_mask_mode(recorded) == mode
+
+    model = gemma_tiny.make_gemma3(dtype=torch.float32)
+    c2rope.patch_model(model, config, options=options, image_token_id=7)
+    with pytest.raises(ValueError, match="image_token_id=7"):
         c2rope.record_config(model)
 
 
@@ -255,6 +287,9 @@ def test_check_mask_scheduler():
     with pytest.raises(ValueError, match="disable_chunked_mm_input=True") as caught:
         check_mask_scheduler("inward", scheduler(True, False))
     assert "mask='inward'" in str(caught.value)
+    # Gemma 3's own image block (kept by mask="causal") needs whole images too; the message says so.
+    with pytest.raises(ValueError, match="Gemma 3's bidirectional image block.*disable_chunked_mm_input=True"):
+        check_mask_scheduler("block", scheduler(True, False))
 
 
 @pytest.mark.parametrize("kind", ["idefics3", "smolvlm"])

@@ -98,22 +98,27 @@ def test_the_chebyshev_mask_is_refused_on_other_backends():
         assert type(layer.impl) is object
 
 
-def _cpu_layer(num_heads, num_kv_heads, head, mode):
-    """A ChebyshevCPUImpl as `install` leaves it, without an engine around it."""
+def _cpu_layer(num_heads, num_kv_heads, head, mode, window=-1):
+    """A ChebyshevCPUImpl as `install` leaves it, without an engine around it (window: vLLM's
+    sliding_window of the layer, -1 for none)."""
     from c2rope.vllm import chebyshev
 
     impl = object.__new__(chebyshev.ChebyshevCPUImpl)
     impl.num_heads, impl.num_kv_heads, impl.scale = num_heads, num_kv_heads, head ** -0.5
+    impl.sliding_window = window
     impl.c2rope_state = chebyshev.MaskState(mode)
     return impl
 
 
-@pytest.mark.parametrize("mode", ["outward", "inward"])
-def test_image_rows_equal_the_dense_chebyshev_mask(mode):
+@pytest.mark.parametrize("mode,window", [("outward", -1), ("inward", -1), ("outward", 6), ("block", -1),
+                                         ("block", 6)])
+def test_image_rows_equal_the_dense_chebyshev_mask(mode, window):
     """One request with two images (3 x 4 and 2 x 2) in vLLM's paged CPU cache (its own
     write op, non-contiguous blocks); this step starts inside the first image (its start
     came from the prefix cache). The recomputed image rows equal SDPA under
-    c2rope.chebyshev_mask; text rows are left to vLLM's kernel."""
+    c2rope.chebyshev_mask ("block": causal or same image, Gemma 3's own); text rows are left
+    to vLLM's kernel. A sliding window (Gemma 3's sliding layers) is and-ed on, and the keys
+    before the lowest row's window are never read (vLLM may have freed them)."""
     from vllm import _custom_ops as ops
 
     from c2rope.vllm.chebyshev import image_cells
@@ -124,7 +129,16 @@ def test_image_rows_equal_the_dense_chebyshev_mask(mode):
     spans = [(5, 3, 4), (40, 2, 2)]
     seq, first = 70, 9  # this step: tokens 9 ... 69
     layout = c2rope.VisualLayout.from_spans([spans], seq)
-    dense = c2rope.chebyshev_mask(layout, c2rope.C2RoPEConfig(mask=mode))[0, 0]  # [seq, seq] bool
+    if mode == "block":
+        image_of = torch.zeros(seq, dtype=torch.int64)
+        for number, (start, h, w) in enumerate(spans, 1):
+            image_of[start:start + h * w] = number
+        same = (image_of[:, None] == image_of[None, :]) & (image_of[:, None] > 0)
+        dense = torch.ones(seq, seq, dtype=torch.bool).tril() | same
+    else:
+        dense = c2rope.chebyshev_mask(layout, c2rope.C2RoPEConfig(mask=mode))[0, 0]  # [seq, seq] bool
+    if window > 0:
+        dense &= torch.arange(seq)[None, :] > torch.arange(seq)[:, None] - window
     q = torch.randn(seq, heads, head, generator=gen)
     k = torch.randn(seq, kv_heads, head, generator=gen)
     v = torch.randn(seq, kv_heads, head, generator=gen)
@@ -136,10 +150,17 @@ def test_image_rows_equal_the_dense_chebyshev_mask(mode):
     block_table = torch.tensor([[2, 0, 3]], dtype=torch.int32)
     slots = block_table[0].long()[torch.arange(seq) // block] * block + torch.arange(seq) % block
     ops.cpu_attn_reshape_and_cache(k, v, keys, values, slots, "vec")
+    if window > 0:  # the keys no row of this step sees (before token first - window + 1): gone
+        gone = slots[:first - window + 1]
+        flat = kv_cache.view(4, kv_heads, 2, block * head)
+        for slot in gone.tolist():
+            keys_t = flat[slot // block, :, 0].view(kv_heads, head, block)
+            keys_t[:, :, slot % block] = float("nan")
+            flat[slot // block, :, 1].view(kv_heads, block, head)[:, slot % block] = float("nan")
 
     encoded = encode_positions(torch.zeros(3, seq))
     encoded = attach_cells(encoded, torch.zeros(3, seq), image_cells(spans, seq))[:, first:]
-    impl = _cpu_layer(heads, kv_heads, head, mode)
+    impl = _cpu_layer(heads, kv_heads, head, mode, window)
     impl.c2rope_state.step(encoded)
     meta = SimpleNamespace(query_start_loc=torch.tensor([0, seq - first], dtype=torch.int32),
                            seq_lens=torch.tensor([seq], dtype=torch.int32), block_table=block_table)

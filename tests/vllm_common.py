@@ -12,17 +12,17 @@ NEW_TOKENS = 64
 
 def word_tokenizer(specials, words, named=None):
     """(tokenizer, vocab): `specials` first (the first is end of text and padding), then
-    the words "w0" ... "w{words - 1}", split on whitespace. named: {attribute: token} for
-    the specials after the first that a processor reads off the tokenizer by name (e.g.
-    InternVL's tokenizer.context_image_token); it must name them all."""
+    the words "w0" ... "w{words - 1}", split on whitespace. `named`: attribute -> one of
+    `specials` (e.g. Gemma 3's {"boi_token": "<start_of_image>"}), which processors read."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     vocab = {token: i for i, token in enumerate(list(specials) + [f"w{i}" for i in range(words)])}
     core = Tokenizer(models.WordLevel(vocab, unk_token=specials[0]))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    if named is not None and sorted(named.values()) != sorted(specials[1:]):
-        raise ValueError(f"named must name every special after the first, {list(specials[1:])}, got {named}")
-    extra = {"extra_special_tokens": dict(named)} if named else {"additional_special_tokens": list(specials[1:])}
+    unnamed = [t for t in specials[1:] if t not in (named or {}).values()]
+    extra = {"additional_special_tokens": unnamed} if unnamed else {}
+    if named:
+        extra["extra_special_tokens"] = dict(named)
     tokenizer = transformers.PreTrainedTokenizerFast(
         tokenizer_object=core, eos_token=specials[0], pad_token=specials[0], **extra)
     return tokenizer, vocab

@@ -1,6 +1,6 @@
 """c2rope's vLLM plugin: serve C2RoPE-patched Qwen2-VL / Qwen2.5-VL / Qwen3-VL, LLaVA /
-LLaVA-NeXT / LLaVA-OneVision, Idefics3 / SmolVLM (images) and InternVL checkpoints with the
-positions they were trained with (docs/serving.md).
+LLaVA-NeXT / LLaVA-OneVision, Idefics3 / SmolVLM (images), InternVL and Gemma 3 checkpoints
+with the positions they were trained with (docs/serving.md).
 
 vLLM finds it through the `vllm.general_plugins` entry point (pyproject.toml) and calls
 `register()` in every process it starts; a checkpoint saved after
@@ -15,6 +15,7 @@ vLLM finds it through the `vllm.general_plugins` entry point (pyproject.toml) an
     C2RoPEIdefics3ForConditionalGeneration     (transformers: Idefics3ForConditionalGeneration)
     C2RoPESmolVLMForConditionalGeneration      (transformers: SmolVLMForConditionalGeneration)
     C2RoPEInternVLForConditionalGeneration     (transformers: InternVLForConditionalGeneration)
+    C2RoPEGemma3ForConditionalGeneration       (transformers: Gemma3ForConditionalGeneration)
 
 Importing this package does not import vLLM; the classes (c2rope.serving.SERVING_MODULES
 names their modules) are registered by name and imported when vLLM builds such a model.

@@ -16,6 +16,10 @@ step or in the KV cache (prefix caching keeps whole images: the keys cached were
 computed under this same mask); a step that splits an image (chunked prefill) is an
 error, never a silently causal row. What this needs from the engine, and why vLLM's GPU
 backends are refused: docs/serving.md, "The Chebyshev mask on vLLM".
+
+Gemma 3 (gemma3.py) uses the same recomputation for its own bidirectional image block
+(mode "block": vLLM's CPU backend attends those rows causally) and on its sliding-window
+layers, where every recomputed row also keeps the layer's window.
 """
 from __future__ import annotations
 
@@ -57,12 +61,18 @@ def _rings(h: int, w: int) -> torch.Tensor:
     return grid_rings(h, w).flatten().to(torch.int64)
 
 
+# "outward" / "inward": C2RoPEConfig.mask, the Chebyshev rule inside each image; "block":
+# every token of an image sees every token of it (Gemma 3's own bidirectional image block,
+# which its patch keeps: c2rope/vllm/gemma3.py).
+MODES = ("outward", "inward", "block")
+
+
 class MaskState:
     """What the layers share in one engine: the mask mode and this step's image cells."""
 
     def __init__(self, mode: str):
-        if mode not in ("outward", "inward"):
-            raise ValueError(f"mode must be 'outward' or 'inward', got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
         self.cells: Optional[torch.Tensor] = None  # int64 [3, tokens of the step]
         self.rows = torch.zeros(0, dtype=torch.int64)  # the step's image tokens
@@ -95,6 +105,10 @@ class ChebyshevCPUImpl(CPUAttentionBackendImpl):
         starts = meta.query_start_loc.cpu().to(torch.int64)
         seq_lens = meta.seq_lens.cpu().to(torch.int64)
         request = torch.searchsorted(starts[1:], rows, right=True)
+        # A sliding-window layer (Gemma 3): each row also sees only keys > its index - window,
+        # as transformers and-s the window onto the image rule; the keys before the lowest
+        # row's window may be gone from vLLM's cache (its sliding-window manager frees them).
+        window = self.sliding_window if self.sliding_window is not None and self.sliding_window > 0 else None
         isa = getattr(layer, "isa", None)
         if isa not in CACHE_LAYOUTS:
             raise RuntimeError(f"c2rope.vllm: the Chebyshev mask reads vLLM's CPU KV cache in the layout of its "
@@ -111,14 +125,16 @@ class ChebyshevCPUImpl(CPUAttentionBackendImpl):
             seq, q_len = int(seq_lens[r]), int(starts[r + 1] - starts[r])
             first = seq - q_len  # logical index of this step's first token of request r
             logical = own - starts[r] + first
-            # This request's keys and values, logical 0 ... seq-1, from the paged cache.
-            j = torch.arange(seq)
+            # This request's keys and values, logical low ... seq-1, from the paged cache.
+            low = 0 if window is None else max(0, int(logical.min()) - window + 1)
+            j = torch.arange(low, seq)
             blocks = meta.block_table[r].cpu().to(torch.int64)[j // block_size]
-            keys = keys_t[blocks, :, :, j % block_size]         # [seq, kv_heads, head]
+            keys = keys_t[blocks, :, :, j % block_size]         # [seq - low, kv_heads, head]
             values = values_all[blocks, :, j % block_size]
-            this_step = slice(int(starts[r]), int(starts[r + 1]))
-            if not (torch.equal(keys[first:], key[this_step].to(keys.dtype))
-                    and torch.equal(values[first:], value[this_step].to(values.dtype))):
+            both = max(first, low)  # this step's tokens that are also read from the cache
+            this_step = slice(int(starts[r]) + both - first, int(starts[r + 1]))
+            if not (torch.equal(keys[both - low:], key[this_step].to(keys.dtype))
+                    and torch.equal(values[both - low:], value[this_step].to(values.dtype))):
                 raise RuntimeError("c2rope.vllm: vLLM's CPU KV cache does not hold this step's keys and values "
                                    "where the Chebyshev mask reads them (an unknown cache layout); refusing to guess")
             mask = logical[:, None] >= j[None, :]               # causal, then each image's rule
@@ -134,11 +150,18 @@ class ChebyshevCPUImpl(CPUAttentionBackendImpl):
                         "found in the prefix cache and cannot finish it: raise max_num_batched_tokens or turn prefix "
                         "caching off (docs/serving.md)")
                 these = image_start == start
-                rings = _rings(hh, ww)
-                mine = rings[raster[these]][:, None]
-                theirs = rings[None, :]
-                inside = theirs <= mine if self.c2rope_state.mode == "outward" else theirs >= mine
-                mask[these, start:end] = inside
+                mode = self.c2rope_state.mode
+                if mode == "block":
+                    inside = torch.ones(int(these.sum()), hh * ww, dtype=torch.bool)
+                else:
+                    rings = _rings(hh, ww)
+                    mine = rings[raster[these]][:, None]
+                    theirs = rings[None, :]
+                    inside = theirs <= mine if mode == "outward" else theirs >= mine
+                seen = max(start, low)  # the image's keys still in the cache
+                mask[these, seen - low:end - low] = inside[:, seen - start:]
+            if window is not None:
+                mask &= j[None, :] > logical[:, None] - window
             group = self.num_heads // self.num_kv_heads
             k = keys.to(torch.float32).repeat_interleave(group, dim=1).transpose(0, 1)   # [heads, seq, head]
             v = values.to(torch.float32).repeat_interleave(group, dim=1).transpose(0, 1)
@@ -151,10 +174,11 @@ class ChebyshevCPUImpl(CPUAttentionBackendImpl):
                 output[own[part]] = out.transpose(0, 1).to(output.dtype)
 
 
-def install(attention_layers, state: MaskState, vllm_config) -> None:
+def install(attention_layers, state: MaskState, vllm_config, windows: bool = False) -> None:
     """Give every vLLM Attention layer in `attention_layers` the Chebyshev mask, or
     ValueError (naming the backend or the scheduler setting) where it cannot be applied
-    exactly."""
+    exactly. windows: the family's image rows are and-ed with its layers' sliding windows
+    (Gemma 3, as its transformers patch does); otherwise a windowed layer is refused."""
     check_mask_scheduler(state.mode, vllm_config.scheduler_config)
     for attn in attention_layers:
         backend = attn.attn_backend.get_name()
@@ -163,9 +187,11 @@ def install(attention_layers, state: MaskState, vllm_config) -> None:
         if type(impl) is not CPUAttentionBackendImpl:
             raise ValueError(f"c2rope.vllm: the Chebyshev mask wraps vLLM's CPUAttentionBackendImpl, this layer has "
                              f"{type(impl).__name__} (backend {backend})")
-        for name, value, plain in (("sliding_window", impl.sliding_window, -1), ("alibi_slopes", impl.alibi_slopes, None),
-                                   ("logits_soft_cap", impl.logits_soft_cap, 0), ("sinks", impl.sinks, None),
-                                   ("kv_cache_dtype", impl.kv_cache_dtype, "auto")):
+        checks = [("alibi_slopes", impl.alibi_slopes, None), ("logits_soft_cap", impl.logits_soft_cap, 0),
+                  ("sinks", impl.sinks, None), ("kv_cache_dtype", impl.kv_cache_dtype, "auto")]
+        if not windows:
+            checks.append(("sliding_window", impl.sliding_window, -1))
+        for name, value, plain in checks:
             if not (value is plain or value == plain):
                 raise ValueError(f"c2rope.vllm: the Chebyshev mask is served for plain attention; this layer has "
                                  f"{name}={value!r}")
@@ -173,4 +199,4 @@ def install(attention_layers, state: MaskState, vllm_config) -> None:
         impl.c2rope_state = state
 
 
-__all__ = ["ChebyshevCPUImpl", "MaskState", "image_cells", "install"]
+__all__ = ["ChebyshevCPUImpl", "MODES", "MaskState", "image_cells", "install"]

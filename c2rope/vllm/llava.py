@@ -67,6 +67,15 @@ def llava_grid(hf_config) -> tuple:
     return side, side
 
 
+def linear_factor(rotary):
+    """The factor of vLLM's LinearScalingRotaryEmbedding with one factor, else None."""
+    from vllm.model_executor.layers.rotary_embedding.linear_scaling_rope import LinearScalingRotaryEmbedding
+
+    if type(rotary) is LinearScalingRotaryEmbedding and len(rotary.scaling_factors) == 1:
+        return float(rotary.scaling_factors[0])
+    return None
+
+
 def image_token_id(hf_config) -> int:
     found = getattr(hf_config, "image_token_id", None)
     return getattr(hf_config, "image_token_index", None) if found is None else found
@@ -86,29 +95,42 @@ class C2RoPELlavaMixin(ChebyshevMaskMixin):
     Idefics3 / SmolVLM (idefics3.py) and InternVL (internvl.py). (Not itself a SupportsMRoPE:
     a Protocol base ahead of nn.Module would replace the __init__ chain.)"""
 
-    def _install_c2rope(self, recorded, hf_config, vllm_config, decoder=None) -> None:
-        """decoder: vLLM's text model (its `layers`); LLaVA's `language_model.model` if None."""
+    def _install_c2rope(self, recorded, hf_config, vllm_config, decoder=None, mask_mode=None, windows=False,
+                        linear=False) -> None:
+        """decoder: vLLM's text model (its `layers`), LLaVA's `language_model.model` if None;
+        mask_mode: the image rule (chebyshev.MODES, or "causal"), by default the recorded
+        C2RoPEConfig.mask; windows: the text layers' sliding windows are kept under it (Gemma 3);
+        linear: rotaries with linear rope scaling are served too (Gemma 3's global layers)."""
         self.c2rope_config = recorded["config"]
+        self.c2rope_mask_mode = self.c2rope_config.mask if mask_mode is None else mask_mode
         self.c2rope_image_token_id = image_token_id(hf_config)
         decoder = self.language_model.model if decoder is None else decoder
         rotaries = {}
         layers = [layer for layer in decoder.layers if hasattr(layer, "self_attn")]
         for layer in layers:
             original = layer.self_attn.rotary_emb
-            if type(original) is not RotaryEmbedding:
-                raise ValueError(f"c2rope.vllm serves {type(self).__name__}'s text model with plain RoPE (no rope "
-                                 f"scaling); this model's layers rotate with {type(original).__name__}")
+            factor = linear_factor(original) if linear else None
+            if type(original) is not RotaryEmbedding and factor is None:
+                raise ValueError(f"c2rope.vllm serves {type(self).__name__} with plain RoPE in the text model (no "
+                                 f"rope scaling); this model's layers rotate with {type(original).__name__}")
             if id(original) not in rotaries:
-                rotaries[id(original)] = C2RoPEMRotary(original, self.c2rope_config.axis_table(original.rotary_dim))
+                rotaries[id(original)] = C2RoPEMRotary(original, self.c2rope_config.axis_table(original.rotary_dim),
+                                                       factor or 1.0)
             layer.self_attn.rotary_emb = rotaries[id(original)]
         decoder.do_not_compile = True  # see the module docstring
-        self._install_mask(self.c2rope_config.mask, [layer.self_attn.attn for layer in layers], vllm_config)
+        self._install_mask(self.c2rope_mask_mode, [layer.self_attn.attn for layer in layers], vllm_config, windows)
+
+    @staticmethod
+    def _c2rope_item_start(placeholder) -> int:
+        """Where vLLM puts an item's first image token (its placeholder starts there)."""
+        return placeholder.offset
 
     def _c2rope_positions(self, ids: torch.Tensor, spans, mm_features, item_starts):
         """Encoded [3, L] rows (m, x, y) and the decode offset for one prompt whose images
         (OneVision: and video frames) are `spans` [(start, H, W)]; `item_starts`: where
         each image / video item's tokens begin, checked against where vLLM placed them."""
-        placed = sorted(f.mm_position.offset for f in mm_features if f.modality in ("image", "video"))
+        placed = sorted(self._c2rope_item_start(f.mm_position) for f in mm_features
+                        if f.modality in ("image", "video"))
         if sorted(item_starts) != placed:
             raise ValueError(f"c2rope.vllm: the prompt's images start at {sorted(item_starts)}, vLLM placed them "
                              f"at {placed}")
@@ -117,7 +139,7 @@ class C2RoPELlavaMixin(ChebyshevMaskMixin):
         delta = int(next_temporal_index(layout, self.c2rope_config)[0]) - ids.shape[1]
         # Under the Chebyshev mask: every grid its own ring set, as patched transformers'
         # layout gives it (LLaVA-NeXT: base and high-res grids apart, newlines in the rings).
-        return with_cells(encode_positions(positions), positions, spans, self.c2rope_config.mask), delta
+        return with_cells(encode_positions(positions), positions, spans, self.c2rope_mask_mode), delta
 
 
 def _recorded_without_options(hf_config, family: str = "LLaVA") -> dict:

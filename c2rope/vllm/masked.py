@@ -17,16 +17,17 @@ class ChebyshevMaskMixin:
 
     c2rope_mask = None
 
-    def _install_mask(self, mode: str, attention_layers, vllm_config) -> None:
-        """mode: the checkpoint's C2RoPEConfig.mask; attention_layers: vLLM's Attention of
-        every text layer. Nothing for "causal"; ValueError where the mask cannot be served."""
+    def _install_mask(self, mode: str, attention_layers, vllm_config, windows: bool = False) -> None:
+        """mode: the checkpoint's C2RoPEConfig.mask (or "block": chebyshev.MODES); attention_layers:
+        vLLM's Attention of every text layer; windows: keep their sliding windows (chebyshev.install).
+        Nothing for "causal"; ValueError where the mask cannot be served."""
         self.c2rope_mask = None
         if mode == "causal":
             return
         from . import chebyshev
 
         self.c2rope_mask = chebyshev.MaskState(mode)
-        chebyshev.install(list(attention_layers), self.c2rope_mask, vllm_config)
+        chebyshev.install(list(attention_layers), self.c2rope_mask, vllm_config, windows)
 
     def forward(self, *args, **kwargs):
         if self.c2rope_mask is not None:

@@ -59,7 +59,9 @@ def c2rope_rows(config, rotary_dim: int) -> list:
 class C2RoPEMRotary(nn.Module):
     """Drop-in for a vLLM MRotaryEmbedding: forward(positions, query, key) -> (query, key)."""
 
-    def __init__(self, original: nn.Module, slot_rows: Sequence[int]):
+    def __init__(self, original: nn.Module, slot_rows: Sequence[int], linear_factor: float = 1.0):
+        """linear_factor: the original's linear rope scaling (vLLM's LinearScalingRotaryEmbedding
+        divides positions by it; transformers divides inv_freq by it, which is what this does)."""
         super().__init__()
         if getattr(original, "scaling_factor", None) is not None:
             raise ValueError("c2rope.vllm serves rotaries without YaRN scaling only; this model's rotary has "
@@ -70,7 +72,8 @@ class C2RoPEMRotary(nn.Module):
         # Not a submodule: one original is shared by every layer (vLLM caches rotaries).
         self.__dict__["original"] = original
         self.head_size, self.rotary_dim = original.head_size, original.rotary_dim
-        self.register_buffer("inv_freq", original._compute_inv_freq(original.base).to(torch.float32),
+        inv_freq = original._compute_inv_freq(original.base).to(torch.float32)
+        self.register_buffer("inv_freq", inv_freq / linear_factor if linear_factor != 1.0 else inv_freq,
                              persistent=False)
         self.register_buffer("slot_rows", torch.tensor(list(slot_rows), dtype=torch.int64), persistent=False)
 

@@ -54,13 +54,22 @@ def check_servable(hf_config, masks=("causal",)) -> dict:
     return recorded
 
 
+def _trained_with(mask: str) -> str:
+    """How a message names the image rule: a C2RoPEConfig.mask, or "block" (Gemma 3's own
+    bidirectional image block, which its patch keeps: c2rope/vllm/gemma3.py)."""
+    if mask == "block":
+        return ("a Gemma 3 checkpoint whose image tokens see their whole image (Gemma 3's bidirectional image "
+                "block, which C2RoPEConfig(mask='causal') and image_attention='bidirectional' keep)")
+    return f"C2RoPEConfig(mask={mask!r}), the Chebyshev image mask"
+
+
 def check_mask_backend(mask: str, backend: str) -> None:
     """ValueError unless the Chebyshev mask `mask` can be applied on attention backend
     `backend` (vLLM's name for it, e.g. "CPU_ATTN", "FLASH_ATTN")."""
     if mask == "causal" or backend in MASK_BACKENDS:
         return
     raise ValueError(
-        f"c2rope.vllm: this checkpoint was trained with C2RoPEConfig(mask={mask!r}), the Chebyshev image mask; "
+        f"c2rope.vllm: this checkpoint was trained with {_trained_with(mask)}; "
         f"the plugin applies it on vLLM's {' / '.join(MASK_BACKENDS)} attention backend only, and this engine's "
         f"attention backend is {backend}. vLLM's GPU backends take a bidirectional image block (is_mm_prefix_lm), "
         "not a ring mask, and serving the model causally would give other outputs than it was trained for "
@@ -75,7 +84,7 @@ def check_mask_scheduler(mask: str, scheduler_config) -> None:
             or getattr(scheduler_config, "disable_chunked_mm_input", False):
         return
     raise ValueError(
-        f"c2rope.vllm: this checkpoint was trained with C2RoPEConfig(mask={mask!r}), the Chebyshev image mask, under "
+        f"c2rope.vllm: this checkpoint was trained with {_trained_with(mask)}, under "
         "which an image token sees tokens of its image that come after it; with chunked prefill vLLM may compute "
         "part of an image in one step and the rest in the next. Pass disable_chunked_mm_input=True (vllm serve "
         "--disable-chunked-mm-input), or enable_chunked_prefill=False")
