@@ -8,7 +8,7 @@ c2rope.record_config and saved; vLLM serves that folder through the plugin and m
 what patched transformers generates: the same greedy tokens and log-probs within 1e-4, over
 64 tokens, for a batch of text prompts and prompts with one image (one prompt two) of random
 sizes, split into tiles or not (do_image_splitting=False: the global image alone). Same
-standard as tests/test_vllm_llava.py, whose comparison (`compare`) is used as is; text
+standard as tests/test_vllm_llava.py, whose comparison (`compare`, tests/vllm_common.py) is used as is; text
 prompts also match the unpatched model (plain RoPE), image prompts do not. The Chebyshev
 mask: the same comparison, run twice on one engine with vLLM's prefix cache."""
 import os
@@ -29,10 +29,7 @@ from PIL import Image  # noqa: E402
 import c2rope  # noqa: E402
 import vllm_tiny_idefics3 as tiny  # noqa: E402
 from c2rope.serving import SERVING_ARCHITECTURES  # noqa: E402
-from test_vllm_llava import compare, hf_logprobs  # noqa: E402  (the LLaVA lane's comparison, as is)
-from vllm_common import served_greedy, stock_vllm  # noqa: E402
-
-TOLERANCE = 1e-4
+from vllm_common import TOLERANCE, compare, hf_logprobs, served_greedy, stock_vllm  # noqa: E402
 MAX_MODEL_LEN = 1024
 SUPPRESS = list(range(len(tiny.SPECIALS)))  # end of text, image and marker tokens: text tokens only
 

@@ -7,7 +7,7 @@ recorded with c2rope.record_config and saved; vLLM serves that folder through th
 and must generate what patched transformers generates: the same greedy tokens and
 log-probs within 1e-4, over 64 tokens, for a batch of text prompts and prompts with one or
 two images of random tile counts (and a video prompt: every frame one tile). The
-comparison itself is tests/test_vllm_llava.py's (`compare`). Text prompts also match the
+comparison itself is tests/vllm_common.py's (`compare`). Text prompts also match the
 unpatched model (plain RoPE); image prompts do not. The Chebyshev mask: the same
 comparison with vLLM's prefix cache, as for LLaVA."""
 import dataclasses
@@ -29,8 +29,7 @@ from PIL import Image  # noqa: E402
 import c2rope  # noqa: E402
 import vllm_tiny_internvl as tiny  # noqa: E402
 from c2rope.serving import SERVING_ARCHITECTURES  # noqa: E402
-from test_vllm_llava import TOLERANCE, compare, hf_logprobs  # noqa: E402
-from vllm_common import served_greedy, stock_vllm  # noqa: E402
+from vllm_common import TOLERANCE, chebyshev_runs, compare, hf_logprobs, served_greedy, stock_vllm  # noqa: E402
 
 SUPPRESS = list(range(len(tiny.SPECIALS)))  # end of text, the image / video tokens: text tokens only
 MODEL = transformers.InternVLForConditionalGeneration
@@ -174,23 +173,8 @@ def test_vllm_serves_the_chebyshev_mask_on_internvl(tmp_path, name):
     prompts.append({"prompt": f"{tiny.random_text(rng, 29, 29)} {tiny.IMAGE} {tiny.random_text(rng)}",
                     "multi_modal_data": {"image": [random_image(rng)]}})
     llm = make_llm(folder, block_size=32, enable_prefix_caching=True, disable_chunked_mm_input=True)
-    image_token = vocab[tiny.IMAGE]
-    inside = 0
-    for run in range(2):
-        cached = []
-        served = served_greedy(llm, prompts, model.config.text_config.vocab_size, SUPPRESS, cached)
-        parted = []
-        for prompt, result, hits in zip(prompts, served, cached):
-            inputs = hf_inputs(processor, prompt)
-            reference, step = compare(model, inputs, result, repr(prompt["prompt"]), SUPPRESS)
-            parted += [] if step is None else [step]
-            if run == 0 and prompt is prompts[-1]:
-                away = (hf_logprobs(causal, inputs, result[1]) - reference).abs().max().item()
-                assert away > 1e-3, f"the causal mask gives nearly the same log-probs ({away:.1e})"
-            ids = result[0]
-            inside += run == 1 and 0 < hits < len(ids) and ids[hits - 1] == ids[hits] == image_token
-        assert len(parted) <= 1, f"greedy runs parted at ties in {len(parted)} of {len(prompts)} prompts"
-    assert inside >= 1, "no prompt of the second run started inside a tile"
+    chebyshev_runs(llm, prompts, model, causal, lambda prompt: hf_inputs(processor, prompt),
+                   model.config.text_config.vocab_size, SUPPRESS, vocab[tiny.IMAGE])
 
 
 def test_plugin_refuses_internvl_that_vllm_computes_otherwise(tmp_path):

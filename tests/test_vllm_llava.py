@@ -29,9 +29,7 @@ from PIL import Image  # noqa: E402
 import c2rope  # noqa: E402
 import vllm_tiny_llava as tiny  # noqa: E402
 from c2rope.serving import SERVING_ARCHITECTURES  # noqa: E402
-from vllm_common import NEW_TOKENS, served_greedy, stock_vllm  # noqa: E402
-
-TOLERANCE = 1e-4
+from vllm_common import TOLERANCE, chebyshev_runs, compare, hf_logprobs, served_greedy, stock_vllm  # noqa: E402
 
 
 def suppressed(kind):
@@ -106,41 +104,6 @@ def hf_inputs(processor, prompt):
     if "video" in data:
         return processor(text=[prompt["prompt"]], images=data.get("image"), videos=data["video"], return_tensors="pt")
     return processor(text=[prompt["prompt"]], images=data.get("image"), return_tensors="pt")
-
-
-def hf_logprobs(model, inputs, tokens):
-    """float64 [len(tokens), vocab]: transformers' log-probs for each of `tokens` given the
-    prompt and the tokens before it (one forward over prompt + tokens)."""
-    ids = torch.cat([inputs["input_ids"], torch.tensor([tokens])], dim=1)
-    kwargs = dict(inputs, input_ids=ids, attention_mask=torch.ones_like(ids))
-    with torch.no_grad():
-        logits = model(**kwargs).logits[0, inputs["input_ids"].shape[1] - 1:-1]
-    return torch.log_softmax(logits.double(), dim=-1)
-
-
-def compare(model, inputs, served, what, suppress):
-    """Asserts that vLLM's greedy completion is patched transformers': every log-prob equal
-    within TOLERANCE, every token transformers' greedy choice (within TOLERANCE of the
-    best), and transformers' own generate (KV cache) the same tokens but at a tie.
-    Returns (transformers' log-probs, the step where generate parted at a tie, or None)."""
-    prompt_ids, tokens, logprobs = served
-    assert prompt_ids == inputs["input_ids"][0].tolist(), f"vLLM and transformers tokenised {what} differently"
-    assert len(tokens) == NEW_TOKENS
-    reference = hf_logprobs(model, inputs, tokens)
-    steps = torch.arange(NEW_TOKENS)
-    diff = (torch.tensor(logprobs, dtype=torch.float64) - reference[steps, tokens]).abs().max().item()
-    assert diff <= TOLERANCE, f"log-probs differ by {diff:.2e} for {what}"
-    allowed = reference.clone()
-    allowed[:, suppress] = -float("inf")
-    shortfall = (allowed.max(dim=-1).values - reference[steps, tokens]).max().item()
-    assert shortfall <= TOLERANCE, f"vLLM chose a token {shortfall:.2e} below the best for {what}"
-    out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, suppress_tokens=suppress)
-    generated = out[0, inputs["input_ids"].shape[1]:].tolist()
-    parted = next((k for k in range(NEW_TOKENS) if generated[k] != tokens[k]), None)
-    if parted is not None:  # allowed only at a tie: both tokens within TOLERANCE of each other
-        gap = abs(reference[parted, generated[parted]] - reference[parted, tokens[parted]]).item()
-        assert gap <= TOLERANCE, f"greedy tokens part at step {parted} (gap {gap:.2e}) for {what}"
-    return reference, parted
 
 
 # The default split on raster m; the paper's (concentric m: an image's mean m is any
@@ -224,24 +187,8 @@ def test_vllm_serves_the_chebyshev_mask_on_llava(tmp_path, kind, mask):
     prompts.append({"prompt": f"{tiny.random_text(rng, 30, 30)} {tiny.IMAGE} {tiny.random_text(rng)}",
                     "multi_modal_data": {"image": [random_image(rng)]}})
     llm = make_llm(folder, kind, block_size=32, enable_prefix_caching=True, disable_chunked_mm_input=True)
-    image_token = tiny.SPECIALS.index(tiny.IMAGE)
-    suppress = suppressed(kind)
-    inside = 0
-    for run in range(2):
-        cached = []
-        served = served_greedy(llm, prompts, model.config.text_config.vocab_size, suppress, cached)
-        parted = []
-        for prompt, result, hits in zip(prompts, served, cached):
-            inputs = hf_inputs(processor, prompt)
-            reference, step = compare(model, inputs, result, repr(prompt["prompt"]), suppress)
-            parted += [] if step is None else [step]
-            if run == 0 and prompt is prompts[-1]:
-                away = (hf_logprobs(causal, inputs, result[1]) - reference).abs().max().item()
-                assert away > 1e-3, f"the causal mask gives nearly the same log-probs ({away:.1e})"
-            ids = result[0]
-            inside += run == 1 and 0 < hits < len(ids) and ids[hits - 1] == ids[hits] == image_token
-        assert len(parted) <= 1, f"greedy runs parted at ties in {len(parted)} of {len(prompts)} prompts"
-    assert inside >= 1, "no prompt of the second run started inside an image"
+    chebyshev_runs(llm, prompts, model, causal, lambda prompt: hf_inputs(processor, prompt),
+                   model.config.text_config.vocab_size, suppressed(kind), tiny.SPECIALS.index(tiny.IMAGE))
 
 
 def test_plugin_refuses_the_chebyshev_mask_with_chunked_images_on_llava(tmp_path):

@@ -1,13 +1,17 @@
 """What the vLLM lane's tests share (tests/test_vllm*.py): the word-level tokenizer of the
 tiny checkpoints, vLLM's greedy tokens with their log-probs, and stock vLLM's answer to a
-recorded folder. Imports vLLM only inside the functions that run it."""
+recorded folder; the comparison of a served completion with patched transformers and
+the Chebyshev mask's two runs with the prefix cache. Imports vLLM only inside the
+functions that run it."""
 import os
 import subprocess
 import sys
 
+import torch
 import transformers
 
 NEW_TOKENS = 64
+TOLERANCE = 1e-4
 
 
 def word_tokenizer(specials, words, named=None):
@@ -66,3 +70,64 @@ def stock_vllm(folder, max_model_len):
     run = subprocess.run([sys.executable, "-c", _STOCK_SCRIPT, folder, str(max_model_len)], env=env,
                          capture_output=True, text=True, timeout=600)
     return run.returncode, run.stdout + run.stderr
+
+
+def hf_logprobs(model, inputs, tokens):
+    """float64 [len(tokens), vocab]: transformers' log-probs for each of `tokens` given the
+    prompt and the tokens before it (one forward over prompt + tokens)."""
+    ids = torch.cat([inputs["input_ids"], torch.tensor([tokens])], dim=1)
+    kwargs = dict(inputs, input_ids=ids, attention_mask=torch.ones_like(ids))
+    with torch.no_grad():
+        logits = model(**kwargs).logits[0, inputs["input_ids"].shape[1] - 1:-1]
+    return torch.log_softmax(logits.double(), dim=-1)
+
+
+def compare(model, inputs, served, what, suppress):
+    """Asserts that vLLM's greedy completion is patched transformers': every log-prob equal
+    within TOLERANCE, every token transformers' greedy choice (within TOLERANCE of the
+    best), and transformers' own generate (KV cache) the same tokens but at a tie.
+    Returns (transformers' log-probs, the step where generate parted at a tie, or None)."""
+    prompt_ids, tokens, logprobs = served
+    assert prompt_ids == inputs["input_ids"][0].tolist(), f"vLLM and transformers tokenised {what} differently"
+    assert len(tokens) == NEW_TOKENS
+    reference = hf_logprobs(model, inputs, tokens)
+    steps = torch.arange(NEW_TOKENS)
+    diff = (torch.tensor(logprobs, dtype=torch.float64) - reference[steps, tokens]).abs().max().item()
+    assert diff <= TOLERANCE, f"log-probs differ by {diff:.2e} for {what}"
+    allowed = reference.clone()
+    allowed[:, suppress] = -float("inf")
+    shortfall = (allowed.max(dim=-1).values - reference[steps, tokens]).max().item()
+    assert shortfall <= TOLERANCE, f"vLLM chose a token {shortfall:.2e} below the best for {what}"
+    out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, suppress_tokens=suppress)
+    generated = out[0, inputs["input_ids"].shape[1]:].tolist()
+    parted = next((k for k in range(NEW_TOKENS) if generated[k] != tokens[k]), None)
+    if parted is not None:  # allowed only at a tie: both tokens within TOLERANCE of each other
+        gap = abs(reference[parted, generated[parted]] - reference[parted, tokens[parted]]).item()
+        assert gap <= TOLERANCE, f"greedy tokens part at step {parted} (gap {gap:.2e}) for {what}"
+    return reference, parted
+
+
+def chebyshev_runs(llm, prompts, model, causal, inputs_of, vocab_size, suppress, image_token):
+    """Serves `prompts` twice on one engine with prefix caching (the engine's block size
+    chosen so that the last prompt's first block ends inside its image): every completion
+    of both runs is patched transformers' (`compare`), greedy runs part at a tie in at most
+    one prompt a run, the last prompt is more than 1e-3 away from `causal` (the same
+    model under the causal mask), and a prompt of the second run starts inside an image
+    (its cached prefix ends between two `image_token`s). inputs_of(prompt): transformers'
+    inputs for a prompt."""
+    inside = 0
+    for run in range(2):
+        cached = []
+        served = served_greedy(llm, prompts, vocab_size, suppress, cached)
+        parted = []
+        for prompt, result, hits in zip(prompts, served, cached):
+            inputs = inputs_of(prompt)
+            reference, step = compare(model, inputs, result, repr(prompt["prompt"]), suppress)
+            parted += [] if step is None else [step]
+            if run == 0 and prompt is prompts[-1]:
+                away = (hf_logprobs(causal, inputs, result[1]) - reference).abs().max().item()
+                assert away > 1e-3, f"the causal mask gives nearly the same log-probs ({away:.1e})"
+            ids = result[0]
+            inside += run == 1 and 0 < hits < len(ids) and ids[hits - 1] == ids[hits] == image_token
+        assert len(parted) <= 1, f"greedy runs parted at ties in {len(parted)} of {len(prompts)} prompts"
+    assert inside >= 1, "no prompt of the second run started inside an image"
