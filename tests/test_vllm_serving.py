@@ -218,3 +218,125 @@ def test_vllm_cpu_runs_qwen3_5_in_bfloat16_only(tmp_path):
     prompt = {"prompt": vllm_tiny.random_text(random.Random(_seed()))}
     with pytest.raises(Exception, match="CPU GDN attention requires BF16"):
         llm.generate([prompt], vllm.SamplingParams(temperature=0.0, max_tokens=4), use_tqdm=False)
+
+
+# vLLM's OpenAI-compatible server with a chat template that writes every content part as
+# is, an image as the tiny tokenizer's image placeholder: the prompt transformers gets is
+# then known word for word.
+_CHAT_TEMPLATE = ("{% for message in messages %}{% for part in message['content'] %}"
+                  "{% if part['type'] == 'text' %}{{ part['text'] }} {% else %}" + vllm_tiny.IMAGE + " {% endif %}"
+                  "{% endfor %}{% endfor %}")
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _post(port, path, body):
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return json.loads(response.read())
+
+
+def _start_server(folder, tmp_path, port):
+    """`vllm serve folder` in a process of its own, its engine in another (vLLM's default
+    multiprocessing: the plugin must register in both). Returns (process, log path) once
+    the server answers /health; fails with the server's log if it stops first."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    template = tmp_path / "chat_template.jinja"
+    template.write_text(_CHAT_TEMPLATE)
+    log = tmp_path / "server.log"
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="1", HF_HUB_OFFLINE="1")
+    # The server's own module, as `vllm serve` runs it: vllm-cpu 0.32's `vllm` command stops
+    # at its first line (it asks for the version of a distribution named "vllm", which
+    # vllm-cpu is not), so `python -m vllm.entrypoints.openai.api_server --model ...` it is.
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder, "--port", str(port),
+               "--host", "127.0.0.1", "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024",
+               "--seed", "0", "--chat-template", str(template), "--chat-template-content-format", "openai",
+               "--limit-mm-per-prompt", '{"image": 2}', "--disable-chunked-mm-input"]
+    with open(log, "w") as out:
+        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"vllm serve stopped (exit {server.returncode}):\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                return server, log
+        except OSError:
+            time.sleep(2)
+    server.kill()
+    pytest.fail(f"vllm serve did not answer /health in 600 s:\n{log.read_text()[-4000:]}")
+
+
+def _data_url(image):
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")  # lossless: the server decodes the same pixels
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_vllm_serve_answers_chat_requests_as_patched_hf(tmp_path):
+    """The OpenAI-compatible server (`vllm serve`, engine in its own process) on a checkpoint
+    recorded with the default C2RoPEConfig (the Chebyshev mask, outward; so
+    --disable-chunked-mm-input): chat completions with images, several requests at once,
+    answer what patched transformers generates (greedy tokens and log-probs within 1e-4 over
+    64 tokens, the prompt tokenised alike)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    folder = str(tmp_path / "model")
+    model = save_patched(folder, "qwen2_vl", c2rope.C2RoPEConfig())
+    processor = transformers.AutoProcessor.from_pretrained(folder)
+    suppress = list(range(len(vllm_tiny.SPECIALS)))
+    allowed = [i for i in range(model.config.text_config.vocab_size) if i not in suppress]
+    rng = random.Random(_seed())
+    chats = []  # (content parts, the prompt dict hf_inputs takes)
+    for images in (0, 1, 1, 2):
+        parts, text, data = [], "", {}
+        for k in range(images + 1):
+            words = vllm_tiny.random_text(rng, 1, 4)
+            parts.append({"type": "text", "text": words})
+            text += words + " "
+            if k < images:
+                image = random_image(rng)
+                parts.append({"type": "image_url", "image_url": {"url": _data_url(image)}})
+                text += vllm_tiny.IMAGE + " "
+                data.setdefault("image", []).append(image)
+        chats.append((parts, {"prompt": text, "multi_modal_data": data} if data else {"prompt": text}))
+    port = _free_port()
+    server, log = _start_server(folder, tmp_path, port)
+    try:
+        def ask(parts):
+            return _post(port, "/v1/chat/completions", {
+                "model": folder, "messages": [{"role": "user", "content": parts}], "max_tokens": NEW_TOKENS,
+                "temperature": 0.0, "ignore_eos": True, "logprobs": True, "allowed_token_ids": allowed,
+                "return_token_ids": True})
+
+        with ThreadPoolExecutor(len(chats)) as pool:  # at once: the server batches them
+            answers = list(pool.map(ask, [parts for parts, _ in chats]))
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    assert "C2RoPEQwen2VLForConditionalGeneration" in log.read_text()
+    parted = []
+    for (_, prompt), answer in zip(chats, answers):
+        choice = answer["choices"][0]
+        logprobs = [step["logprob"] for step in choice["logprobs"]["content"]]
+        served = (answer["prompt_token_ids"], choice["token_ids"], logprobs)
+        _, _, step = compare(model, processor, prompt, served, suppress)
+        parted += [] if step is None else [step]
+    assert len(parted) <= 1, f"greedy runs parted at ties in {len(parted)} of {len(chats)} requests"
