@@ -53,7 +53,7 @@ def record_config(model):
 
     TypeError when the model is not patched by c2rope, or is a class the plugin does not
     serve (the settings would be recorded for nothing); ValueError for a LLaVA (-NeXT,
-    -OneVision) or Gemma 3 patched with another grid or image token than its config's (the
+    -OneVision), Gemma 3 or Gemma 4 patched with another grid or image token than its config's (the
     plugin derives them from it), and for a OneVision or InternVL config vLLM does not
     compute as transformers does (c2rope.serving.onevision_refusal, internvl_refusal);
     ValueError too for an InternVL patched with another image token than its config's."""
