@@ -43,7 +43,7 @@ def make_model(seed=0, kv_shared=0, bidirectional="vision"):
     vision = transformers.Gemma4VisionConfig(
         hidden_size=64, intermediate_size=96, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
         head_dim=32, patch_size=PATCH, pooling_kernel_size=KERNEL, position_embedding_size=64)
-    # vLLM 0.32 reads the tokens per image from here (the published config.json files carry it).
+    # vLLM 0.32 reads the tokens per image from here (stock vLLM stops with an AttributeError without it).
     vision.default_output_length = SOFT_TOKENS
     config = transformers.Gemma4Config(
         text_config=text, vision_config=vision, audio_config=None, image_token_id=vocab[IMAGE],
