@@ -246,6 +246,15 @@ def test_plugin_refuses_gemma4_with_chunked_images(tmp_path, name):
         make_llm(folder)
 
 
+def test_plugin_refuses_gemma4_fast_prefill_with_image_rows(tmp_path):
+    """vLLM's kv_sharing_fast_prefill runs the KV-shared layers on part of a step's tokens;
+    with recomputed image rows it is refused when the model is built, naming the option."""
+    folder = str(tmp_path / "model")
+    save_patched(folder, c2rope.C2RoPEConfig(), kv_shared=2)
+    with pytest.raises(Exception, match="kv_sharing_fast_prefill=True is not served"):
+        make_llm(folder, disable_chunked_mm_input=True, kv_sharing_fast_prefill=True)
+
+
 def test_plugin_refuses_gemma4_video():
     """c2rope's Gemma 4 patch refuses video; so does the served class, naming it, before it
     reads anything of the model (no engine needed)."""

@@ -87,6 +87,11 @@ class C2RoPEGemma4ForConditionalGeneration(C2RoPELlavaMixin, Gemma4ForConditiona
         hf_config = vllm_config.model_config.hf_config
         recorded = check_servable(hf_config, MASKS)  # refuse before building anything
         mode, where = gemma4_mask_rule(recorded, hf_config.get_text_config())
+        if mode != "causal" and vllm_config.cache_config.kv_sharing_fast_prefill:
+            # Then vLLM runs the KV-shared layers on a subset of the step's tokens, which the
+            # recomputed image rows (indexed over the whole step) would not line up with.
+            raise ValueError("c2rope.vllm: this Gemma 4 checkpoint's image rows are recomputed on every layer "
+                             "(docs/serving.md, Gemma 4); kv_sharing_fast_prefill=True is not served with them")
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.c2rope_kernel = int(hf_config.vision_config.pooling_kernel_size)
         self.c2rope_config = recorded["config"]
