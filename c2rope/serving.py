@@ -34,6 +34,7 @@ SERVING_ARCHITECTURES = {
     "SmolVLMForConditionalGeneration": "C2RoPESmolVLMForConditionalGeneration",
     "InternVLForConditionalGeneration": "C2RoPEInternVLForConditionalGeneration",
     "Gemma3ForConditionalGeneration": "C2RoPEGemma3ForConditionalGeneration",
+    "Gemma4ForConditionalGeneration": "C2RoPEGemma4ForConditionalGeneration",
 }
 # serving architecture -> the module of c2rope.vllm that defines the class (imported by
 # vLLM only when it builds such a model).
@@ -48,6 +49,7 @@ SERVING_MODULES = {
     "C2RoPESmolVLMForConditionalGeneration": "c2rope.vllm.idefics3",
     "C2RoPEInternVLForConditionalGeneration": "c2rope.vllm.internvl",
     "C2RoPEGemma3ForConditionalGeneration": "c2rope.vllm.gemma3",
+    "C2RoPEGemma4ForConditionalGeneration": "c2rope.vllm.gemma4",
 }
 ORIGINAL_ARCHITECTURES = {served: original for original, served in SERVING_ARCHITECTURES.items()}
 

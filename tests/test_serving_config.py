@@ -169,6 +169,41 @@ def test_record_config_gemma3(tmp_path, config, options, mode):
         c2rope.record_config(model)
 
 
+@pytest.mark.parametrize("config, options, rule", [
+    (c2rope.C2RoPEConfig(), None, ("outward", "all")),                            # image_attention="chebyshev"
+    (c2rope.C2RoPEConfig(mask="causal"), None, ("block", "sliding")),             # Gemma 4's own image block
+    (c2rope.C2RoPEConfig(), {"image_attention": "bidirectional"}, ("block", "sliding")),
+])
+def test_record_config_gemma4(tmp_path, config, options, rule):
+    """Gemma 4 records its C2RoPEConfig with image_attention written out, names its serving
+    class, and the plugin reads the image rule back (c2rope/vllm/gemma4.py serves all of
+    them: the block on sliding layers only); a patch with another image token than the
+    config's is refused."""
+    from c2rope.vllm.mrope_config import three_row_section
+
+    model = gemma_tiny.make_gemma4(dtype=torch.float32)
+    c2rope.patch_model(model, config, options=options)
+    c2rope.record_config(model)
+    model.save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written["architectures"] == ["C2RoPEGemma4ForConditionalGeneration"]
+    recorded = c2rope.recorded_config(tmp_path)
+    assert recorded == {"config": config, "options": {"image_attention": "chebyshev", **(options or {})}}
+    loaded = type(model).from_pretrained(tmp_path, dtype=torch.float32)
+    assert len(three_row_section(loaded.config)) == 3  # three position rows (m, x, y)
+    try:  # the image rule the served class applies (its module imports vLLM)
+        from c2rope.vllm.gemma4 import gemma4_mask_rule
+    except ImportError:
+        pass
+    else:
+        assert gemma4_mask_rule(recorded, loaded.config.get_text_config()) == rule
+
+    model = gemma_tiny.make_gemma4(dtype=torch.float32)
+    c2rope.patch_model(model, config, options=options, image_token_id=7)
+    with pytest.raises(ValueError, match="image_token_id=7.*gemma4 with the config's image token"):
+        c2rope.record_config(model)
+
+
 @pytest.mark.skipif(not qwen_tiny.HAS_QWEN3_5, reason="this transformers release has no Qwen3.5")
 @pytest.mark.parametrize("kind", qwen_tiny.QWEN3_5_KINDS)
 def test_record_config_refuses_qwen3_5_saying_why(kind):

@@ -34,6 +34,7 @@ C2ROPE_OPTION_DEFAULTS = {
     "SmolVLMForConditionalGeneration": {},
     "InternVLForConditionalGeneration": {},
     "Gemma3ForConditionalGeneration": {"image_attention": "chebyshev"},  # docs/gemma.md
+    "Gemma4ForConditionalGeneration": {"image_attention": "chebyshev"},
 }
 # LLaVA classes whose image token (and plain LLaVA's grid) the plugin derives from the config.
 LLAVA_CLASSES = ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
@@ -52,7 +53,7 @@ def record_config(model):
 
     TypeError when the model is not patched by c2rope, or is a class the plugin does not
     serve (the settings would be recorded for nothing); ValueError for a LLaVA (-NeXT,
-    -OneVision) or Gemma 3 patched with another grid or image token than its config's (the
+    -OneVision), Gemma 3 or Gemma 4 patched with another grid or image token than its config's (the
     plugin derives them from it), and for a OneVision or InternVL config vLLM does not
     compute as transformers does (c2rope.serving.onevision_refusal, internvl_refusal);
     ValueError too for an InternVL patched with another image token than its config's."""
@@ -77,7 +78,7 @@ def record_config(model):
         _check_onevision(base.config)
     if name == "InternVLForConditionalGeneration":
         _check_internvl(base.config, state)
-    if name == "Gemma3ForConditionalGeneration":
+    if name in ("Gemma3ForConditionalGeneration", "Gemma4ForConditionalGeneration"):
         _check_image_token(base.config, state)
     record.set_attr(base.config, KEY, config_entry(state.config, options))
     record.set_attr(base, "save_pretrained", functools.partial(_save_pretrained, base.save_pretrained,
@@ -105,10 +106,10 @@ def _check_llava_derived(config, state, grid: bool) -> None:
 
 
 def _check_image_token(config, state) -> None:
-    """The plugin derives Gemma 3's image token from config.json, as patch_model does by default."""
+    """The plugin derives Gemma 3's (Gemma 4's) image token from config.json, as patch_model does by default."""
     if state.image_token_id != config.image_token_id:
         raise ValueError(f"model: patched with image_token_id={state.image_token_id!r}; the vLLM plugin serves "
-                         f"Gemma 3 with the config's image token {config.image_token_id} (patch_model's default), "
+                         f"{config.model_type} with the config's image token {config.image_token_id} (patch_model's default), "
                          "so this patch cannot be recorded for serving")
 
 

@@ -1,6 +1,6 @@
 """c2rope's vLLM plugin: serve C2RoPE-patched Qwen2-VL / Qwen2.5-VL / Qwen3-VL, LLaVA /
-LLaVA-NeXT / LLaVA-OneVision, Idefics3 / SmolVLM (images), InternVL and Gemma 3 checkpoints
-with the positions they were trained with (docs/serving.md).
+LLaVA-NeXT / LLaVA-OneVision, Idefics3 / SmolVLM (images), InternVL, Gemma 3 and Gemma 4 (images)
+checkpoints with the positions they were trained with (docs/serving.md).
 
 vLLM finds it through the `vllm.general_plugins` entry point (pyproject.toml) and calls
 `register()` in every process it starts; a checkpoint saved after

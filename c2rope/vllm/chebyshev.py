@@ -133,7 +133,9 @@ class ChebyshevCPUImpl(CPUAttentionBackendImpl):
             values = values_all[blocks, :, j % block_size]
             both = max(first, low)  # this step's tokens that are also read from the cache
             this_step = slice(int(starts[r]) + both - first, int(starts[r + 1]))
-            if not (torch.equal(keys[both - low:], key[this_step].to(keys.dtype))
+            # A KV-shared layer (Gemma 4) gets no keys of its own: it reads its target layer's cache,
+            # checked by that layer in this same step.
+            if key is not None and not (torch.equal(keys[both - low:], key[this_step].to(keys.dtype))
                     and torch.equal(values[both - low:], value[this_step].to(values.dtype))):
                 raise RuntimeError("c2rope.vllm: vLLM's CPU KV cache does not hold this step's keys and values "
                                    "where the Chebyshev mask reads them (an unknown cache layout); refusing to guess")

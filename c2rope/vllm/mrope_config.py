@@ -1,6 +1,6 @@
 """vLLM's per-architecture config hooks that size the position rows of the serving classes:
 - three rows for serving classes whose model has 1-D RoPE (LLaVA, LLaVA-NeXT,
-  LLaVA-OneVision, Idefics3, SmolVLM, InternVL, Gemma 3), below;
+  LLaVA-OneVision, Idefics3, SmolVLM, InternVL, Gemma 3, Gemma 4), below;
 - a 4th row for the Qwen-VL classes when the checkpoint records the frame axis
   (frames.py, `add_frame_section`).
 
@@ -21,11 +21,11 @@ from __future__ import annotations
 from ..serving import SERVING_MODULES
 
 # Serving architectures whose model has 1-D positions in vLLM (LLaVA, LLaVA-NeXT, OneVision,
-# Idefics3, SmolVLM, InternVL, Gemma 3).
+# Idefics3, SmolVLM, InternVL, Gemma 3, Gemma 4).
 THREE_ROW_ARCHITECTURES = tuple(sorted(name for name, module in SERVING_MODULES.items()
                                        if module in ("c2rope.vllm.llava", "c2rope.vllm.onevision",
                                                      "c2rope.vllm.idefics3", "c2rope.vllm.internvl",
-                                                     "c2rope.vllm.gemma3")))
+                                                     "c2rope.vllm.gemma3", "c2rope.vllm.gemma4")))
 # Serving architectures whose model is M-RoPE in vLLM already (the frame axis may add a row).
 M_ROPE_ARCHITECTURES = tuple(sorted(name for name, module in SERVING_MODULES.items()
                                     if module in ("c2rope.vllm.qwen", "c2rope.vllm.qwen3")))
@@ -39,7 +39,11 @@ def three_row_section(hf_config) -> list:
 
     config = check_servable(hf_config, MASKS)["config"]
     text = hf_config.get_text_config()
-    head = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    try:
+        head = getattr(text, "head_dim", None)
+    except RuntimeError:  # Gemma 4 in transformers 5.19: a head size per layer type, read here by none
+        head = None
+    head = head or text.hidden_size // text.num_attention_heads
     table = config.axis_table(int(head))
     return [table.count(AXIS_M), table.count(AXIS_X), table.count(AXIS_Y)]
 

@@ -86,7 +86,7 @@ class C2RoPEMRotary(nn.Module):
         return freqs.cos(), freqs.sin()
 
     def forward(self, positions, query, key=None, offsets=None):
-        if positions.ndim != 2 or key is None or offsets is not None:
+        if positions.ndim != 2 or offsets is not None:
             return self.original(positions, query, key, offsets) if offsets is not None else \
                 self.original(positions, query, key)
         cos, sin = self.cos_sin(positions)
@@ -94,7 +94,11 @@ class C2RoPEMRotary(nn.Module):
         num_tokens = positions.shape[-1]
         rotate = self.original.apply_rotary_emb.forward_native
         out = []
+        # key None: a KV-shared layer (Gemma 4) rotates its queries only, its keys are cached.
         for x in (query, key):
+            if x is None:
+                out.append(None)
+                continue
             shape = x.shape
             x = x.view(num_tokens, -1, self.head_size)
             turned = rotate(x[..., :self.rotary_dim], cos, sin)

@@ -55,11 +55,12 @@ def check_servable(hf_config, masks=("causal",)) -> dict:
 
 
 def _trained_with(mask: str) -> str:
-    """How a message names the image rule: a C2RoPEConfig.mask, or "block" (Gemma 3's own
-    bidirectional image block, which its patch keeps: c2rope/vllm/gemma3.py)."""
+    """How a message names the image rule: a C2RoPEConfig.mask, or "block" (Gemma 3's / Gemma 4's
+    own bidirectional image block, which their patch keeps: c2rope/vllm/gemma3.py, gemma4.py)."""
     if mask == "block":
-        return ("a Gemma 3 checkpoint whose image tokens see their whole image (Gemma 3's bidirectional image "
-                "block, which C2RoPEConfig(mask='causal') and image_attention='bidirectional' keep)")
+        return ("a Gemma checkpoint whose image tokens see their whole image (Gemma 3's bidirectional image block, "
+                "Gemma 4's on its sliding layers, which C2RoPEConfig(mask='causal') and "
+                "image_attention='bidirectional' keep)")
     return f"C2RoPEConfig(mask={mask!r}), the Chebyshev image mask"
 
 
