@@ -354,3 +354,20 @@ def test_record_config_idefics3(tmp_path, kind):
     c2rope.patch_model(model, c2rope.C2RoPEConfig(mask="causal"), image_token_id=7)
     with pytest.raises(ValueError, match="image_token_id=7"):
         c2rope.record_config(model)
+
+
+def test_served_image_rules_are_the_patch_options():
+    """The vLLM plugin's list of Gemma image rules (read without transformers) is the one
+    c2rope's Gemma patch takes, and other options or values are refused by name."""
+    from c2rope.hf.families.gemma import IMAGE_ATTENTION
+    from c2rope.vllm.servable import IMAGE_ATTENTION as SERVED, recorded_image_attention
+
+    assert SERVED == IMAGE_ATTENTION
+    recorded = {"config": c2rope.C2RoPEConfig(), "options": {}}
+    assert recorded_image_attention(recorded, "Gemma 3") == "chebyshev"
+    for value in IMAGE_ATTENTION:
+        assert recorded_image_attention(dict(recorded, options={"image_attention": value}), "Gemma 4") == value
+    with pytest.raises(ValueError, match="image_attention"):
+        recorded_image_attention(dict(recorded, options={"image_attention": "sideways"}), "Gemma 3")
+    with pytest.raises(ValueError, match="Gemma 4 takes the option 'image_attention' only"):
+        recorded_image_attention(dict(recorded, options={"frame_axis": "separate"}), "Gemma 4")

@@ -31,9 +31,8 @@ from PIL import Image  # noqa: E402
 import c2rope  # noqa: E402
 import vllm_tiny_gemma3 as tiny  # noqa: E402
 from c2rope.serving import SERVING_ARCHITECTURES  # noqa: E402
-from vllm_common import NEW_TOKENS, served_greedy, stock_vllm  # noqa: E402
+from vllm_common import NEW_TOKENS, TOLERANCE, causal_image_gaps, served_greedy, stock_vllm  # noqa: E402
 
-TOLERANCE = 1e-4
 # The smallest gap between transformers' own Gemma 3 and vLLM that this test takes as
 # "vLLM computes the image rows otherwise" (measured: about 1e-2 on these tiny models;
 # vLLM and causal-image transformers agree within 1e-6).
@@ -117,23 +116,9 @@ def test_vllm_cpu_attends_gemma3_image_tokens_causally(tmp_path):
     llm = make_llm(folder)
     assert llm.llm_engine.model_config.is_mm_prefix_lm  # vLLM knows Gemma 3's image block
     prompts = random_prompts(random.Random(_seed()))
-    served = served_greedy(llm, prompts, len(processor.tokenizer), SUPPRESS)
-    gaps = []
-    for prompt, (prompt_ids, tokens, logprobs) in zip(prompts, served):
-        images = prompt.get("multi_modal_data", {}).get("image")
-        inputs = processor(text=[prompt["prompt"]], images=images, return_tensors="pt")
-        assert prompt_ids == inputs["input_ids"][0].tolist(), "vLLM and transformers tokenised a prompt differently"
-        assert len(tokens) == NEW_TOKENS
-        served_lp = torch.tensor(logprobs, dtype=torch.float64)
-        causal = (served_lp - hf_logprobs(model, inputs, tokens, image_block=False)).abs().max().item()
-        own = (served_lp - hf_logprobs(model, inputs, tokens, image_block=True)).abs().max().item()
-        # Text prompts: vLLM is transformers' Gemma 3. Image prompts: vLLM is transformers
-        # with causal image rows, not transformers' own model.
-        assert causal <= TOLERANCE, f"vLLM differs from causal-image transformers by {causal:.2e}: {prompt}"
-        if images is None:
-            assert own <= TOLERANCE, f"vLLM differs from transformers by {own:.2e} on a text prompt"
-        else:
-            gaps.append(own)
+    # Text prompts: vLLM is transformers' Gemma 3. Image prompts: vLLM is transformers
+    # with causal image rows, not transformers' own model.
+    gaps = causal_image_gaps(llm, prompts, processor, model, hf_logprobs, SUPPRESS)
     assert min(gaps) > MEASURED_GAP, (
         f"vLLM now equals transformers' own Gemma 3 on image prompts (gaps {gaps}): its CPU backend computes the "
         "bidirectional image block; update docs/serving.md (Gemma 3) and c2rope/vllm/gemma3.py's docstring")

@@ -34,7 +34,7 @@ from PIL import Image  # noqa: E402
 import c2rope  # noqa: E402
 import vllm_tiny_gemma4 as tiny  # noqa: E402
 from c2rope.serving import SERVING_ARCHITECTURES  # noqa: E402
-from vllm_common import NEW_TOKENS, TOLERANCE, served_greedy, stock_vllm  # noqa: E402
+from vllm_common import NEW_TOKENS, TOLERANCE, causal_image_gaps, served_greedy, stock_vllm  # noqa: E402
 
 # The smallest gap between transformers' own Gemma 4 and vLLM that this test takes as
 # "vLLM computes the image rows otherwise" (measured: 2e-3 to 7e-2 on these tiny models;
@@ -121,23 +121,9 @@ def test_vllm_cpu_attends_gemma4_image_tokens_causally(tmp_path):
     model, processor = tiny.save_tiny_gemma4(folder, seed=_seed())  # stock: no c2rope entry
     llm = make_llm(folder)
     prompts = random_prompts(random.Random(_seed()))
-    served = served_greedy(llm, prompts, len(processor.tokenizer), SUPPRESS)
-    gaps = []
-    for prompt, (prompt_ids, tokens, logprobs) in zip(prompts, served):
-        images = prompt.get("multi_modal_data", {}).get("image")
-        inputs = processor(text=[prompt["prompt"]], images=images, return_tensors="pt")
-        assert prompt_ids == inputs["input_ids"][0].tolist(), "vLLM and transformers tokenised a prompt differently"
-        assert len(tokens) == NEW_TOKENS
-        served_lp = torch.tensor(logprobs, dtype=torch.float64)
-        causal = (served_lp - hf_logprobs(model, inputs, tokens, image_block=False)).abs().max().item()
-        own = (served_lp - hf_logprobs(model, inputs, tokens, image_block=True)).abs().max().item()
-        # Text prompts: vLLM is transformers' Gemma 4. Image prompts: vLLM is transformers
-        # with causal image rows, not transformers' own model.
-        assert causal <= TOLERANCE, f"vLLM differs from causal-image transformers by {causal:.2e}: {prompt}"
-        if images is None:
-            assert own <= TOLERANCE, f"vLLM differs from transformers by {own:.2e} on a text prompt"
-        else:
-            gaps.append(own)
+    # Text prompts: vLLM is transformers' Gemma 4. Image prompts: vLLM is transformers
+    # with causal image rows, not transformers' own model.
+    gaps = causal_image_gaps(llm, prompts, processor, model, hf_logprobs, SUPPRESS)
     assert min(gaps) > MEASURED_GAP, (
         f"vLLM now equals transformers' own Gemma 4 on image prompts (gaps {gaps}): its CPU backend computes the "
         "bidirectional image block; update docs/serving.md (Gemma 4) and c2rope/vllm/gemma4.py's docstring")

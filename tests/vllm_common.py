@@ -131,3 +131,27 @@ def chebyshev_runs(llm, prompts, model, causal, inputs_of, vocab_size, suppress,
             inside += run == 1 and 0 < hits < len(ids) and ids[hits - 1] == ids[hits] == image_token
         assert len(parted) <= 1, f"greedy runs parted at ties in {len(parted)} of {len(prompts)} prompts"
     assert inside >= 1, "no prompt of the second run started inside an image"
+
+
+def causal_image_gaps(llm, prompts, processor, model, logprobs_of, suppress):
+    """What stock vLLM's CPU backend computes for a model whose image tokens attend each
+    other both ways (Gemma 3 / 4): serves `prompts` greedily on `llm` and asserts that
+    every prompt equals transformers with causal image rows (`logprobs_of(model, inputs,
+    tokens, image_block=False)`, within TOLERANCE) and every text prompt transformers' own
+    model; returns, per image prompt, how far vLLM is from transformers' own model."""
+    served = served_greedy(llm, prompts, len(processor.tokenizer), suppress)
+    gaps = []
+    for prompt, (prompt_ids, tokens, logprobs) in zip(prompts, served):
+        images = prompt.get("multi_modal_data", {}).get("image")
+        inputs = processor(text=[prompt["prompt"]], images=images, return_tensors="pt")
+        assert prompt_ids == inputs["input_ids"][0].tolist(), "vLLM and transformers tokenised a prompt differently"
+        assert len(tokens) == NEW_TOKENS
+        served_lp = torch.tensor(logprobs, dtype=torch.float64)
+        causal = (served_lp - logprobs_of(model, inputs, tokens, image_block=False)).abs().max().item()
+        own = (served_lp - logprobs_of(model, inputs, tokens, image_block=True)).abs().max().item()
+        assert causal <= TOLERANCE, f"vLLM differs from causal-image transformers by {causal:.2e}: {prompt}"
+        if images is None:
+            assert own <= TOLERANCE, f"vLLM differs from transformers by {own:.2e} on a text prompt"
+        else:
+            gaps.append(own)
+    return gaps

