@@ -29,7 +29,7 @@ from PIL import Image  # noqa: E402
 import c2rope  # noqa: E402
 import vllm_tiny_idefics3 as tiny  # noqa: E402
 from c2rope.serving import SERVING_ARCHITECTURES  # noqa: E402
-from vllm_common import TOLERANCE, compare, hf_logprobs, served_greedy, stock_vllm  # noqa: E402
+from vllm_common import check_batch, hf_logprobs, served_greedy, stock_vllm  # noqa: E402
 MAX_MODEL_LEN = 1024
 SUPPRESS = list(range(len(tiny.SPECIALS)))  # end of text, image and marker tokens: text tokens only
 
@@ -90,24 +90,6 @@ def hf_inputs(processor, prompt):
                      return_tensors="pt", **prompt.get("mm_processor_kwargs", {}))
 
 
-def _check_batch(model, stock, processor, prompts, served):
-    """compare() every prompt; the unpatched model differs on image prompts and not on
-    text; greedy runs may part at a tie in one prompt at most."""
-    parted = []
-    for prompt, result in zip(prompts, served):
-        inputs = hf_inputs(processor, prompt)
-        reference, step = compare(model, inputs, result, repr(prompt["prompt"]), SUPPRESS)
-        parted += [] if step is None else [step]
-        if stock is None:
-            continue
-        stock_diff = (hf_logprobs(stock, inputs, result[1]) - reference).abs().max().item()
-        if "multi_modal_data" in prompt:  # the comparison sees positions: the model's own give other numbers
-            assert stock_diff > 1e-3, f"{prompt['prompt']!r}: the unpatched model is within {stock_diff:.1e}"
-        else:  # text alone is plain RoPE under c2rope: the unpatched model's numbers
-            assert stock_diff <= TOLERANCE, f"{prompt['prompt']!r}: {stock_diff:.2e} from the unpatched model"
-    assert len(parted) <= 1, f"greedy runs parted at ties in {len(parted)} of {len(prompts)} prompts"
-
-
 # The default split on raster m, and the paper's (concentric m: an image's mean m is any
 # rational, merged coordinates, blocked split), both causal; the Chebyshev mask: CHEBYSHEV.
 SERVED = [(kind, name) for kind in tiny.CLASSES for name in ("causal", "paper-causal")]
@@ -121,7 +103,7 @@ def test_vllm_serves_idefics3_as_patched_hf_generates(tmp_path, kind, name):
     processor = transformers.AutoProcessor.from_pretrained(folder)
     prompts = random_prompts(random.Random(_seed()))
     served = served_greedy(make_llm(folder), prompts, model.config.text_config.vocab_size, SUPPRESS)
-    _check_batch(model, stock, processor, prompts, served)
+    check_batch(model, stock, prompts, served, lambda prompt: hf_inputs(processor, prompt), SUPPRESS)
 
 
 @pytest.mark.parametrize("kind", list(tiny.CLASSES))
@@ -164,7 +146,7 @@ def test_vllm_serves_the_chebyshev_mask_on_idefics3(tmp_path, kind, name):
     for run in range(2):
         cached = []
         served = served_greedy(llm, prompts, model.config.text_config.vocab_size, SUPPRESS, cached)
-        _check_batch(model, None, processor, prompts, served)
+        check_batch(model, None, prompts, served, lambda prompt: hf_inputs(processor, prompt), SUPPRESS)
         if run == 0:
             inputs = hf_inputs(processor, last)
             away = (hf_logprobs(causal, inputs, served[-1][1]) - hf_logprobs(model, inputs, served[-1][1]))

@@ -29,7 +29,7 @@ from PIL import Image  # noqa: E402
 import c2rope  # noqa: E402
 import vllm_tiny_internvl as tiny  # noqa: E402
 from c2rope.serving import SERVING_ARCHITECTURES  # noqa: E402
-from vllm_common import TOLERANCE, chebyshev_runs, compare, hf_logprobs, served_greedy, stock_vllm  # noqa: E402
+from vllm_common import check_batch, chebyshev_runs, served_greedy, stock_vllm  # noqa: E402
 
 SUPPRESS = list(range(len(tiny.SPECIALS)))  # end of text, the image / video tokens: text tokens only
 MODEL = transformers.InternVLForConditionalGeneration
@@ -130,18 +130,8 @@ def test_vllm_serves_internvl_as_patched_hf_generates(tmp_path, name):
     prompts = random_prompts(rng, video=True)
     assert max(tile_counts(processor, prompts)) > 1, "no image of several tiles (and a thumbnail)"
     served = served_greedy(make_llm(folder), prompts, model.config.text_config.vocab_size, SUPPRESS)
-    parted = []
-    for prompt, result in zip(prompts, served):
-        inputs = hf_inputs(processor, prompt)
-        result = as_transformers(result, vocab)
-        reference, step = compare(model, inputs, result, repr(prompt["prompt"]), SUPPRESS)
-        parted += [] if step is None else [step]
-        stock_diff = (hf_logprobs(stock, inputs, result[1]) - reference).abs().max().item()
-        if "multi_modal_data" in prompt:  # the comparison sees positions: the model's own give other numbers
-            assert stock_diff > 1e-3
-        else:  # text alone is plain RoPE under c2rope: the unpatched model's numbers
-            assert stock_diff <= TOLERANCE, f"{prompt['prompt']!r}: {stock_diff:.2e} from the unpatched model"
-    assert len(parted) <= 1, f"greedy runs parted at ties in {len(parted)} of {len(prompts)} prompts"
+    served = [as_transformers(result, vocab) for result in served]
+    check_batch(model, stock, prompts, served, lambda prompt: hf_inputs(processor, prompt), SUPPRESS)
 
 
 def test_stock_vllm_refuses_a_recorded_internvl(tmp_path):

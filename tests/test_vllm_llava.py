@@ -29,7 +29,7 @@ from PIL import Image  # noqa: E402
 import c2rope  # noqa: E402
 import vllm_tiny_llava as tiny  # noqa: E402
 from c2rope.serving import SERVING_ARCHITECTURES  # noqa: E402
-from vllm_common import TOLERANCE, chebyshev_runs, compare, hf_logprobs, served_greedy, stock_vllm  # noqa: E402
+from vllm_common import check_batch, chebyshev_runs, served_greedy, stock_vllm  # noqa: E402
 
 
 def suppressed(kind):
@@ -126,17 +126,7 @@ def test_vllm_serves_llava_as_patched_hf_generates(tmp_path, kind, name):
     served = served_greedy(make_llm(folder, kind), prompts, model.config.text_config.vocab_size, suppress)
     if kind == "llava_onevision":  # the large image was shrunk: fewer tokens than its 4x4 tiles unshrunk
         assert any(_shrunk(model, processor, prompt) for prompt in prompts)
-    parted = []
-    for prompt, result in zip(prompts, served):
-        inputs = hf_inputs(processor, prompt)
-        reference, step = compare(model, inputs, result, repr(prompt["prompt"]), suppress)
-        parted += [] if step is None else [step]
-        stock_diff = (hf_logprobs(stock, inputs, result[1]) - reference).abs().max().item()
-        if "multi_modal_data" in prompt:  # the comparison sees positions: the model's own give other numbers
-            assert stock_diff > 1e-3
-        else:  # text alone is plain RoPE under c2rope: the unpatched model's numbers
-            assert stock_diff <= TOLERANCE, f"{prompt['prompt']!r}: {stock_diff:.2e} from the unpatched model"
-    assert len(parted) <= 1, f"greedy runs parted at ties in {len(parted)} of {len(prompts)} prompts"
+    check_batch(model, stock, prompts, served, lambda prompt: hf_inputs(processor, prompt), suppress)
 
 
 def _shrunk(model, processor, prompt):

@@ -107,6 +107,26 @@ def compare(model, inputs, served, what, suppress):
     return reference, parted
 
 
+def check_batch(model, stock, prompts, served, inputs_of, suppress):
+    """Every served completion is patched transformers' (`compare`); against `stock` (the
+    unpatched model, or None to skip), image prompts differ by more than 1e-3 and text
+    prompts are within TOLERANCE (text alone is plain RoPE under c2rope); greedy runs part
+    at a tie in one prompt at most. inputs_of(prompt): transformers' inputs for a prompt."""
+    parted = []
+    for prompt, result in zip(prompts, served):
+        inputs = inputs_of(prompt)
+        reference, step = compare(model, inputs, result, repr(prompt["prompt"]), suppress)
+        parted += [] if step is None else [step]
+        if stock is None:
+            continue
+        stock_diff = (hf_logprobs(stock, inputs, result[1]) - reference).abs().max().item()
+        if "multi_modal_data" in prompt:  # the comparison sees positions: the model's own give other numbers
+            assert stock_diff > 1e-3, f"{prompt['prompt']!r}: the unpatched model is within {stock_diff:.1e}"
+        else:
+            assert stock_diff <= TOLERANCE, f"{prompt['prompt']!r}: {stock_diff:.2e} from the unpatched model"
+    assert len(parted) <= 1, f"greedy runs parted at ties in {len(parted)} of {len(prompts)} prompts"
+
+
 def chebyshev_runs(llm, prompts, model, causal, inputs_of, vocab_size, suppress, image_token):
     """Serves `prompts` twice on one engine with prefix caching (the engine's block size
     chosen so that the last prompt's first block ends inside its image): every completion
