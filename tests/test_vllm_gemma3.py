@@ -31,7 +31,7 @@ from PIL import Image  # noqa: E402
 import c2rope  # noqa: E402
 import vllm_tiny_gemma3 as tiny  # noqa: E402
 from c2rope.serving import SERVING_ARCHITECTURES  # noqa: E402
-from vllm_common import NEW_TOKENS, TOLERANCE, causal_image_gaps, served_greedy, stock_vllm  # noqa: E402
+from vllm_common import TOLERANCE, causal_image_gaps, check_greedy_logprobs, served_greedy, stock_vllm  # noqa: E402
 
 # The smallest gap between transformers' own Gemma 3 and vLLM that this test takes as
 # "vLLM computes the image rows otherwise" (measured: about 1e-2 on these tiny models;
@@ -139,23 +139,6 @@ OTHER_RULE = {"outward": "bidirectional", "inward": "bidirectional", "paper-outw
               "causal": "outward", "bidirectional": "outward"}
 
 
-def compare(model, inputs, served, what):
-    """vLLM's greedy completion is patched transformers': log-probs within TOLERANCE and
-    every token transformers' greedy choice among the text tokens (within TOLERANCE).
-    Returns transformers' log-probs of the served tokens."""
-    prompt_ids, tokens, logprobs = served
-    assert prompt_ids == inputs["input_ids"][0].tolist(), f"vLLM and transformers tokenised {what} differently"
-    assert len(tokens) == NEW_TOKENS
-    every = hf_logprobs(model, inputs, tokens, every=True)
-    reference = every[torch.arange(NEW_TOKENS), tokens]
-    diff = (torch.tensor(logprobs, dtype=torch.float64) - reference).abs().max().item()
-    assert diff <= TOLERANCE, f"log-probs differ by {diff:.2e} for {what}"
-    every[:, SUPPRESS] = -float("inf")
-    shortfall = (every.max(dim=-1).values - reference).max().item()
-    assert shortfall <= TOLERANCE, f"vLLM chose a token {shortfall:.2e} below the best for {what}"
-    return reference
-
-
 # Each setting on the tiny model; the default one also with the global layers' rope scaled
 # linearly (gemma-3-4b-it scales by 8), which c2rope splits on the scaled frequencies.
 SERVED = [(name, None) for name in SETTINGS] + [("outward", 8.0)]
@@ -188,7 +171,8 @@ def test_vllm_serves_gemma3_as_patched_hf(tmp_path, name, linear):
         for prompt, result, hits in zip(prompts, served, cached):
             images = prompt.get("multi_modal_data", {}).get("image")
             inputs = processor(text=[prompt["prompt"]], images=images, return_tensors="pt")
-            reference = compare(model, inputs, result, repr(prompt["prompt"]))
+            every = hf_logprobs(model, inputs, result[1], every=True)
+            reference = check_greedy_logprobs(every, inputs, result, repr(prompt["prompt"]), SUPPRESS)
             if run:
                 ids = result[0]
                 inside += 0 < hits < len(ids) and ids[hits - 1] == ids[hits] == image_token

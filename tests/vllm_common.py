@@ -82,22 +82,33 @@ def hf_logprobs(model, inputs, tokens):
     return torch.log_softmax(logits.double(), dim=-1)
 
 
+def check_greedy_logprobs(every, inputs, served, what, suppress):
+    """Asserts that vLLM's greedy completion `served` (prompt ids, tokens, log-probs) is
+    what transformers' log-probs `every` (float64 [NEW_TOKENS, vocab], each step given the
+    tokens before it) say: the prompt tokenised alike, every log-prob within TOLERANCE, every
+    token the best outside `suppress` (within TOLERANCE). Returns the served tokens' log-probs
+    in `every`."""
+    prompt_ids, tokens, logprobs = served
+    assert prompt_ids == inputs["input_ids"][0].tolist(), f"vLLM and transformers tokenised {what} differently"
+    assert len(tokens) == NEW_TOKENS
+    reference = every[torch.arange(NEW_TOKENS), tokens]
+    diff = (torch.tensor(logprobs, dtype=torch.float64) - reference).abs().max().item()
+    assert diff <= TOLERANCE, f"log-probs differ by {diff:.2e} for {what}"
+    allowed = every.clone()
+    allowed[:, suppress] = -float("inf")
+    shortfall = (allowed.max(dim=-1).values - reference).max().item()
+    assert shortfall <= TOLERANCE, f"vLLM chose a token {shortfall:.2e} below the best for {what}"
+    return reference
+
+
 def compare(model, inputs, served, what, suppress):
     """Asserts that vLLM's greedy completion is patched transformers': every log-prob equal
     within TOLERANCE, every token transformers' greedy choice (within TOLERANCE of the
     best), and transformers' own generate (KV cache) the same tokens but at a tie.
     Returns (transformers' log-probs, the step where generate parted at a tie, or None)."""
-    prompt_ids, tokens, logprobs = served
-    assert prompt_ids == inputs["input_ids"][0].tolist(), f"vLLM and transformers tokenised {what} differently"
-    assert len(tokens) == NEW_TOKENS
+    tokens = served[1]
     reference = hf_logprobs(model, inputs, tokens)
-    steps = torch.arange(NEW_TOKENS)
-    diff = (torch.tensor(logprobs, dtype=torch.float64) - reference[steps, tokens]).abs().max().item()
-    assert diff <= TOLERANCE, f"log-probs differ by {diff:.2e} for {what}"
-    allowed = reference.clone()
-    allowed[:, suppress] = -float("inf")
-    shortfall = (allowed.max(dim=-1).values - reference[steps, tokens]).max().item()
-    assert shortfall <= TOLERANCE, f"vLLM chose a token {shortfall:.2e} below the best for {what}"
+    check_greedy_logprobs(reference, inputs, served, what, suppress)
     out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, suppress_tokens=suppress)
     generated = out[0, inputs["input_ids"].shape[1]:].tolist()
     parted = next((k for k in range(NEW_TOKENS) if generated[k] != tokens[k]), None)
