@@ -73,8 +73,7 @@ class C2RoPEMRotary(nn.Module):
         self.__dict__["original"] = original
         self.head_size, self.rotary_dim = original.head_size, original.rotary_dim
         inv_freq = original._compute_inv_freq(original.base).to(torch.float32)
-        self.register_buffer("inv_freq", inv_freq / linear_factor if linear_factor != 1.0 else inv_freq,
-                             persistent=False)
+        self.register_buffer("inv_freq", inv_freq / linear_factor, persistent=False)  # x / 1.0 is x exactly
         self.register_buffer("slot_rows", torch.tensor(list(slot_rows), dtype=torch.int64), persistent=False)
 
     def cos_sin(self, positions: torch.Tensor):
