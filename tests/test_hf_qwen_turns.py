@@ -14,7 +14,7 @@ import c2rope
 from c2rope import C2RoPEConfig, CircleRoPEConfig
 
 transformers = pytest.importorskip("transformers")
-from qwen_tiny import KINDS, SUPPRESS, join_turns, make_model, make_prompt  # noqa: E402
+from qwen_tiny import KINDS, MERGE, SUPPRESS, join_turns, make_model, make_prompt  # noqa: E402
 from test_hf_qwen_c2rope import CONFIGS, reference_logits, video_frames  # noqa: E402
 
 STEPS = 3
@@ -105,11 +105,22 @@ def test_second_turn_text_only_keeps_decoding():
     torch.testing.assert_close(cached, whole[:, -text.shape[1]:], rtol=0, atol=1e-5)
 
 
+def _second_turn(kind, one_token_images):
+    """A one-row second turn whose images are all one merged token (`one_token_images`)
+    or that has an image of more than one token."""
+    for _ in range(1000):
+        second, _ = make_prompt(kind, batch=1, videos=False)
+        tokens = second["image_grid_thw"].prod(-1) // MERGE**2
+        if bool((tokens == 1).all()) == one_token_images:
+            return second
+    raise AssertionError("make_prompt drew no such turn in 1000 tries")
+
+
 def test_generate_cannot_add_images_after_a_cache():
     kind = random.choice(KINDS)
     model = make_model(kind)
     first, _ = make_prompt(kind, batch=1, videos=False)
-    second, _ = make_prompt(kind, batch=1, videos=False)
+    second = _second_turn(kind, one_token_images=False)
     c2rope.patch_model(model, C2RoPEConfig())
     name = _cache_name(model)
     with torch.no_grad():
@@ -123,6 +134,32 @@ def test_generate_cannot_add_images_after_a_cache():
     arguments = {k: v for k, v in second.items() if k != "pixel_values"}
     with pytest.raises(ValueError, match="no pixel_values"):
         model(**dict(arguments, attention_mask=mask), **{name: cache})
+
+
+def test_generate_after_a_cache_with_one_token_images_is_refused_or_exact():
+    # transformers 5.0's generate() hands a chunk after a cache text positions (its index
+    # plus rope_deltas). For an image of one merged token those are its positions (its
+    # (x, y) offsets are 0, its m the text index), so c2rope lets the call through: the
+    # answer must then equal one uncached forward over the whole conversation. Other
+    # releases drop the pixels (4.57) or grid the whole conversation (5.24+): refused.
+    kind = random.choice(KINDS)
+    model = make_model(kind)
+    first, _ = make_prompt(kind, batch=1, videos=False)
+    second = _second_turn(kind, one_token_images=True)
+    c2rope.patch_model(model, C2RoPEConfig())
+    name = _cache_name(model)
+    whole = join_turns(first, second)
+    with torch.no_grad():
+        want = model(**whole).logits[:, -1]
+        cache = _cache(model(**first, use_cache=True))
+    conversation = dict(whole, pixel_values=second["pixel_values"], image_grid_thw=second["image_grid_thw"])
+    try:
+        out = model.generate(**conversation, max_new_tokens=1, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True, **{name: cache})
+    except ValueError as exc:
+        assert "Multi-turn" in str(exc)
+        return
+    torch.testing.assert_close(out.logits[0].double(), want, rtol=0, atol=1e-6)
 
 
 def test_circle_refuses_images_after_a_cache():
