@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 
-from test_hf_common import IMG, VOCAB, assert_close_valid, cache_kwargs, cache_of, reference_logits
+from test_hf_common import IMG, VOCAB, assert_close_valid, cache_kwargs, cache_of, find_decoder, reference_logits
 
 import c2rope
 
@@ -74,6 +74,53 @@ def image_after_a_cached_prefix(model, ids, mask, kwargs, atol, rtol, prefix=4):
         rest = model(input_ids=ids[:, prefix:], attention_mask=mask, **cache_kwargs(model, cache_of(cached)),
                      **kwargs).logits
     torch.testing.assert_close(rest, full[:, prefix:], atol=atol, rtol=rtol)
+
+
+def decoder_inputs(model, decoder=None, **forward_kwargs):
+    """(inputs_embeds the model hands its decoder, the forward's output): the text
+    embeddings with the images spliced in, as the model itself makes them. With a
+    `decoder` given, the first item is a dict that also holds the per-layer inputs of
+    the models that make them (Gemma 4)."""
+    seen = {}
+
+    def grab(module, args, kwargs):
+        seen["embeds"] = kwargs["inputs_embeds"]
+        if kwargs.get("per_layer_inputs") is not None:
+            seen["per_layer_inputs"] = kwargs["per_layer_inputs"]
+
+    handle = (decoder or find_decoder(model)).register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            out = model(**forward_kwargs)
+    finally:
+        handle.remove()
+    if decoder is None:
+        return seen["embeds"], out
+    return {"inputs_embeds": seen.pop("embeds"), **seen}, out
+
+
+def generated_image_token_is_text(model, config, ids, mask, spans, kwargs, image_token, atol, rtol):
+    """A decoding step whose token is the image token id (a model generated it) is text,
+    as the unpatched model embeds it there: its logits are the reference's over the
+    prompt's embeddings followed by that token's, with only the prompt's images, and
+    generate() decodes on through it."""
+    unpatched = copy.deepcopy(model)
+    step = torch.full((ids.shape[0], 1), image_token)
+    grown = torch.cat([mask, torch.ones_like(step)], dim=1)
+    prompt, out = decoder_inputs(unpatched, input_ids=ids, attention_mask=mask, use_cache=True, **kwargs)
+    token, _ = decoder_inputs(unpatched, input_ids=step, attention_mask=grown, use_cache=True,
+                              **cache_kwargs(unpatched, cache_of(out)))
+    want = reference_logits(unpatched, config, torch.cat([ids, step], dim=1), grown, spans,
+                            inputs_embeds=torch.cat([prompt, token], dim=1))[:, -1]
+    c2rope.patch_model(model, config)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True, **kwargs)
+        got = model(input_ids=step, attention_mask=grown, use_cache=True, **cache_kwargs(model, cache_of(out)))
+    torch.testing.assert_close(got.logits[:, -1], want, atol=atol, rtol=rtol)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    forced = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0,
+                            begin_suppress_tokens=[t for t in range(vocab) if t != image_token], **kwargs)
+    assert bool((forced[:, ids.shape[1]] == image_token).all())  # forced first, then decoded on
 
 
 def training_step_matches_reference(model, config, ids, mask, spans, kwargs, trained, atol, rtol, reentrant=None):

@@ -123,6 +123,8 @@ def reference_logits(model, config, ids, attention_mask, spans, **forward_kwargs
     mask = chebyshev_mask_ref(layout.valid, layout.image_id, layout.ring, mode=config.mask,
                               dtype=torch.float32)
     with torch.no_grad():
+        if "inputs_embeds" in forward_kwargs:  # the embeddings stand for `ids` (their spans)
+            return model(attention_mask=mask, **forward_kwargs).logits
         return model(input_ids=ids, attention_mask=mask, **forward_kwargs).logits
 
 

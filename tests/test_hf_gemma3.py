@@ -22,6 +22,8 @@ from c2rope.reference import chebyshev_mask_ref, cos_sin_ref, position_ids_ref
 
 transformers = pytest.importorskip("transformers")
 from gemma_tiny import IMG, gemma3_prompt, make_gemma3, text_prompt  # noqa: E402
+from family_checks import decoder_inputs  # noqa: E402
+from test_hf_common import cache_kwargs, cache_of  # noqa: E402
 
 HAS_GEMMA3 = hasattr(transformers, "Gemma3ForConditionalGeneration")
 # 5.x: one rotary module serves both layer types (forward(x, position_ids, layer_type))
@@ -73,6 +75,9 @@ def reference_logits(model, config, inputs, spans, model_mask=False, **extra):
               for kind in set(text.config.layer_types)}
     rotary.forward = lambda x, position_ids, layer_type: tables[layer_type]
     arguments = dict(inputs, **extra)
+    if "inputs_embeds" in extra:  # the embeddings stand for the ids, their images spliced in
+        arguments.pop("input_ids")
+        arguments.pop("pixel_values", None)
     if not model_mask:
         allowed = chebyshev_mask_ref(layout.valid, layout.image_id, layout.ring, mode=config.mask)
         q = torch.arange(seq)[:, None]
@@ -107,6 +112,32 @@ def decoding_steps_match_reference(model, config, inputs, spans, suppress, type_
     want = reference_logits(model, config, grown, spans).logits
     steps = torch.stack(out.logits, dim=1)  # generate hands back float32 logits
     torch.testing.assert_close(steps, want[:, -steps.shape[1]:].float(), rtol=1e-6, atol=1e-6)
+
+
+def generated_image_token_is_text(model, config, inputs, spans, type_ids):
+    """Patches `model`; generate() forced to emit the image token id first decodes on
+    through it, reading it as the unpatched model does (its text embedding, outside any
+    image block): the next step's logits are the reference's over the prompt's and that
+    token's embeddings, with the prompt's images only. Gemma 3 and Gemma 4."""
+    unpatched = copy.deepcopy(model)
+    c2rope.patch_model(model, config)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=2, do_sample=False, pad_token_id=0, output_logits=True,
+                             return_dict_in_generate=True,
+                             begin_suppress_tokens=[t for t in range(vocab) if t != IMG])
+    step = out.sequences[:, -2:-1]
+    assert bool((step == IMG).all())
+    grown_mask = torch.cat([inputs["attention_mask"], torch.ones_like(step)], dim=1)
+    text = unpatched.model.language_model
+    prompt, cached = decoder_inputs(unpatched, text, **inputs, use_cache=True)
+    token, _ = decoder_inputs(unpatched, text, input_ids=step, attention_mask=grown_mask, use_cache=True,
+                              **cache_kwargs(unpatched, cache_of(cached)))
+    grown = dict(inputs, input_ids=torch.cat([inputs["input_ids"], step], dim=1), attention_mask=grown_mask)
+    grown[type_ids] = torch.cat([inputs[type_ids], torch.zeros_like(step)], dim=1)
+    embeds = {name: torch.cat([prompt[name], token[name]], dim=1) for name in prompt}  # + Gemma 4's per-layer inputs
+    want = reference_logits(unpatched, config, grown, spans, **embeds)
+    torch.testing.assert_close(out.logits[1], want.logits[:, -1].float(), rtol=1e-6, atol=1e-6)
 
 
 def training_step_with_gradient_checkpointing(model, config, inputs, spans):
@@ -210,6 +241,12 @@ def test_decoding_steps_match_reference():
     inputs, spans = gemma3_prompt()
     decoding_steps_match_reference(make_gemma3(), random.choice(CONFIGS), inputs, spans, suppress=[IMG],
                                    type_ids="token_type_ids")
+
+
+@needs_gemma3
+def test_generated_image_token_is_text():
+    inputs, spans = gemma3_prompt()
+    generated_image_token_is_text(make_gemma3(), random.choice(CONFIGS), inputs, spans, type_ids="token_type_ids")
 
 
 @needs_gemma3

@@ -18,7 +18,8 @@ import c2rope
 transformers = pytest.importorskip("transformers")
 from gemma_tiny import IMG, KERNEL, MAX_TOKENS, VIDEO, gemma4_image, gemma4_prompt, make_gemma4, text_prompt  # noqa: E402
 from test_hf_gemma3 import (  # noqa: E402
-    CONFIGS, _valid, decoding_steps_match_reference, reference_logits, training_step_with_gradient_checkpointing,
+    CONFIGS, _valid, decoding_steps_match_reference, generated_image_token_is_text, reference_logits,
+    training_step_with_gradient_checkpointing,
 )
 
 HAS_GEMMA4 = hasattr(transformers, "Gemma4ForConditionalGeneration")
@@ -100,6 +101,12 @@ def test_generate_cached_equals_uncached(beams, kv_shared_layers):
               suppress_tokens=[IMG, VIDEO])
     with torch.no_grad():
         assert torch.equal(model.generate(**kw), model.generate(**kw, use_cache=False))
+
+
+@needs_gemma4
+def test_generated_image_token_is_text():
+    inputs, spans = gemma4_prompt()
+    generated_image_token_is_text(make_gemma4(), random.choice(CONFIGS), inputs, spans, type_ids="mm_token_type_ids")
 
 
 @needs_gemma4

@@ -146,6 +146,13 @@ def test_matches_reference(kind, name, implementation):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_generated_image_token_is_text(kind):
+    ids, mask, spans, pixels = two_rows(kind)
+    checks.generated_image_token_is_text(tiny_model(kind), c2rope.C2RoPEConfig(), ids, mask, spans,
+                                         {"pixel_values": pixels}, IMG, atol=REF_TOL, rtol=REF_TOL)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_bare_model_matches_reference(kind):
     """Idefics3Model / SmolVLMModel (no LM head) patched on their own."""
     ids, mask, spans, pixels = two_rows(kind)

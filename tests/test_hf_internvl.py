@@ -75,6 +75,10 @@ def _two_rows():
     return prompt([[(2, 3), (2 + 3 * PER_TILE + 2 + 3, 1)], [(1, 2)]], 60, left_pad=(0, 6))
 
 
+def test_generated_image_token_is_text():
+    checks.generated_image_token_is_text(tiny_model(), random.choice(CONFIGS), *_two_rows(), IMG, **EXACT)
+
+
 def test_tile_grid_is_the_features_the_model_makes():
     model = tiny_model()
     assert tile_grid(model.config) == (SIDE, SIDE)

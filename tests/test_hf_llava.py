@@ -90,6 +90,18 @@ def test_llava_generate_cache_and_padding(name):
     assert bool((new_batched[len(new_alone):] == 0).all())
 
 
+@pytest.mark.parametrize("name", ["seed_defaults", "paper_code"])
+def test_llava_generated_image_token_is_text(name):
+    # HF's LLaVA embeds an image token id in a decoding step as text (no pixels come
+    # with it); before, c2rope refused it as an incomplete image and generate() failed.
+    from family_checks import generated_image_token_is_text
+
+    config = c2rope.C2RoPEConfig() if name == "seed_defaults" else c2rope.C2RoPEConfig.paper_code()
+    ids, mask, spans, pixels = _inputs()
+    generated_image_token_is_text(tiny_llava("sdpa"), config, ids, mask, spans, {"pixel_values": pixels}, IMG,
+                                  atol=1e-5, rtol=1e-5)
+
+
 def test_llava_unpatch_restores():
     model = tiny_llava("sdpa")
     ids, mask, _, pixels = _inputs()

@@ -170,6 +170,13 @@ def test_generate_cached_equals_uncached(kind, name):
 
 
 @pytest.mark.parametrize("kind", ["next", "onevision"])
+def test_generated_image_token_is_text(kind):
+    ids, mask, spans, kwargs = _two_rows(kind)
+    checks.generated_image_token_is_text(tiny_model(kind), _config(random.choice(["seed_defaults", "paper_code"])),
+                                         ids, mask, spans, kwargs, IMG, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["next", "onevision"])
 def test_image_after_a_cached_prefix(kind):
     """An image in a chunk that follows a KV cache: its grids are placed after the cached
     tokens, as in one full forward."""

@@ -94,6 +94,11 @@ def _two_rows():
 
 
 @needs_family
+def test_generated_image_token_is_text():
+    checks.generated_image_token_is_text(tiny_model(), random.choice(CONFIGS), *_two_rows(), IMG, **EXACT)
+
+
+@needs_family
 def test_language_model_is_one_dimensional_rope():
     """What the issue assumed, verified: a Qwen3 text model whose rotary takes [B, S]
     positions (no M-RoPE sections), and the inner model hands it arange positions."""

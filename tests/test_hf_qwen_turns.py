@@ -14,7 +14,8 @@ import c2rope
 from c2rope import C2RoPEConfig, CircleRoPEConfig
 
 transformers = pytest.importorskip("transformers")
-from qwen_tiny import KINDS, MERGE, SUPPRESS, join_turns, make_model, make_prompt  # noqa: E402
+from qwen_tiny import (ALL_KINDS, IMAGE_ID, KINDS, MERGE, SUPPRESS, cache_tolerance, join_turns,  # noqa: E402
+                       make_model, make_prompt)
 from test_hf_qwen_c2rope import CONFIGS, reference_logits, video_frames  # noqa: E402
 
 STEPS = 3
@@ -160,6 +161,34 @@ def test_generate_after_a_cache_with_one_token_images_is_refused_or_exact():
         assert "Multi-turn" in str(exc)
         return
     torch.testing.assert_close(out.logits[0].double(), want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_generated_image_token_is_text(kind):
+    """A decoding step whose token is the image placeholder id (the model generated it) is
+    text, as the model embeds it (4.57 / 5.0 hand the prompt's grids on every step: they
+    are not fitted to it). generate() forced to emit it decodes on, and the next step's
+    logits are those of one uncached forward over the prompt and a text token that has
+    its embedding (text after images is checked against the reference in
+    test_hf_qwen_c2rope.py)."""
+    model = make_model(kind)
+    inputs, _ = make_prompt(kind, batch=2)
+    circle = CircleRoPEConfig(age_strategy=random.choice(["all", "alternate"]))
+    c2rope.patch_model(model, random.choice(CONFIGS + [circle]))
+    vocab = model.get_output_embeddings().weight.shape[0]
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=2, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True,
+                             begin_suppress_tokens=[t for t in range(vocab) if t != IMAGE_ID])
+    step = out.sequences[:, -2:-1]
+    assert bool((step == IMAGE_ID).all())
+    standin = 55  # a text id no prompt holds (words are 3..50), given the image token's embedding
+    assert not bool((inputs["input_ids"] == standin).any())
+    embeddings = model.get_input_embeddings().weight
+    with torch.no_grad():
+        embeddings[standin] = embeddings[IMAGE_ID]
+        want = model(**_append_text(inputs, torch.full_like(step, standin))).logits[:, -1]
+    torch.testing.assert_close(out.logits[1].to(want.dtype), want, rtol=0, atol=cache_tolerance(kind))
 
 
 def test_circle_refuses_images_after_a_cache():

@@ -36,7 +36,7 @@ class CallFrame:
     """One call of one patched model."""
 
     __slots__ = ("state", "input_ids", "visual_layout", "chunk_spans", "positions", "mask", "opener", "path",
-                 "images_given", "tables", "check", "plan", "cache")
+                 "images_given", "encodes_images", "tables", "check", "plan", "cache")
 
     def __init__(self, state, input_ids=None, visual_layout=None, opener=None, path=()):
         self.state = state
@@ -49,7 +49,8 @@ class CallFrame:
         self.mask: Any = None  # the mask handed to the decoder (read by the checks)
         self.opener = opener  # the module whose call opened this frame (None: a `with call_frame`)
         self.path = tuple(path)  # names of the c2rope entry points this call went through
-        self.images_given = False  # an outer module received pixel values
+        self.images_given = False  # an outer module received pixel values (or encoded images)
+        self.encodes_images = False  # the call went through a module that encodes its own images
         self.tables: Any = None  # the (cos, sin) the rotary adapter returned in this call
         self.check: Any = None  # the first-training-forward check running in this call
         self.plan: Any = None  # the decoder's CallPlan (state.py)
@@ -134,6 +135,7 @@ def open_frame(state, opener, name: str, input_ids=None, visual_layout=None) -> 
     if outer is not None:
         frame.input_ids, frame.visual_layout = outer.input_ids, outer.visual_layout
         frame.chunk_spans, frame.images_given = outer.chunk_spans, outer.images_given
+        frame.encodes_images = outer.encodes_images
         frame.path = outer.path
     if input_ids is not None:
         frame.input_ids = input_ids

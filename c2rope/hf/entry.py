@@ -32,39 +32,74 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import torch
 from torch import nn
 
 from . import context
-from .introspect import parameter_names
+from .introspect import CACHE_ARGUMENTS, parameter_names, past_length
 from .pipeline import to_kwargs
 from .record import PatchRecord, Unpicklable
 
-PIXEL_ARGUMENTS = ("pixel_values", "pixel_values_videos")
+# The arguments that bring images to a multimodal forward: pixels, or images the model
+# encoded before (generate() from transformers 5.24 passes mm_encoder_outputs; Idefics3's
+# generate() of older releases passes image_hidden_states).
+IMAGE_ARGUMENTS = ("pixel_values", "pixel_values_videos", "mm_encoder_outputs", "image_hidden_states")
 
 
 class EntryHooks(Unpicklable):
     """The pre-hook and always-called hook of one entry point (top-level or inner model).
     `spans`, if given, derives the call's image spans from its arguments (anyres)."""
 
-    def __init__(self, state, name: str, names, spans: Optional[Callable] = None):
+    def __init__(self, state, name: str, names, spans: Optional[Callable] = None, encodes_images: bool = False):
         self.state = state
         self.name = name
         self.names = tuple(names)
         self.spans = spans
+        self.encodes_images = encodes_images
 
     def pre(self, module, args, kwargs):
         layout = kwargs.pop("visual_layout", None)
-        ids = to_kwargs(self.names, args, kwargs).get("input_ids")
-        frame = context.open_frame(self.state, module, self.name, input_ids=ids, visual_layout=layout)
-        if any(kwargs.get(name) is not None for name in PIXEL_ARGUMENTS):
+        arguments = to_kwargs(self.names, args, kwargs)
+        frame = context.open_frame(self.state, module, self.name, input_ids=arguments.get("input_ids"),
+                                   visual_layout=layout)
+        if any(arguments.get(name) is not None for name in IMAGE_ARGUMENTS):
             frame.images_given = True
-        if self.spans is not None and frame.visual_layout is None:
-            frame.chunk_spans = self.spans(self.names, args, kwargs)
+        if self.encodes_images:
+            frame.encodes_images = True
+        if frame.visual_layout is None:
+            if _continues_without_images(self.state, frame, arguments):
+                ids = frame.input_ids
+                frame.chunk_spans = tuple(() for _ in ids) if isinstance(ids, torch.Tensor) and ids.dim() == 2 else None
+            elif self.spans is not None:
+                frame.chunk_spans = self.spans(self.names, args, kwargs)
         return args, kwargs
 
     def post(self, module, args, kwargs, output):
         context.close_frame(self.state, module)
         return None
+
+
+def _continues_without_images(state, frame, arguments) -> bool:
+    """True for a decoding step (one new token per row after a KV cache) that brings no
+    images to a model that encodes its own: the model embeds an image token id there as
+    text (the model generated it), so c2rope reads it as text too. A longer chunk after a
+    cache with image tokens but no images is refused: a new turn whose pixels were
+    dropped (transformers 4.57's generate() drops pixel_values once the cache is filled)
+    or forgotten, which the model would embed as text. Before any cache the usual rules
+    hold (image tokens without images are refused by the family)."""
+    ids = frame.input_ids
+    if not frame.encodes_images or frame.images_given or not (isinstance(ids, torch.Tensor) and ids.dim() == 2):
+        return False
+    cache = next((arguments[name] for name in CACHE_ARGUMENTS if arguments.get(name) is not None), None)
+    if past_length(cache) == 0:
+        return False
+    if ids.shape[1] > 1 and state.image_token_id is not None and bool((ids == state.image_token_id).any()):
+        raise ValueError(
+            "c2rope: this call continues a KV cache with image tokens but no pixel_values (or encoded images): the "
+            "model would embed them as text. To add images after a cached turn, call the model's forward with the "
+            "new tokens, their pixel_values, the cache and the 2-D attention_mask of the whole conversation "
+            "(transformers 4.57's generate() drops pixel_values once the cache is filled)")
+    return ids.shape[1] == 1
 
 
 def inner_model(model: nn.Module, decoder: nn.Module) -> Optional[nn.Module]:
@@ -99,7 +134,8 @@ def add_entry_points(record: PatchRecord, model: nn.Module, decoder: nn.Module, 
         points.append((f"{type(inner).__name__} (inner model)", inner))
     for index, (name, module) in enumerate(points):
         spans = inner_spans if index == len(points) - 1 else None
-        hooks = EntryHooks(state, name, parameter_names(module.forward), spans)
+        hooks = EntryHooks(state, name, parameter_names(module.forward), spans,
+                           encodes_images=callable(getattr(module, "get_image_features", None)))
         record.add_hooks(module, hooks.pre, hooks.post)
         record.entry_points.append((name, module))
     if callable(getattr(model, "generate", None)):

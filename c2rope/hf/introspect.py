@@ -24,7 +24,7 @@ import torch
 
 # The transformers releases c2rope is tested against (README "Supported releases").
 SUPPORTED_RANGE = "4.37.x (original LLaVA), 4.57.x, and 5.0.0 or newer"
-_CACHE_ARGUMENTS = ("cache", "past_key_values", "past_key_value")
+CACHE_ARGUMENTS = ("cache", "past_key_values", "past_key_value")
 
 
 def transformers_version() -> Tuple[int, int, int]:
@@ -95,7 +95,7 @@ def parameter_names(function: Callable):
 def cache_argument(function: Callable) -> Optional[str]:
     """The name under which `function` (a decoder forward) takes its KV cache."""
     parameters = inspect.signature(function).parameters
-    return next((name for name in _CACHE_ARGUMENTS if name in parameters), None)
+    return next((name for name in CACHE_ARGUMENTS if name in parameters), None)
 
 
 def output_cache(output: Any):
@@ -106,7 +106,7 @@ def output_cache(output: Any):
     # Only the fields the output class declares: 5.24+ keeps `past_key_values` as a
     # deprecated alias of `cache` that warns on every read.
     declared = {f.name for f in dataclasses.fields(output)} if dataclasses.is_dataclass(output) else None
-    for name in _CACHE_ARGUMENTS[:2]:
+    for name in CACHE_ARGUMENTS[:2]:
         if declared is not None and name not in declared:
             continue
         value = getattr(output, name, None)

@@ -231,6 +231,16 @@ def release_deltas(get_rope_index: Callable, deltas: torch.Tensor, mask) -> torc
     return deltas + mask.sum(dim=1, keepdim=True).to(deltas) - mask.shape[1]
 
 
+def generated_placeholder_step(arguments, types, past: int) -> bool:
+    """A decoding step (one token per row after a KV cache, no images brought) whose
+    token is a placeholder id: the model generated it and embeds it as text, so it is
+    text for c2rope too (4.57 / 5.0 hand the prompt's grids on every step: they must not
+    be fitted to it)."""
+    return bool(past) and types is not None and types.shape[1] == 1 and bool(types.any()) and not any(
+        arguments.get(name) is not None
+        for name in ("pixel_values", "pixel_values_videos", "inputs_embeds", "mm_encoder_outputs"))
+
+
 def _has_vision(types) -> bool:
     return types is not None and bool(((types == IMAGE) | (types == VIDEO)).any())
 
@@ -260,6 +270,8 @@ def _inner_forward(original: Callable, qwen: QwenC2RoPE, cache_name, *args, **kw
     arguments = call_arguments(original, args, kwargs)
     types = qwen.vision_types(arguments.get("input_ids"), arguments.get("mm_token_type_ids"))
     past = past_length(arguments.get(cache_name)) if cache_name else 0
+    if generated_placeholder_step(arguments, types, past):
+        types = torch.zeros_like(types)
     layout = spans = position_ids = samples = None
     if types is not None:
         samples = packed.packed_samples(arguments, *types.shape, types.device)

@@ -32,7 +32,7 @@ from ....mrope import mm_token_type_ids_from_input_ids, mrope_position_ids, qwen
 from ... import context, packing
 from . import packed
 from ...introspect import cache_argument, parameter_names, past_length
-from .c2rope_patch import call_arguments, find_parts, release_deltas
+from .c2rope_patch import call_arguments, find_parts, generated_placeholder_step, release_deltas
 from .probe import CircleProbe, attention_layers
 from ...record import PatchRecord
 
@@ -227,6 +227,8 @@ def _inner_forward(original: Callable, inner: nn.Module, state: _CircleState, ca
         types = arguments["mm_token_type_ids"]
     else:
         packed.refuse_unplaceable(arguments)
+    if generated_placeholder_step(arguments, types, past):
+        types = torch.zeros_like(types)
     if grids and isinstance(ids, torch.Tensor) and types is not None and past and bool(types.any()):
         raise ValueError(
             "c2rope: Circle-RoPE cannot add images or videos to a conversation held in a KV cache (the "
