@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from test_hf_common import (  # noqa: F401  (skips under transformers < 5)
-    IMG, assert_close_valid, assert_text_only_unchanged, batch_with_images, reference_logits, text_config,
-    transformers,
+    IMG, assert_close_valid, assert_text_only_unchanged, batch_with_images, cache_kwargs, cache_of, reference_logits,
+    text_config, transformers,
 )
 
 import c2rope
@@ -100,6 +100,23 @@ def test_llava_generated_image_token_is_text(name):
     ids, mask, spans, pixels = _inputs()
     generated_image_token_is_text(tiny_llava("sdpa"), config, ids, mask, spans, {"pixel_values": pixels}, IMG,
                                   atol=1e-5, rtol=1e-5)
+
+
+def test_llava_image_tokens_after_a_cache_without_pixels_are_refused():
+    # A new turn whose pixels were dropped (4.57's generate() drops them once the cache is
+    # filled) or forgotten: the model would embed its image tokens as text.
+    model = tiny_llava("sdpa")
+    c2rope.patch_model(model, c2rope.C2RoPEConfig())
+    ids, mask, _, pixels = _inputs()
+    turn = torch.cat([torch.full((2, 16), IMG), torch.randint(3, 40, (2, 2))], dim=1)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, use_cache=True)
+        grown = torch.cat([mask, torch.ones_like(turn)], dim=1)
+        with pytest.raises(ValueError, match="continues a KV cache with image tokens but no pixel_values"):
+            model(input_ids=turn, attention_mask=grown, **cache_kwargs(model, cache_of(out)))
+        # with its pixels the turn is placed (test_image_after_a_cached_prefix of each family)
+        model(input_ids=turn, attention_mask=grown, pixel_values=pixels[:1].expand(2, -1, -1, -1),
+              **cache_kwargs(model, cache_of(out)))
 
 
 def test_llava_unpatch_restores():
