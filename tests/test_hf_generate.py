@@ -4,7 +4,7 @@ the KV cache, cached decode logits equal to a full recompute."""
 import pytest
 import torch
 
-from test_hf_common import IMG, batch_with_images, cache_kwargs, cache_of, causal_lm  # noqa: F401  (skips < 4.57)
+from test_hf_common import IMG, VOCAB, batch_with_images, cache_kwargs, cache_of, causal_lm  # noqa: F401  (skips < 4.57)
 
 import c2rope
 
@@ -33,6 +33,31 @@ def test_greedy_tokens_same_with_and_without_cache(name, implementation):
     cached = model.generate(**kw, use_cache=True)
     uncached = model.generate(**kw, use_cache=False)
     torch.testing.assert_close(cached, uncached, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_generated_image_token_is_text(name):
+    """A decoding step whose token is the image token id (the model generated it) reads
+    it as text, as the model embeds it: generate() decodes on, and the next step's logits
+    are those of one uncached forward in which a text id with the same embedding stands in
+    for it."""
+    model = causal_lm("llama")
+    c2rope.patch_model(model, CONFIGS[name], image_token_id=IMG, grid=GRIDS)
+    ids, mask, _ = _prompt()
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False, pad_token_id=0,
+                             output_logits=True, return_dict_in_generate=True,
+                             begin_suppress_tokens=[t for t in range(VOCAB) if t != IMG])
+    step = out.sequences[:, -2:-1]
+    assert bool((step == IMG).all())
+    standin = VOCAB - 2  # prompt text ids are below it
+    assert not bool((ids == standin).any())
+    embeddings = model.get_input_embeddings().weight
+    with torch.no_grad():
+        embeddings[standin] = embeddings[IMG]
+        want = model(input_ids=torch.cat([ids, torch.full_like(step, standin)], dim=1),
+                     attention_mask=torch.cat([mask, torch.ones_like(step)], dim=1)).logits[:, -1]
+    torch.testing.assert_close(out.logits[1], want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

@@ -81,25 +81,28 @@ class EntryHooks(Unpicklable):
 
 def _continues_without_images(state, frame, arguments) -> bool:
     """True for a decoding step (one new token per row after a KV cache) that brings no
-    images to a model that encodes its own: the model embeds an image token id there as
-    text (the model generated it), so c2rope reads it as text too. A longer chunk after a
-    cache with image tokens but no images is refused: a new turn whose pixels were
-    dropped (transformers 4.57's generate() drops pixel_values once the cache is filled)
-    or forgotten, which the model would embed as text. Before any cache the usual rules
-    hold (image tokens without images are refused by the family)."""
+    images: a model generated its token, and an image token id there is embedded as text
+    (it cannot be a whole image), so c2rope reads it as text too. A longer chunk after a
+    cache with image tokens but no images, to a model that encodes its own, is refused: a
+    new turn whose pixels were dropped (transformers 4.57's generate() drops
+    pixel_values once the cache is filled) or forgotten, which the model would embed as
+    text. Before any cache the usual rules hold (image tokens without images are refused
+    by the family)."""
     ids = frame.input_ids
-    if not frame.encodes_images or frame.images_given or not (isinstance(ids, torch.Tensor) and ids.dim() == 2):
+    if frame.images_given or not (isinstance(ids, torch.Tensor) and ids.dim() == 2):
         return False
     cache = next((arguments[name] for name in CACHE_ARGUMENTS if arguments.get(name) is not None), None)
     if past_length(cache) == 0:
         return False
-    if ids.shape[1] > 1 and state.image_token_id is not None and bool((ids == state.image_token_id).any()):
+    if ids.shape[1] == 1:
+        return True
+    if frame.encodes_images and state.image_token_id is not None and bool((ids == state.image_token_id).any()):
         raise ValueError(
             "c2rope: this call continues a KV cache with image tokens but no pixel_values (or encoded images): the "
             "model would embed them as text. To add images after a cached turn, call the model's forward with the "
             "new tokens, their pixel_values, the cache and the 2-D attention_mask of the whole conversation "
             "(transformers 4.57's generate() drops pixel_values once the cache is filled)")
-    return ids.shape[1] == 1
+    return False
 
 
 def inner_model(model: nn.Module, decoder: nn.Module) -> Optional[nn.Module]:
