@@ -117,15 +117,20 @@ def _second_turn(kind, one_token_images):
     raise AssertionError("make_prompt drew no such turn in 1000 tries")
 
 
-def test_generate_cannot_add_images_after_a_cache():
+def _two_turns(one_token_images):
+    """(patched model, turn 1, turn 2, the cache argument's name, turn 1's cache)."""
     kind = random.choice(KINDS)
     model = make_model(kind)
     first, _ = make_prompt(kind, batch=1, videos=False)
-    second = _second_turn(kind, one_token_images=False)
+    second = _second_turn(kind, one_token_images)
     c2rope.patch_model(model, C2RoPEConfig())
-    name = _cache_name(model)
     with torch.no_grad():
         cache = _cache(model(**first, use_cache=True))
+    return model, first, second, _cache_name(model), cache
+
+
+def test_generate_cannot_add_images_after_a_cache():
+    model, first, second, name, cache = _two_turns(one_token_images=False)
     conversation = join_turns(first, second)
     conversation.update(pixel_values=second["pixel_values"], image_grid_thw=second["image_grid_thw"])
     with pytest.raises(ValueError, match="Multi-turn"):
@@ -143,16 +148,11 @@ def test_generate_after_a_cache_with_one_token_images_is_refused_or_exact():
     # (x, y) offsets are 0, its m the text index), so c2rope lets the call through: the
     # answer must then equal one uncached forward over the whole conversation. Other
     # releases drop the pixels (4.57) or grid the whole conversation (5.24+): refused.
-    kind = random.choice(KINDS)
-    model = make_model(kind)
-    first, _ = make_prompt(kind, batch=1, videos=False)
-    second = _second_turn(kind, one_token_images=True)
-    c2rope.patch_model(model, C2RoPEConfig())
-    name = _cache_name(model)
+    model, first, second, name, _ = _two_turns(one_token_images=True)
     whole = join_turns(first, second)
     with torch.no_grad():
         want = model(**whole).logits[:, -1]
-        cache = _cache(model(**first, use_cache=True))
+        cache = _cache(model(**first, use_cache=True))  # again: the rope_deltas turn 1 leaves, as a user has them
     conversation = dict(whole, pixel_values=second["pixel_values"], image_grid_thw=second["image_grid_thw"])
     try:
         out = model.generate(**conversation, max_new_tokens=1, do_sample=False, output_logits=True,
