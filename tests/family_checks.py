@@ -76,27 +76,34 @@ def image_after_a_cached_prefix(model, ids, mask, kwargs, atol, rtol, prefix=4):
     torch.testing.assert_close(rest, full[:, prefix:], atol=atol, rtol=rtol)
 
 
-def decoder_inputs(model, decoder=None, **forward_kwargs):
-    """(inputs_embeds the model hands its decoder, the forward's output): the text
-    embeddings with the images spliced in, as the model itself makes them. With a
-    `decoder` given, the first item is a dict that also holds the per-layer inputs of
-    the models that make them (Gemma 4)."""
+def _decoder_inputs(model, decoder, **forward_kwargs):
+    """({inputs_embeds, and per_layer_inputs where the model makes them (Gemma 4)} that
+    the model hands its decoder, the forward's output)."""
     seen = {}
 
     def grab(module, args, kwargs):
-        seen["embeds"] = kwargs["inputs_embeds"]
-        if kwargs.get("per_layer_inputs") is not None:
-            seen["per_layer_inputs"] = kwargs["per_layer_inputs"]
+        seen.update((name, kwargs[name]) for name in ("inputs_embeds", "per_layer_inputs")
+                    if kwargs.get(name) is not None)
 
-    handle = (decoder or find_decoder(model)).register_forward_pre_hook(grab, with_kwargs=True)
+    handle = decoder.register_forward_pre_hook(grab, with_kwargs=True)
     try:
         with torch.no_grad():
             out = model(**forward_kwargs)
     finally:
         handle.remove()
-    if decoder is None:
-        return seen["embeds"], out
-    return {"inputs_embeds": seen.pop("embeds"), **seen}, out
+    return seen, out
+
+
+def step_embeddings(model, prompt, step, grown_mask, decoder=None):
+    """The embeddings `model` hands its decoder for the `prompt` (its forward kwargs,
+    images spliced in) and then, through the cache, for the one-token `step`, joined
+    along the sequence: what the reference is fed in place of ids the model would read
+    differently uncached. `decoder`: where there is more than one (default find_decoder)."""
+    decoder = decoder or find_decoder(model)
+    first, out = _decoder_inputs(model, decoder, **prompt, use_cache=True)
+    second, _ = _decoder_inputs(model, decoder, input_ids=step, attention_mask=grown_mask, use_cache=True,
+                                **cache_kwargs(model, cache_of(out)))
+    return {name: torch.cat([first[name], second[name]], dim=1) for name in first}
 
 
 def generated_image_token_is_text(model, config, ids, mask, spans, kwargs, image_token, atol, rtol):
@@ -107,11 +114,8 @@ def generated_image_token_is_text(model, config, ids, mask, spans, kwargs, image
     unpatched = copy.deepcopy(model)
     step = torch.full((ids.shape[0], 1), image_token)
     grown = torch.cat([mask, torch.ones_like(step)], dim=1)
-    prompt, out = decoder_inputs(unpatched, input_ids=ids, attention_mask=mask, use_cache=True, **kwargs)
-    token, _ = decoder_inputs(unpatched, input_ids=step, attention_mask=grown, use_cache=True,
-                              **cache_kwargs(unpatched, cache_of(out)))
-    want = reference_logits(unpatched, config, torch.cat([ids, step], dim=1), grown, spans,
-                            inputs_embeds=torch.cat([prompt, token], dim=1))[:, -1]
+    embeds = step_embeddings(unpatched, dict(input_ids=ids, attention_mask=mask, **kwargs), step, grown)
+    want = reference_logits(unpatched, config, torch.cat([ids, step], dim=1), grown, spans, **embeds)[:, -1]
     c2rope.patch_model(model, config)
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, use_cache=True, **kwargs)

@@ -22,8 +22,7 @@ from c2rope.reference import chebyshev_mask_ref, cos_sin_ref, position_ids_ref
 
 transformers = pytest.importorskip("transformers")
 from gemma_tiny import IMG, gemma3_prompt, make_gemma3, text_prompt  # noqa: E402
-from family_checks import decoder_inputs  # noqa: E402
-from test_hf_common import cache_kwargs, cache_of  # noqa: E402
+from family_checks import step_embeddings  # noqa: E402
 
 HAS_GEMMA3 = hasattr(transformers, "Gemma3ForConditionalGeneration")
 # 5.x: one rotary module serves both layer types (forward(x, position_ids, layer_type))
@@ -129,13 +128,10 @@ def generated_image_token_is_text(model, config, inputs, spans, type_ids):
     step = out.sequences[:, -2:-1]
     assert bool((step == IMG).all())
     grown_mask = torch.cat([inputs["attention_mask"], torch.ones_like(step)], dim=1)
-    text = unpatched.model.language_model
-    prompt, cached = decoder_inputs(unpatched, text, **inputs, use_cache=True)
-    token, _ = decoder_inputs(unpatched, text, input_ids=step, attention_mask=grown_mask, use_cache=True,
-                              **cache_kwargs(unpatched, cache_of(cached)))
+    # Gemma 4 also has a vision tower with layers and a rotary: name the text decoder
+    embeds = step_embeddings(unpatched, inputs, step, grown_mask, decoder=unpatched.model.language_model)
     grown = dict(inputs, input_ids=torch.cat([inputs["input_ids"], step], dim=1), attention_mask=grown_mask)
     grown[type_ids] = torch.cat([inputs[type_ids], torch.zeros_like(step)], dim=1)
-    embeds = {name: torch.cat([prompt[name], token[name]], dim=1) for name in prompt}  # + Gemma 4's per-layer inputs
     want = reference_logits(unpatched, config, grown, spans, **embeds)
     torch.testing.assert_close(out.logits[1], want.logits[:, -1].float(), rtol=1e-6, atol=1e-6)
 
