@@ -67,9 +67,8 @@ class EntryHooks(Unpicklable):
         if self.encodes_images:
             frame.encodes_images = True
         if frame.visual_layout is None:
-            if _continues_without_images(self.state, frame, arguments):
-                ids = frame.input_ids
-                frame.chunk_spans = tuple(() for _ in ids) if isinstance(ids, torch.Tensor) and ids.dim() == 2 else None
+            if _decoding_step_without_images(self.state, frame, arguments):
+                frame.chunk_spans = tuple(() for _ in frame.input_ids)  # no image in any row
             elif self.spans is not None:
                 frame.chunk_spans = self.spans(self.names, args, kwargs)
         return args, kwargs
@@ -79,7 +78,7 @@ class EntryHooks(Unpicklable):
         return None
 
 
-def _continues_without_images(state, frame, arguments) -> bool:
+def _decoding_step_without_images(state, frame, arguments) -> bool:
     """True for a decoding step (one new token per row after a KV cache) that brings no
     images: a model generated its token, and an image token id there is embedded as text
     (it cannot be a whole image), so c2rope reads it as text too. A longer chunk after a

@@ -45,6 +45,7 @@ from torch import nn
 from ....mrope import IMAGE, VIDEO, c2rope_mrope_position_ids, mm_token_type_ids_from_input_ids, mrope_decode_position_ids
 from ....mrope import qwen_vision_spans
 from ... import context, packing
+from ...entry import IMAGE_ARGUMENTS
 from . import packed
 from ...introspect import cache_argument, parameter_names, past_length
 from ...masks import decoder_mask
@@ -237,8 +238,7 @@ def generated_placeholder_step(arguments, types, past: int) -> bool:
     text for c2rope too (4.57 / 5.0 hand the prompt's grids on every step: they must not
     be fitted to it)."""
     return bool(past) and types is not None and types.shape[1] == 1 and bool(types.any()) and not any(
-        arguments.get(name) is not None
-        for name in ("pixel_values", "pixel_values_videos", "inputs_embeds", "mm_encoder_outputs"))
+        arguments.get(name) is not None for name in IMAGE_ARGUMENTS + ("inputs_embeds",))
 
 
 def _has_vision(types) -> bool:
